@@ -1,0 +1,82 @@
+"""On-disk caching helpers: content hashes, atomic writes and manifests that detect corruption.
+
+A cached artifact is ``<dir>/<file>`` plus ``<dir>/manifest.json`` holding the artifact's
+sha256; the artifact is trusted only when the hash still matches, so a truncated or corrupt
+file (a killed build, a full disk) is rebuilt instead of being loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["sha256_file", "sha256_bytes", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
+           "read_json", "valid_artifact", "write_manifest"]
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path | str, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path | str) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_manifest(folder: Path, artifact: str, **info: Any) -> dict:
+    """Record ``artifact``'s sha256 and size with ``info`` in ``folder/manifest.json`` (atomically)."""
+    path = folder / artifact
+    manifest = {"artifact": artifact, "sha256": sha256_file(path), "bytes": path.stat().st_size, **info}
+    atomic_write_json(folder / "manifest.json", manifest)
+    return manifest
+
+
+def valid_artifact(folder: Path, artifact: str) -> tuple[dict | None, str]:
+    """(manifest, "") when ``folder/artifact`` exists and matches its manifest, else (None, why not)."""
+    path, mpath = folder / artifact, folder / "manifest.json"
+    if not path.exists():
+        return None, "not built yet"
+    if not mpath.exists():
+        return None, f"{path} has no manifest (an interrupted build?)"
+    try:
+        manifest = read_json(mpath)
+    except (OSError, ValueError) as e:
+        return None, f"{mpath} is unreadable: {e}"
+    if manifest.get("bytes") != path.stat().st_size or manifest.get("sha256") != sha256_file(path):
+        return None, f"{path} does not match its recorded sha256 (truncated or corrupt)"
+    return manifest, ""

@@ -1,0 +1,166 @@
+"""The one engine interface every backend implements.
+
+Life cycle: ``load()`` (build the session, engine or module), then per benchmark point
+``bind(host_inputs)`` (stage inputs on the device and allocate outputs; not timed), then any
+number of ``run_bound()`` (one request on the bound device buffers; asynchronous on a GPU:
+the timer's events on ``stream`` mark it) and ``infer(host_inputs)`` (end-to-end: host arrays
+in, host arrays out, copies included; returns when the outputs are on the host); ``fetch()``
+copies the last ``run_bound`` outputs to the host. ``close()`` frees everything; an engine is
+also a context manager.
+
+Subclasses implement the ``_``-prefixed hooks; the base checks state and inputs so that
+every backend keeps the same contract.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from ..errors import BenchbookError
+from ..model_config import ModelConfig
+from ..timing import CpuTimer, CudaEventTimer
+
+__all__ = ["Engine", "EngineSpec", "Artifacts"]
+
+
+@dataclass
+class Artifacts:
+    """Files an engine may load: ONNX models by precision, a cache folder, user weights."""
+
+    onnx: dict[str, Path] = field(default_factory=dict)  # precision -> ONNX path
+    cache_dir: Path | None = None
+    weights: Path | None = None
+    models_dir: Path | None = None
+
+
+@dataclass
+class EngineSpec:
+    model: ModelConfig
+    precision: str
+    device: str  # "cpu" or "cuda"
+    artifacts: Artifacts = field(default_factory=Artifacts)
+    options: dict = field(default_factory=dict)
+
+
+class Engine(ABC):
+    """One backend at one precision on one device."""
+
+    backend: ClassVar[str]
+    summary: ClassVar[str] = ""
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    needs_onnx: ClassVar[bool] = False  # True: built from the exported ONNX, not the torch module
+    in_auto: ClassVar[tuple[str, ...]] = ("cpu", "cuda")  # devices on which BACKENDS=auto picks it
+
+    def __init__(self, spec: EngineSpec):
+        self.spec = spec
+        self.loaded = False
+        self.bound_inputs: dict[str, np.ndarray] | None = None
+        self.stream = None  # torch.cuda.Stream on a GPU: every request of this engine runs on it
+        self.info: dict = {}  # what the engine found out while loading (build time, provider, ...)
+
+    # --- what can run where -------------------------------------------------------------------
+    @classmethod
+    def precisions(cls, device: str) -> tuple[str, ...]:
+        """Precisions this backend runs on ``device``."""
+        return ("fp32",)
+
+    @classmethod
+    def auto_precisions(cls, device: str) -> tuple[str, ...]:
+        """What PRECISIONS=auto runs: FP32 on a CPU; every supported precision on a GPU."""
+        return cls.precisions(device) if device == "cuda" else tuple(p for p in cls.precisions(device) if p == "fp32")
+
+    @classmethod
+    def unavailable_reason(cls, device: str) -> str | None:
+        """None if this backend can run on ``device`` here, else why not (with an install hint)."""
+        return None
+
+    # --- life cycle ---------------------------------------------------------------------------
+    def load(self) -> "Engine":
+        if self.spec.device == "cuda":
+            import torch
+
+            self.stream = torch.cuda.Stream()
+        self._load()
+        self.loaded = True
+        return self
+
+    def close(self) -> None:
+        if self.loaded:
+            self._close()
+        self.loaded = False
+        self.bound_inputs = None
+
+    def __enter__(self) -> "Engine":
+        return self.load() if not self.loaded else self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- requests -----------------------------------------------------------------------------
+    def bind(self, host_inputs: dict[str, np.ndarray]) -> None:
+        self._require_loaded()
+        self._check_inputs(host_inputs)
+        self._bind(host_inputs)
+        self.bound_inputs = host_inputs
+
+    def run_bound(self) -> None:
+        if self.bound_inputs is None:
+            raise BenchbookError(f"{self.backend}: run_bound() before bind()")
+        self._run_bound()
+
+    def fetch(self) -> dict[str, np.ndarray]:
+        return self._fetch()
+
+    def infer(self, host_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """End-to-end: copy in, run, copy out. Inputs must have the bound shapes."""
+        if self.bound_inputs is None:
+            self.bind(host_inputs)
+        return self._infer(host_inputs)
+
+    def timer(self):
+        return CudaEventTimer(self.stream) if self.spec.device == "cuda" else CpuTimer()
+
+    def memory_stats(self) -> dict:
+        """The framework's own view of its device memory (bytes), where it gives one."""
+        return {}
+
+    def reset_memory_stats(self) -> None:
+        pass
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}/{self.spec.precision}"
+
+    # --- hooks --------------------------------------------------------------------------------
+    @abstractmethod
+    def _load(self) -> None: ...
+
+    @abstractmethod
+    def _bind(self, host_inputs: dict[str, np.ndarray]) -> None: ...
+
+    @abstractmethod
+    def _run_bound(self) -> None: ...
+
+    @abstractmethod
+    def _fetch(self) -> dict[str, np.ndarray]: ...
+
+    @abstractmethod
+    def _infer(self, host_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def _close(self) -> None:
+        pass
+
+    # --- checks -------------------------------------------------------------------------------
+    def _require_loaded(self) -> None:
+        if not self.loaded:
+            raise BenchbookError(f"{self.backend}: call load() first")
+
+    def _check_inputs(self, host_inputs: dict[str, np.ndarray]) -> None:
+        expected = [s.name for s in self.spec.model.inputs]
+        if sorted(host_inputs) != sorted(expected):
+            raise BenchbookError(f"{self.label}: inputs {sorted(host_inputs)} do not match the model's {expected}")

@@ -1,0 +1,231 @@
+"""ONNX Runtime backends: CPU EP on a CPU, CUDA EP (IO binding on device buffers) on a GPU,
+the CUDA EP in its CUDA-graph mode, and the TensorRT EP where TensorRT's libraries exist.
+
+On a GPU the inputs and outputs live in torch-allocated device buffers bound by pointer, and ORT
+runs on the engine's torch stream (``user_compute_stream``), so the timer's CUDA events bracket
+exactly ORT's work. ORT silently falls back to the CPU when a provider cannot start; that is
+checked after the session is made and turned into an error, never a mislabelled result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UnavailableError
+from . import register_engine
+from .base import Engine
+
+__all__ = ["OrtEngine", "OrtCudaGraph", "OrtTensorRT"]
+
+_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+       "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(double)": np.float64}
+
+
+def ort_install_hint() -> str:
+    return "pip install onnxruntime-gpu (its CPU provider also serves CPU-only machines)"
+
+
+@register_engine
+class OrtEngine(Engine):
+    backend = "ort"
+    summary = "ONNX Runtime (CPU EP on CPU, CUDA EP with IO binding on GPU)"
+    needs_onnx = True
+    provider = None  # chosen by device
+
+    @classmethod
+    def precisions(cls, device):
+        # FP16 ONNX (Cast at the I/O) runs on the CPU EP too, but slowly and not representatively.
+        return ("fp32", "fp16") if device == "cuda" else ("fp32",)
+
+    @classmethod
+    def unavailable_reason(cls, device):
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is None:
+            return f"onnxruntime is not installed ({ort_install_hint()})"
+        if device == "cuda":
+            from .torch_engine import _cuda_reason
+
+            return _cuda_reason()
+        return None
+
+    def _providers(self):
+        if self.spec.device == "cpu":
+            return ["CPUExecutionProvider"]
+        opts = {
+            "device_id": 0,
+            "user_compute_stream": str(self.stream.cuda_stream),  # ORT runs on our stream; events time it
+            "cudnn_conv_algo_search": self.spec.options.get("cudnn_conv_algo_search", "EXHAUSTIVE"),
+            "use_tf32": "1" if self.spec.options.get("tf32", True) else "0",
+        }
+        if self._cuda_graph:
+            opts["enable_cuda_graph"] = "1"
+        return [("CUDAExecutionProvider", opts)]
+
+    _cuda_graph = False
+
+    def _load(self):
+        import onnxruntime as ort
+
+        self._ort = ort
+        path = self.spec.artifacts.onnx.get(self.spec.precision)
+        if path is None:
+            raise UnavailableError(f"{self.label}: no {self.spec.precision} ONNX model was exported")
+        if self.spec.device == "cuda" and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # the pip-installed CUDA/cuDNN libraries, if any
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        if self.spec.options.get("ort_threads"):
+            so.intra_op_num_threads = int(self.spec.options["ort_threads"])
+        wanted = self._providers()
+        self.session = ort.InferenceSession(str(path), sess_options=so, providers=wanted)
+        got = self.session.get_providers()
+        first = wanted[0] if isinstance(wanted[0], str) else wanted[0][0]
+        if got[0] != first:
+            raise UnavailableError(f"{self.label}: ONNX Runtime could not start {first} (it would run on {got}); "
+                                   f"check the CUDA/cuDNN libraries that onnxruntime-gpu {ort.__version__} needs")
+        self.info.update({"providers": got, "onnx": str(path), "ort_version": ort.__version__})
+        self._in_names = [i.name for i in self.session.get_inputs()]
+        self._out_names = [o.name for o in self.session.get_outputs()]
+        self._in_types = {i.name: _NP.get(i.type, np.float32) for i in self.session.get_inputs()}
+        self._run_options = ort.RunOptions()
+        if self.spec.device == "cuda":
+            # Let run_with_iobinding return without waiting for the GPU, so pipelined requests overlap;
+            # the timer's end event on our stream is the sync point.
+            self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+
+    def _host(self, host_inputs):
+        return {n: np.ascontiguousarray(host_inputs[n], dtype=self._in_types[n]) for n in self._in_names}
+
+    # --- CPU: session.run on numpy arrays (device-resident and end-to-end coincide but for conversions)
+    def _bind(self, host_inputs):
+        if self.spec.device == "cpu":
+            self._feeds = self._host(host_inputs)
+            self._last = None
+            return
+        self._bind_cuda(host_inputs)
+
+    def _run_bound(self):
+        if self.spec.device == "cpu":
+            self._last = self.session.run(self._out_names, self._feeds)
+        else:
+            self.session.run_with_iobinding(self._binding, self._run_options)
+
+    def _fetch(self):
+        if self.spec.device == "cpu":
+            return dict(zip(self._out_names, self._last))
+        with self._torch.cuda.stream(self.stream):
+            return {n: t.float().cpu().numpy() for n, t in zip(self._out_names, self._out_bufs)}
+
+    def _infer(self, host_inputs):
+        if self.spec.device == "cpu":
+            return dict(zip(self._out_names, self.session.run(self._out_names, self._host(host_inputs))))
+        torch = self._torch
+        with torch.cuda.stream(self.stream):
+            for n, buf in zip(self._in_names, self._in_bufs):
+                buf.copy_(torch.from_numpy(np.ascontiguousarray(host_inputs[n])))  # H2D
+            self.session.run_with_iobinding(self._binding, self._run_options)
+            return {n: t.float().cpu().numpy() for n, t in zip(self._out_names, self._out_bufs)}  # D2H, waits
+
+    # --- CUDA: IO binding on torch buffers
+    def _bind_cuda(self, host_inputs):
+        import torch
+
+        self._torch = torch
+        host = self._host(host_inputs)
+        self._in_bufs = [torch.from_numpy(host[n]).to("cuda") for n in self._in_names]
+        torch.cuda.synchronize()
+        # Output shapes: one run with ORT-allocated outputs tells them (dynamic dims resolved).
+        probe = self.session.io_binding()
+        for n, t in zip(self._in_names, self._in_bufs):
+            probe.bind_input(n, "cuda", 0, self._in_types[n], tuple(t.shape), t.data_ptr())
+        for n in self._out_names:
+            probe.bind_output(n, "cuda", 0)
+        self.session.run_with_iobinding(probe)
+        shapes = [tuple(v.shape()) for v in probe.get_outputs()]
+        out_types = [_NP.get(o.type, np.float32) for o in self.session.get_outputs()]
+        torch_types = {np.float32: torch.float32, np.float16: torch.float16, np.int64: torch.int64,
+                       np.int32: torch.int32, np.bool_: torch.bool, np.float64: torch.float64}
+        self._out_bufs = [torch.empty(s, dtype=torch_types[t], device="cuda") for s, t in zip(shapes, out_types)]
+        b = self.session.io_binding()
+        for n, t in zip(self._in_names, self._in_bufs):
+            b.bind_input(n, "cuda", 0, self._in_types[n], tuple(t.shape), t.data_ptr())
+        for n, t, dt in zip(self._out_names, self._out_bufs, out_types):
+            b.bind_output(n, "cuda", 0, dt, tuple(t.shape), t.data_ptr())
+        self._binding = b
+        del probe
+        torch.cuda.synchronize()
+
+    def memory_stats(self):
+        return {}
+
+    def _close(self):
+        self.session = None
+        self._binding = None
+        self._in_bufs = self._out_bufs = None
+
+
+@register_engine
+class OrtCudaGraph(OrtEngine):
+    """CUDA EP with ``enable_cuda_graph``: the first run captures, later runs replay.
+
+    A graph fixes shapes and addresses, so a new session is made per bound shape.
+    """
+
+    backend = "ort-cudagraph"
+    summary = "ONNX Runtime CUDA EP in CUDA-graph mode"
+    devices = ("cuda",)
+    _cuda_graph = True
+
+    @classmethod
+    def precisions(cls, device):
+        return ("fp32", "fp16") if device == "cuda" else ()
+
+    def _bind(self, host_inputs):
+        if getattr(self, "_bound_once", False):
+            self._load()  # fresh session: its graph is tied to the first bound shape
+        self._bound_once = True
+        super()._bind(host_inputs)
+
+
+@register_engine
+class OrtTensorRT(OrtEngine):
+    """ONNX Runtime's TensorRT EP, with engine and timing caches and the model's profile shapes."""
+
+    backend = "ort-trt"
+    summary = "ONNX Runtime TensorRT EP"
+    devices = ("cuda",)
+
+    @classmethod
+    def precisions(cls, device):
+        return ("fp32", "fp16") if device == "cuda" else ()
+
+    @classmethod
+    def unavailable_reason(cls, device):
+        reason = super().unavailable_reason(device)
+        if reason:
+            return reason
+        from .trt_engine import tensorrt_unavailable_reason
+
+        return tensorrt_unavailable_reason(rtx_ok=False)
+
+    def _providers(self):
+        cfg = self.spec.model
+        cache = self.spec.artifacts.cache_dir
+        fmt = {}
+        for key in ("min", "opt", "max"):
+            fmt[key] = ",".join(f"{s.name}:" + "x".join(str(v) for v in getattr(s, key)) for s in cfg.inputs)
+        trt_opts = {
+            "device_id": 0,
+            "user_compute_stream": str(self.stream.cuda_stream),
+            "trt_profile_min_shapes": fmt["min"], "trt_profile_opt_shapes": fmt["opt"],
+            "trt_profile_max_shapes": fmt["max"],
+        }
+        if cache is not None:
+            path = str(cache / "ort-trt")
+            trt_opts.update({"trt_engine_cache_enable": "1", "trt_engine_cache_path": path,
+                             "trt_timing_cache_enable": "1", "trt_timing_cache_path": path})
+        # The FP16 ONNX carries its dtypes; on TRT >= 10 the EP then builds strongly typed.
+        return [("TensorrtExecutionProvider", trt_opts)] + super()._providers()
+

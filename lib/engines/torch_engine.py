@@ -1,0 +1,241 @@
+"""PyTorch backends: eager, eager captured in a CUDA graph, and torch.compile (inductor).
+
+Precision: the module's weights and float inputs are cast to the precision (fp16/bf16) on the
+device; outputs are cast back to fp32 before the copy to the host, as the FP16 ONNX models
+keep FP32 I/O. ``fp32`` follows the run's TF32 setting (``tf32`` option), like every backend.
+Options: ``channels_last`` (4-D inputs and weights in NHWC), ``tf32``, ``compile_mode``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..errors import UnavailableError
+from ..models import build_model
+from . import register_engine
+from .base import Engine
+
+__all__ = ["TorchEager", "TorchCudaGraph", "TorchCompile", "torch_dtype"]
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def as_output_list(out) -> list:
+    """A module's result as a list of tensors in output order (tensor, tuple/list or dict)."""
+    if isinstance(out, dict):
+        return list(out.values())
+    if isinstance(out, (list, tuple)):
+        return list(out)
+    if hasattr(out, "to_tuple"):  # transformers ModelOutput
+        return list(out.to_tuple())
+    return [out]
+
+
+class _TorchBase(Engine):
+    summary = "PyTorch"
+
+    @classmethod
+    def precisions(cls, device):
+        return ("fp32", "fp16", "bf16") if device == "cuda" else ("fp32", "bf16")
+
+    def _load(self):
+        import torch
+
+        spec = self.spec
+        self._torch = torch
+        self._dev = torch.device(spec.device)
+        self._dtype = torch_dtype(spec.precision)
+        tf32 = bool(spec.options.get("tf32", True))
+        if spec.device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+            torch.backends.cudnn.benchmark = True  # autotune per shape; warm-up runs on the timed shape
+        self._channels_last = bool(spec.options.get("channels_last", False))
+        model = build_model(spec.model, spec.artifacts.weights).to(self._dev, dtype=self._dtype)
+        if self._channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.module = self._wrap(model)
+        self.info.update({"tf32": tf32, "channels_last": self._channels_last})
+
+    def _wrap(self, model):
+        return model
+
+    def _to_device(self, name: str, array: np.ndarray):
+        torch = self._torch
+        t = torch.from_numpy(np.ascontiguousarray(array)).to(self._dev)
+        if t.is_floating_point():
+            t = t.to(self._dtype)
+        if self._channels_last and t.dim() == 4:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    def _bind(self, host_inputs):
+        torch = self._torch
+        order = [s.name for s in self.spec.model.inputs]
+        with self._on_stream(), torch.inference_mode():
+            self._inputs = [self._to_device(n, host_inputs[n]) for n in order]
+        self._sync()
+        self._outputs = None
+
+    def _forward(self):
+        return as_output_list(self.module(*self._inputs))
+
+    def _run_bound(self):
+        with self._on_stream(), self._torch.inference_mode():
+            self._outputs = self._forward()
+
+    def _fetch(self):
+        with self._on_stream():
+            host = [o.float().cpu().numpy() for o in self._outputs]  # .cpu() waits for the stream
+        return dict(zip([o.name for o in self.spec.model.outputs], host))
+
+    def _infer(self, host_inputs):
+        torch = self._torch
+        order = [s.name for s in self.spec.model.inputs]
+        with self._on_stream(), torch.inference_mode():
+            for dst, name in zip(self._inputs, order):
+                dst.copy_(torch.from_numpy(host_inputs[name]))  # H2D (pageable host memory) + cast on device
+            self._outputs = self._forward()
+            host = [o.float().cpu().numpy() for o in self._outputs]  # D2H; returns once the data is on the host
+        return dict(zip([o.name for o in self.spec.model.outputs], host))
+
+    def _on_stream(self):
+        import contextlib
+
+        return self._torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+
+    def _sync(self):
+        if self.stream is not None:
+            self.stream.synchronize()
+
+    def memory_stats(self):
+        if self.spec.device != "cuda":
+            return {}
+        cuda = self._torch.cuda
+        return {"torch_max_allocated_bytes": int(cuda.max_memory_allocated()),
+                "torch_max_reserved_bytes": int(cuda.max_memory_reserved())}
+
+    def reset_memory_stats(self):
+        if self.spec.device == "cuda":
+            self._torch.cuda.reset_peak_memory_stats()
+
+    def _close(self):
+        self.module = None
+        self._inputs = self._outputs = None
+        if self.spec.device == "cuda":
+            self._torch.cuda.empty_cache()
+
+
+@register_engine
+class TorchEager(_TorchBase):
+    backend = "torch"
+    summary = "PyTorch eager"
+
+
+@register_engine
+class TorchCudaGraph(_TorchBase):
+    """Eager module captured once per bound shape in a CUDA graph; a request is one graph replay.
+
+    Capture follows the documented order: warm up on a side stream, then capture on ours. The
+    graph reads the static input buffers, so ``infer`` copies new host data into them first.
+    """
+
+    backend = "torch-cudagraph"
+    summary = "PyTorch eager in a CUDA graph"
+    devices = ("cuda",)
+
+    @classmethod
+    def precisions(cls, device):
+        return ("fp32", "fp16", "bf16") if device == "cuda" else ()
+
+    def _bind(self, host_inputs):
+        super()._bind(host_inputs)
+        torch = self._torch
+        with torch.inference_mode():
+            with self._on_stream():
+                for _ in range(3):  # warm-up before capture: cuDNN autotuning and lazy init stay out of the graph
+                    self._forward()
+            self._sync()
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph, stream=self.stream):
+                self._static_out = self._forward()
+        self._sync()
+
+    def _run_bound(self):
+        with self._on_stream():
+            self._graph.replay()
+        self._outputs = self._static_out
+
+    def _infer(self, host_inputs):
+        torch = self._torch
+        order = [s.name for s in self.spec.model.inputs]
+        with self._on_stream():
+            for dst, name in zip(self._inputs, order):
+                dst.copy_(torch.from_numpy(host_inputs[name]))
+            self._graph.replay()
+            host = [o.float().cpu().numpy() for o in self._static_out]
+        self._outputs = self._static_out
+        return dict(zip([o.name for o in self.spec.model.outputs], host))
+
+    def _close(self):
+        self._graph = self._static_out = None
+        super()._close()
+
+
+@register_engine
+class TorchCompile(_TorchBase):
+    """torch.compile with inductor; ``compile_mode`` option (default 'default'; 'max-autotune' on request).
+
+    Compilation happens on the first request of each shape, which the warm-up absorbs; its time
+    is recorded as ``compile_s`` per point (the first call), not as latency.
+    """
+
+    backend = "torch-compile"
+    summary = "torch.compile (inductor)"
+    in_auto = ("cuda",)  # on a CPU, inductor compiles for minutes per shape: ask for it by name
+
+    @classmethod
+    def unavailable_reason(cls, device):
+        import shutil
+
+        if device == "cpu" and not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
+            return "inductor on CPU needs a C compiler (none on PATH)"
+        return None
+
+    def _wrap(self, model):
+        mode = self.spec.options.get("compile_mode", "default")
+        self.info["compile_mode"] = mode
+        return self._torch.compile(model, mode=mode, dynamic=False)
+
+    def _bind(self, host_inputs):
+        super()._bind(host_inputs)
+        t0 = time.perf_counter()
+        self._run_bound()  # first call of this shape: compiles
+        self._sync()
+        self.info["compile_s"] = time.perf_counter() - t0
+
+
+def _cuda_reason() -> str | None:
+    from ..device import nvml_gpus
+
+    if not nvml_gpus():
+        return "no NVIDIA GPU on this machine"
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return f"torch {torch.__version__} cannot use the GPU (CPU-only build, or driver too old)"
+    return None
+
+
+def check_cuda() -> None:
+    reason = _cuda_reason()
+    if reason:
+        raise UnavailableError(reason)

@@ -1,0 +1,114 @@
+"""What machine and software a run measured: CPU, memory, OS, library versions, GPU, driver,
+CUDA, clocks and power limits where NVML gives them. Everything is best effort: a field that
+cannot be read is ``None``, never a guess."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+
+__all__ = ["collect_environment", "LIBRARIES"]
+
+LIBRARIES = ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime-gpu", "onnxruntime", "onnxconverter-common",
+             "tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-rtx", "tensorrt-rtx-cu13", "transformers",
+             "numpy", "pandas", "papermill", "nbconvert", "psutil", "nvidia-ml-py")
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def _gpu() -> dict | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    nv = pynvml
+    h = nv.nvmlDeviceGetHandleByIndex(0)
+
+    def get(fn, *args):
+        try:
+            v = fn(*args)
+            return v.decode() if isinstance(v, bytes) else v
+        except Exception:
+            return None
+
+    mem = get(nv.nvmlDeviceGetMemoryInfo, h)
+    cc = get(nv.nvmlDeviceGetCudaComputeCapability, h)
+    cuda_drv = get(nv.nvmlSystemGetCudaDriverVersion_v2) or get(nv.nvmlSystemGetCudaDriverVersion)
+    power_limit = get(nv.nvmlDeviceGetPowerManagementLimit, h)
+    return {
+        "name": get(nv.nvmlDeviceGetName, h),
+        "count": get(nv.nvmlDeviceGetCount),
+        "driver": get(nv.nvmlSystemGetDriverVersion),
+        "cuda_driver": f"{cuda_drv // 1000}.{cuda_drv % 1000 // 10}" if cuda_drv else None,
+        "compute_capability": f"{cc[0]}.{cc[1]}" if cc else None,
+        "memory_total_mib": mem.total // (1 << 20) if mem else None,
+        "sm_clock_max_mhz": get(nv.nvmlDeviceGetMaxClockInfo, h, nv.NVML_CLOCK_SM),
+        "mem_clock_max_mhz": get(nv.nvmlDeviceGetMaxClockInfo, h, nv.NVML_CLOCK_MEM),
+        "sm_clock_app_mhz": get(nv.nvmlDeviceGetApplicationsClock, h, nv.NVML_CLOCK_SM),
+        "sm_clock_idle_mhz": get(nv.nvmlDeviceGetClockInfo, h, nv.NVML_CLOCK_SM),
+        "power_limit_w": power_limit / 1000 if power_limit else None,
+        "persistence_mode": get(nv.nvmlDeviceGetPersistenceMode, h),
+        "other_processes": len(get(nv.nvmlDeviceGetComputeRunningProcesses, h) or []),
+    }
+
+
+def _torch() -> dict:
+    try:
+        import torch
+    except ImportError:
+        return {}
+    info = {"torch_cuda": torch.version.cuda, "cudnn": None, "torch_threads": torch.get_num_threads()}
+    try:
+        info["cudnn"] = torch.backends.cudnn.version()
+    except Exception:
+        pass
+    return info
+
+
+def collect_environment() -> dict:
+    """A flat-ish dict for ``environment.json`` and the report's environment table."""
+    import psutil
+
+    versions = {}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = md.version(lib)
+        except md.PackageNotFoundError:
+            pass
+    return {
+        "collected_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "hostname": socket.gethostname(),
+        "os": f"{platform.system()} {platform.release()}",
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cpu_logical_cores": psutil.cpu_count(logical=True),
+        "cpu_physical_cores": psutil.cpu_count(logical=False),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1),
+        "libraries": versions,
+        **_torch(),
+        "gpu": _gpu(),
+    }

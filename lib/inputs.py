@@ -1,0 +1,37 @@
+"""Seeded benchmark inputs: the same arrays for every backend at a point, so outputs compare."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from .model_config import ModelConfig, Shape
+
+__all__ = ["make_inputs", "point_seed"]
+
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.float32,  # bf16 hosts as fp32
+              "int64": np.int64, "int32": np.int32, "bool": np.bool_}
+
+
+def point_seed(seed: int, name: str, batch: int, shape: Shape) -> int:
+    """A stable seed per (run seed, input, batch, shape); independent of backend and process."""
+    return zlib.crc32(f"{seed}|{name}|{batch}|{shape.label}".encode())
+
+
+def make_inputs(cfg: ModelConfig, batch: int, shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
+    out = {}
+    for spec in cfg.inputs:
+        dims = spec.concrete_shape(batch, shape)
+        rng = np.random.default_rng(point_seed(seed, spec.name, batch, shape))
+        kind = spec.data.get("kind", "normal")
+        if kind == "normal":
+            a = rng.standard_normal(dims, dtype=np.float32)
+        elif kind == "uniform":
+            a = rng.uniform(spec.data.get("low", 0.0), spec.data.get("high", 1.0), size=dims)
+        elif kind == "ones":
+            a = np.ones(dims)
+        else:  # randint, high exclusive
+            a = rng.integers(spec.data["low"], spec.data["high"], size=dims)
+        out[spec.name] = np.ascontiguousarray(a.astype(_NP_DTYPES[spec.dtype]))
+    return out

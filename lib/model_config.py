@@ -1,0 +1,263 @@
+"""Typed model configs: ``models/<name>/config.yaml`` validated into dataclasses.
+
+A config names the model's inputs (name, dtype, dim names, example dims, runtime
+dims with -1 for dynamic, min/opt/max dims for engine profiles) and outputs, plus
+the default batch sizes and shapes of a sweep. Every error names the file and the
+field, e.g. ``models/foo/config.yaml: inputs[0].profile.max: ...``.
+
+Shapes: a model's *shape dims* are its dynamic dims other than ``batch``, by
+name, in order of first appearance (``height, width`` for a CNN with dynamic
+resolution, ``seq`` for BERT). A shape gives one value per shape dim, written
+``240x240`` or ``128``; a model without shape dims has the single shape ``static``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["TensorSpec", "InputSpec", "ModelConfig", "Shape", "DTYPES", "BATCH_DIM", "parse_model_config"]
+
+BATCH_DIM = "batch"
+DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool")
+DATA_KINDS = ("normal", "uniform", "randint", "ones")
+
+
+class _Where:
+    """Builds error messages that name the file and the field."""
+
+    def __init__(self, path: Path | str):
+        self.path = str(path)
+
+    def error(self, fieldname: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {fieldname}: {message}")
+
+
+def _int_list(where: _Where, fieldname: str, value: Any, length: int | None = None) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise where.error(fieldname, f"expected a list of integers, got {value!r}")
+    if length is not None and len(value) != length:
+        raise where.error(fieldname, f"expected {length} values (one per dim), got {len(value)}: {list(value)}")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Values for a model's shape dims, e.g. {'height': 240, 'width': 240}."""
+
+    values: tuple[tuple[str, int], ...]
+
+    @property
+    def label(self) -> str:
+        return "x".join(str(v) for _, v in self.values) if self.values else "static"
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.values)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dims: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class InputSpec(TensorSpec):
+    dtype: str
+    example: tuple[int, ...]
+    runtime: tuple[int, ...]
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+    data: dict = field(default_factory=lambda: {"kind": "normal"})
+
+    def dynamic_dims(self) -> list[str]:
+        return [d for d, r in zip(self.dims, self.runtime) if r == -1]
+
+    def concrete_shape(self, batch: int, shape: Shape) -> tuple[int, ...]:
+        values = shape.as_dict()
+        out = []
+        for dim, rt in zip(self.dims, self.runtime):
+            if rt != -1:
+                out.append(rt)
+            elif dim == BATCH_DIM:
+                out.append(batch)
+            else:
+                out.append(values[dim])
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    path: Path  # the config.yaml this came from
+    inputs: tuple[InputSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    batch_sizes: tuple[int, ...]  # default sweep on a GPU
+    shapes: tuple[Shape, ...]
+    cpu_batch_sizes: tuple[int, ...] = ()  # default sweep on a CPU (smaller: CPUs are ~100x slower)
+    description: str = ""
+    task: str = "other"
+    preprocessing: dict = field(default_factory=dict)
+    top_k_output: str | None = None  # output compared by top-1 agreement (classification logits)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    @property
+    def shape_dims(self) -> tuple[str, ...]:
+        seen: list[str] = []
+        for spec in self.inputs:
+            for d in spec.dynamic_dims():
+                if d != BATCH_DIM and d not in seen:
+                    seen.append(d)
+        return tuple(seen)
+
+    def profile_range(self, dim: str) -> tuple[int, int]:
+        """(min, max) of a dynamic dim over every input that has it."""
+        lo, hi = 0, 1 << 62
+        for spec in self.inputs:
+            for i, d in enumerate(spec.dims):
+                if d == dim:
+                    lo, hi = max(lo, spec.min[i]), min(hi, spec.max[i])
+        return lo, hi
+
+    def parse_shape(self, text: str) -> Shape:
+        """'240x240' -> Shape; raises ConfigError naming the value and the valid form."""
+        dims = self.shape_dims
+        text = str(text).strip()
+        if not dims:
+            if text in ("", "static", "default"):
+                return Shape(())
+            raise ConfigError(f"SHAPES: {text!r}: model {self.name!r} has no dynamic dims besides batch; use 'static'")
+        form = "x".join(f"<{d}>" for d in dims)
+        parts = text.split("x")
+        if len(parts) != len(dims) or not all(p.strip().lstrip("-").isdigit() for p in parts):
+            raise ConfigError(f"SHAPES: {text!r} is not a shape of model {self.name!r}; expected {form}, e.g. "
+                              f"{self.shapes[0].label if self.shapes else 'x'.join('1' for _ in dims)}")
+        values = tuple((d, int(p)) for d, p in zip(dims, parts))
+        for d, v in values:
+            lo, hi = self.profile_range(d)
+            if not lo <= v <= hi:
+                raise ConfigError(f"SHAPES: {text!r}: {d}={v} is outside the profile of model {self.name!r} "
+                                  f"({d} from {lo} to {hi}, set in {self.path} inputs[*].profile)")
+        return Shape(values)
+
+    def check_batch(self, batch: int) -> None:
+        lo, hi = self.profile_range(BATCH_DIM)
+        if not lo <= batch <= hi:
+            raise ConfigError(f"BATCH_SIZES: {batch} is outside the profile of model {self.name!r} "
+                              f"(batch from {lo} to {hi}, set in {self.path} inputs[*].profile)")
+
+
+def _parse_input(where: _Where, i: int, raw: Any) -> InputSpec:
+    f = f"inputs[{i}]"
+    if not isinstance(raw, dict):
+        raise where.error(f, f"expected a mapping with name, dtype, dims, ...; got {raw!r}")
+    for key in ("name", "dims", "example", "runtime"):
+        if key not in raw:
+            raise where.error(f"{f}.{key}", "missing (required: name, dtype, dims, example, runtime, profile)")
+    name = raw["name"]
+    if not isinstance(name, str) or not name:
+        raise where.error(f"{f}.name", f"expected a non-empty string, got {name!r}")
+    dtype = raw.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise where.error(f"{f}.dtype", f"{dtype!r} is not one of {', '.join(DTYPES)}")
+    dims = raw["dims"]
+    if not isinstance(dims, list) or not all(isinstance(d, str) and d for d in dims):
+        raise where.error(f"{f}.dims", f"expected a list of dim names, got {dims!r}")
+    if len(set(dims)) != len(dims):
+        raise where.error(f"{f}.dims", f"dim names repeat: {dims}")
+    n = len(dims)
+    example = _int_list(where, f"{f}.example", raw["example"], n)
+    runtime = _int_list(where, f"{f}.runtime", raw["runtime"], n)
+    for j, (d, r) in enumerate(zip(dims, runtime)):
+        if r == 0 or r < -1:
+            raise where.error(f"{f}.runtime[{j}]", f"{r} is not valid: use a positive size or -1 for dynamic")
+        if d == BATCH_DIM and (j != 0 or r != -1):
+            raise where.error(f"{f}.runtime", f"the '{BATCH_DIM}' dim must be first and dynamic (-1)")
+    if BATCH_DIM not in dims:
+        raise where.error(f"{f}.dims", f"needs a '{BATCH_DIM}' dim first, got {dims}")
+    profile = raw.get("profile", {})
+    if not isinstance(profile, dict):
+        raise where.error(f"{f}.profile", f"expected a mapping with min, opt, max; got {profile!r}")
+    bounds = {}
+    for key in ("min", "opt", "max"):
+        if key in profile:
+            bounds[key] = _int_list(where, f"{f}.profile.{key}", profile[key], n)
+        else:
+            if any(r == -1 for r in runtime):
+                raise where.error(f"{f}.profile.{key}", "missing: dynamic dims need min, opt and max")
+            bounds[key] = runtime
+    for j in range(n):
+        lo, op, hi = bounds["min"][j], bounds["opt"][j], bounds["max"][j]
+        if runtime[j] != -1 and not lo == op == hi == runtime[j]:
+            raise where.error(f"{f}.profile", f"dim {dims[j]!r} is static ({runtime[j]}) so min/opt/max must equal it")
+        if not 1 <= lo <= op <= hi:
+            raise where.error(f"{f}.profile", f"dim {dims[j]!r}: need 1 <= min <= opt <= max, got {lo}, {op}, {hi}")
+        if not lo <= example[j] <= hi:
+            raise where.error(f"{f}.example[{j}]", f"{example[j]} is outside min..max ({lo}..{hi})")
+    data = raw.get("data", {"kind": "normal"})
+    if not isinstance(data, dict) or data.get("kind", "normal") not in DATA_KINDS:
+        raise where.error(f"{f}.data.kind", f"expected one of {', '.join(DATA_KINDS)}, got {data!r}")
+    if data.get("kind") == "randint" and not all(k in data for k in ("low", "high")):
+        raise where.error(f"{f}.data", "randint needs low and high (high exclusive)")
+    return InputSpec(name=name, dims=tuple(dims), dtype=dtype, example=example, runtime=runtime,
+                     min=bounds["min"], opt=bounds["opt"], max=bounds["max"], data=dict(data))
+
+
+def parse_model_config(raw: Any, path: Path | str) -> ModelConfig:
+    """Validate a loaded ``config.yaml`` mapping; errors name ``path`` and the field."""
+    where = _Where(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping at the top level, got {type(raw).__name__}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+        raise where.error("name", f"expected a name of letters, digits, '_' or '-', got {name!r}")
+    raw_inputs = raw.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise where.error("inputs", "expected a non-empty list of inputs")
+    inputs = tuple(_parse_input(where, i, r) for i, r in enumerate(raw_inputs))
+    if len({s.name for s in inputs}) != len(inputs):
+        raise where.error("inputs", "input names repeat")
+    raw_outputs = raw.get("outputs")
+    if not isinstance(raw_outputs, list) or not raw_outputs:
+        raise where.error("outputs", "expected a non-empty list of outputs (name, dims)")
+    outputs = []
+    for i, r in enumerate(raw_outputs):
+        if not isinstance(r, dict) or not isinstance(r.get("name"), str):
+            raise where.error(f"outputs[{i}].name", f"expected a mapping with a name, got {r!r}")
+        dims = r.get("dims", [])
+        if not isinstance(dims, list):
+            raise where.error(f"outputs[{i}].dims", f"expected a list of dim names, got {dims!r}")
+        outputs.append(TensorSpec(name=r["name"], dims=tuple(dims)))
+    defaults = raw.get("defaults", {}) or {}
+    if not isinstance(defaults, dict):
+        raise where.error("defaults", f"expected a mapping, got {defaults!r}")
+    batch_sizes = _int_list(where, "defaults.batch_sizes", defaults.get("batch_sizes", [1]))
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise where.error("defaults.batch_sizes", f"expected positive integers, got {list(batch_sizes)}")
+    cpu_batch_sizes = _int_list(where, "defaults.cpu_batch_sizes", defaults.get("cpu_batch_sizes", list(batch_sizes)))
+    if not cpu_batch_sizes or any(b < 1 for b in cpu_batch_sizes):
+        raise where.error("defaults.cpu_batch_sizes", f"expected positive integers, got {list(cpu_batch_sizes)}")
+    top_k = raw.get("top_k_output")
+    if top_k is not None and top_k not in {o.name for o in outputs}:
+        raise where.error("top_k_output", f"{top_k!r} is not an output name ({', '.join(o.name for o in outputs)})")
+    cfg = ModelConfig(name=name, path=Path(path), inputs=inputs, outputs=tuple(outputs), batch_sizes=batch_sizes,
+                      cpu_batch_sizes=cpu_batch_sizes, shapes=(), description=str(raw.get("description", "")), task=str(raw.get("task", "other")),
+                      preprocessing=dict(raw.get("preprocessing", {}) or {}), top_k_output=top_k)
+    raw_shapes = defaults.get("shapes", ["static"] if not cfg.shape_dims else None)
+    if not isinstance(raw_shapes, list) or not raw_shapes:
+        raise where.error("defaults.shapes", f"expected a list of shapes like "
+                          f"{'x'.join('<'+d+'>' for d in cfg.shape_dims) or 'static'}, got {raw_shapes!r}")
+    try:
+        shapes = tuple(cfg.parse_shape(str(s)) for s in raw_shapes)
+        for b in batch_sizes + cpu_batch_sizes:
+            cfg.check_batch(b)
+    except ConfigError as e:
+        raise where.error("defaults", str(e)) from None
+    return replace(cfg, shapes=shapes)

@@ -1,0 +1,192 @@
+"""The one timing module: every backend is timed here, the same way.
+
+Three measurements of one benchmark point:
+
+* ``latency`` (device-resident or end-to-end): one request at a time. Each iteration
+  is issued, then waited for, before the next starts, so it measures what a caller of
+  a single request sees. On a GPU the per-iteration time comes from CUDA events
+  recorded on the engine's stream around the request (sync point: the end event, after
+  it has been recorded); the host ``perf_counter`` span is kept beside it as ``wall_ms``.
+  On a CPU it is ``perf_counter``.
+* ``throughput``: pipelined. ``window`` requests are enqueued back to back with no sync
+  between them, then one sync; each window gives one sample in ms per request. On a CPU
+  nothing is asynchronous, so a pipelined window is the same as sequential requests.
+
+Both keep every timed iteration raw; warm-up runs on the same inputs (same shape)
+until ``warmup_s`` has passed and at least ``MIN_WARMUP_ITERS`` ran. The timed loop runs
+until at least ``min_iters`` iterations AND ``min_duration_s`` seconds (trtexec's rule),
+capped by ``max_iters`` so a microsecond kernel cannot fill memory.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["TimingPolicy", "Timings", "CpuTimer", "CudaEventTimer", "measure_latency", "measure_throughput"]
+
+MIN_WARMUP_ITERS = 2
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    """How long to warm up and measure one point (seconds, iterations)."""
+
+    warmup_s: float = 0.2
+    min_iters: int = 20
+    min_duration_s: float = 1.0
+    max_iters: int = 100_000
+    throughput_window_s: float = 0.05  # a pipelined window lasts about this long
+    min_windows: int = 5
+
+    def __post_init__(self):
+        from .errors import ConfigError
+
+        checks = {
+            "WARMUP": (self.warmup_s, self.warmup_s >= 0, "seconds >= 0"),
+            "ITERS": (self.min_iters, isinstance(self.min_iters, int) and self.min_iters >= 1, "an integer >= 1"),
+            "DURATION": (self.min_duration_s, self.min_duration_s >= 0, "seconds >= 0"),
+            "max_iters": (self.max_iters, self.max_iters >= self.min_iters, f"an integer >= ITERS ({self.min_iters})"),
+            "throughput_window_s": (self.throughput_window_s, self.throughput_window_s > 0, "seconds > 0"),
+            "min_windows": (self.min_windows, self.min_windows >= 1, "an integer >= 1"),
+        }
+        for name, (value, ok, valid) in checks.items():
+            if not ok or (isinstance(value, float) and not math.isfinite(value)):
+                raise ConfigError(f"{name}={value!r} is not valid: expected {valid}")
+
+
+@dataclass
+class Timings:
+    """Raw samples of one measurement. ``ms`` is the primary figure per sample."""
+
+    mode: str                 # "device", "end_to_end" or "throughput"
+    timer: str                # "cuda_event" or "perf_counter"
+    ms: np.ndarray            # per iteration (latency) or per request within a window (throughput)
+    wall_ms: np.ndarray       # host perf_counter span of the same sample
+    t_start: np.ndarray       # perf_counter at each sample's start (s), to align with sampler ticks
+    t_end: np.ndarray         # perf_counter at each sample's end (s)
+    requests_per_sample: int = 1
+    warmup_iters: int = 0
+    warmup_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """(start, end) of the timed window in perf_counter seconds."""
+        return float(self.t_start[0]), float(self.t_end[-1])
+
+
+class CpuTimer:
+    """Host clock; the step must be synchronous (it is, on a CPU backend)."""
+
+    name = "perf_counter"
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        self._t1 = time.perf_counter()
+
+    def elapsed_ms(self) -> float:
+        return (self._t1 - self._t0) * 1e3
+
+    def sync(self) -> None:
+        pass
+
+
+class CudaEventTimer:
+    """CUDA events recorded on the engine's stream (a ``torch.cuda.Stream``)."""
+
+    name = "cuda_event"
+
+    def __init__(self, stream):
+        import torch
+
+        self._stream = stream
+        self._start = torch.cuda.Event(enable_timing=True)
+        self._end = torch.cuda.Event(enable_timing=True)
+
+    def start(self) -> None:
+        self._start.record(self._stream)
+
+    def stop(self) -> None:
+        self._end.record(self._stream)
+
+    def sync(self) -> None:
+        # Waits for the end event only: what was enqueued on the stream before it is done.
+        self._end.synchronize()
+
+    def elapsed_ms(self) -> float:
+        return self._start.elapsed_time(self._end)
+
+
+def _warm_up(step: Callable[[], None], timer, policy: TimingPolicy) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    n = 0
+    while n < MIN_WARMUP_ITERS or time.perf_counter() - t0 < policy.warmup_s:
+        step()
+        timer.stop()
+        timer.sync()
+        n += 1
+    return n, time.perf_counter() - t0
+
+
+def measure_latency(step: Callable[[], None], timer, policy: TimingPolicy, mode: str) -> Timings:
+    """Time ``step`` one request at a time (see module docstring)."""
+    n_warm, warm_s = _warm_up(step, timer, policy)
+    ms, wall, starts, ends = [], [], [], []
+    clock = time.perf_counter
+    t_begin = clock()
+    while True:
+        t0 = clock()
+        timer.start()
+        step()
+        timer.stop()
+        timer.sync()
+        t1 = clock()
+        ms.append(timer.elapsed_ms())
+        wall.append((t1 - t0) * 1e3)
+        starts.append(t0)
+        ends.append(t1)
+        n = len(ms)
+        if (n >= policy.min_iters and t1 - t_begin >= policy.min_duration_s) or n >= policy.max_iters:
+            break
+    return Timings(mode=mode, timer=timer.name, ms=np.asarray(ms), wall_ms=np.asarray(wall),
+                   t_start=np.asarray(starts), t_end=np.asarray(ends),
+                   warmup_iters=n_warm, warmup_s=warm_s)
+
+
+def measure_throughput(step: Callable[[], None], timer, policy: TimingPolicy, est_ms: float) -> Timings:
+    """Pipelined: windows of back-to-back requests with one sync each; ``est_ms`` sizes the windows.
+
+    ``est_ms`` is a per-request estimate (the device-resident median); a window holds enough
+    requests to last about ``policy.throughput_window_s``. Warm-up reuses the latency warm-up
+    rule. A sample is a window's time divided by its requests (ms per request).
+    """
+    window = max(1, min(1000, int(policy.throughput_window_s * 1e3 / max(est_ms, 1e-3))))
+    n_warm, warm_s = _warm_up(step, timer, policy)
+    ms, wall, starts, ends = [], [], [], []
+    clock = time.perf_counter
+    t_begin = clock()
+    while True:
+        t0 = clock()
+        timer.start()
+        for _ in range(window):
+            step()
+        timer.stop()
+        timer.sync()
+        t1 = clock()
+        ms.append(timer.elapsed_ms() / window)
+        wall.append((t1 - t0) * 1e3 / window)
+        starts.append(t0)
+        ends.append(t1)
+        n = len(ms)
+        if (n >= policy.min_windows and t1 - t_begin >= policy.min_duration_s) or n * window >= policy.max_iters:
+            break
+    return Timings(mode="throughput", timer=timer.name, ms=np.asarray(ms), wall_ms=np.asarray(wall),
+                   t_start=np.asarray(starts), t_end=np.asarray(ends),
+                   requests_per_sample=window, warmup_iters=n_warm, warmup_s=warm_s)
