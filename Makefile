@@ -8,7 +8,6 @@ VENV ?= .venv
 PYTHON ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export PYTHONUNBUFFERED := 1
-export MPLBACKEND := Agg
 
 # --- run parameters (every one is validated before any work; `make help` explains them) -----
 MODEL ?= efficientnet_b1

@@ -168,7 +168,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, log=print) ->
     spec = EngineSpec(model=cfg, precision=precision, device=device,
                       artifacts=Artifacts(onnx=onnx, cache_dir=Path(params.cache_dir), weights=params.weights or None,
                                           models_dir=params.models_path),
-                      options=params.engine_options())
+                      options={**params.engine_options(), "log": log})
     with Sampler(gpu=gpu) as sampler:
         baseline = dict(sampler.baseline)
         t0 = time.perf_counter()

@@ -59,7 +59,7 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def _run_papermill(name: str, output: Path, parameters: dict) -> None:
+def _run_papermill(name: str, output: Path, parameters: dict, log_output: bool = True) -> None:
     import logging
 
     import papermill
@@ -70,14 +70,15 @@ def _run_papermill(name: str, output: Path, parameters: dict) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler.addFilter(lambda r: not r.getMessage().startswith(("Executing", "Input Notebook", "Output Notebook",
-                                                                    "Working directory", "Black is not", "Unable to parse")))
+                                                                    "Working directory", "Black is not", "Unable to parse",
+                                                                    "Executing Cell", "Ending Cell")))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
 
     output.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(str(ROOT / "notebooks" / NOTEBOOKS[name]), str(output), parameters=parameters,
-                               kernel_name="python3", log_output=True, progress_bar=False,
+                               kernel_name="python3", log_output=log_output, progress_bar=False,
                                cwd=str(ROOT / "notebooks"), request_save_on_cell_execute=True)
 
 
@@ -133,7 +134,7 @@ def cmd_notebook(args) -> int:
         return 0
     out = run_dir / "analysis.ipynb"
     _log(f"[make] analysis: executing notebooks/{NOTEBOOKS['analysis']} -> {out}")
-    _run_papermill("analysis", out, {"run_dir": str(run_dir), "outliers": base["outliers"]})
+    _run_papermill("analysis", out, {"run_dir": str(run_dir), "outliers": base["outliers"]}, log_output=False)
     _log(f"[make] analysis finished in {time.perf_counter() - t0:.0f} s")
     return 0
 

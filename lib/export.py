@@ -48,7 +48,9 @@ def export_key(cfg: ModelConfig, weights: Path | str | None = None) -> str:
     load_py = cfg.folder / "load.py"
     parts.append(load_py.read_bytes() if load_py.exists() else b"")
     parts.append(sha256_file(weights).encode() if weights else b"random-weights")
-    parts.append(Path(__file__).read_bytes())
+    here = Path(__file__).parent
+    for code in ("export.py", "models.py", "inputs.py"):  # how the module is built, seeded and exported
+        parts.append((here / code).read_bytes())
     parts.append(f"opset={OPSET}|torch={_version('torch')}|torchvision={_version('torchvision')}|"
                  f"onnx={_version('onnx')}|onnxscript={_version('onnxscript')}".encode())
     return sha256_bytes(b"\0".join(parts))[:16]

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 
-import matplotlib
+import io
 
-matplotlib.use("Agg")  # noqa: E402  (headless: papermill kernels and CI have no display)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-from .results import Run  # noqa: E402
+from .results import Run
 
-__all__ = ["MODE_LABELS", "summary_table", "best_per_batch", "parity_table", "environment_table", "params_table",
+__all__ = ["show", "MODE_LABELS", "summary_table", "best_per_batch", "parity_table", "environment_table", "params_table",
            "engines_table", "plot_latency_vs_batch", "plot_throughput_vs_batch", "plot_distributions",
            "plot_resources", "plot_timeline", "outlier_note", "write_tables"]
 
@@ -25,6 +24,17 @@ MODE_LABELS = {
     "throughput": "pipelined throughput (back-to-back requests, one sync per window)",
 }
 sns.set_theme(style="whitegrid", context="notebook")
+
+
+def show(fig, dpi: int = 100) -> None:
+    """Display a figure as an embedded PNG whatever matplotlib backend is active, then free it
+    (the HTML report then carries the image itself, and no figure is shown twice)."""
+    from IPython.display import Image, display
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    display(Image(buf.getvalue()))
 
 
 def _series(run: Run) -> pd.Series:

@@ -181,7 +181,7 @@ def check_build_options(workspace_gib, opt_level) -> tuple[float, int]:
     """(workspace GiB, optimization level), validated; errors name the value and the valid range."""
     if isinstance(workspace_gib, bool) or not isinstance(workspace_gib, (int, float)) \
             or not math.isfinite(workspace_gib) or workspace_gib <= 0:
-        raise ConfigError(f"TRT_WORKSPACE_GIB: {workspace_gib!r} is not valid; give a positive number of GiB "
+        raise ConfigError(f"TRT_WORKSPACE: {workspace_gib!r} is not valid; give a positive number of GiB "
                           f"(e.g. 4), the most scratch memory a layer may use while TensorRT picks kernels")
     if isinstance(opt_level, bool) or not isinstance(opt_level, int) or not 0 <= opt_level <= 5:
         raise ConfigError(f"TRT_OPT_LEVEL: {opt_level!r} is not valid; TensorRT's builder optimization level is "

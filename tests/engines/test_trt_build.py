@@ -139,10 +139,10 @@ def test_unsupported_precisions(tiny, tmp_path, precision, pattern):
     ({"opt_level": -1}, r"TRT_OPT_LEVEL: -1"),
     ({"opt_level": 2.5}, r"TRT_OPT_LEVEL: 2\.5"),
     ({"opt_level": True}, r"TRT_OPT_LEVEL: True"),
-    ({"workspace_gib": 0}, r"TRT_WORKSPACE_GIB: 0 is not valid; give a positive number of GiB"),
-    ({"workspace_gib": -2}, r"TRT_WORKSPACE_GIB: -2"),
-    ({"workspace_gib": float("nan")}, r"TRT_WORKSPACE_GIB: nan"),
-    ({"workspace_gib": "4"}, r"TRT_WORKSPACE_GIB: '4'"),
+    ({"workspace_gib": 0}, r"TRT_WORKSPACE: 0 is not valid; give a positive number of GiB"),
+    ({"workspace_gib": -2}, r"TRT_WORKSPACE: -2"),
+    ({"workspace_gib": float("nan")}, r"TRT_WORKSPACE: nan"),
+    ({"workspace_gib": "4"}, r"TRT_WORKSPACE: '4'"),
 ])
 def test_bad_build_options(tiny, tmp_path, kw, pattern):
     with pytest.raises(ConfigError, match=pattern):

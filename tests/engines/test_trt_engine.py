@@ -158,8 +158,8 @@ def test_infer_matches_torch(model, precision, backend, onnx_root, engine_cache)
             assert result["passed"], result["problems"]
             eng.run_bound()
             fetched = eng.fetch()
-            for name in got:
-                np.testing.assert_array_equal(fetched[name], got[name])
+            for name in got:  # same engine, inputs and shapes: equal up to kernel nondeterminism
+                np.testing.assert_allclose(fetched[name], got[name], rtol=1e-3, atol=1e-3)
         assert eng.memory_stats()["trt_io_buffer_bytes"] > 0
 
 
