@@ -23,7 +23,7 @@ OUTLIERS ?= tukey
 WEIGHTS ?=
 SEED ?= 0
 UNSTABLE_CV ?= 0.05
-CHANNELS_LAST ?= 0
+CHANNELS_LAST ?= auto
 TF32 ?= 1
 COMPILE_MODE ?= default
 TRT_WORKSPACE ?= 4
@@ -35,12 +35,26 @@ CACHE_DIR ?= build
 RUNS ?=
 EXTRAS ?= test,tensorrt-rtx
 
-PLAN_SETS = --set model=$(MODEL) --set backends=$(BACKENDS) --set precisions=$(PRECISIONS) \
-  --set batch_sizes=$(BATCH_SIZES) --set shapes=$(SHAPES) --set warmup=$(WARMUP) --set iters=$(ITERS) \
-  --set duration=$(DURATION) --set device=$(DEVICE) --set outliers=$(OUTLIERS) --set weights=$(WEIGHTS) \
-  --set seed=$(SEED) --set unstable_cv=$(UNSTABLE_CV) --set channels_last=$(CHANNELS_LAST) --set tf32=$(TF32) \
-  --set compile_mode=$(COMPILE_MODE) --set trt_workspace_gib=$(TRT_WORKSPACE) \
-  --set trt_opt_level=$(TRT_OPT_LEVEL) --set models_dir=$(MODELS_DIR) --set cache_dir=$(CACHE_DIR)
+# Every parameter above that `make report` reads; a variable given on the command line that is not one of
+# these (or of PYTHON VENV EXTRAS) is refused with a did-you-mean, so BATCH_SIZE=8 is not silently ignored.
+PARAMS := MODEL BACKENDS PRECISIONS BATCH_SIZES SHAPES WARMUP ITERS DURATION DEVICE OUTLIERS WEIGHTS SEED \
+  UNSTABLE_CV CHANNELS_LAST TF32 COMPILE_MODE TRT_WORKSPACE TRT_OPT_LEVEL RUN_ID REPORTS_DIR MODELS_DIR CACHE_DIR
+OTHER_VARS := PYTHON VENV EXTRAS PLAN RUNS PYTHONPATH SHELL
+CMDLINE_VARS = $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v)))
+UNKNOWN_VARS = $(filter-out $(PARAMS) $(OTHER_VARS),$(CMDLINE_VARS))
+
+# A value quoted for the shell, so spaces or quotes in it reach the plan step's checks intact.
+q = '$(subst ','\'',$(1))'
+
+PLAN_SETS = --set model=$(call q,$(MODEL)) --set backends=$(call q,$(BACKENDS)) \
+  --set precisions=$(call q,$(PRECISIONS)) --set batch_sizes=$(call q,$(BATCH_SIZES)) \
+  --set shapes=$(call q,$(SHAPES)) --set warmup=$(call q,$(WARMUP)) --set iters=$(call q,$(ITERS)) \
+  --set duration=$(call q,$(DURATION)) --set device=$(call q,$(DEVICE)) --set outliers=$(call q,$(OUTLIERS)) \
+  --set weights=$(call q,$(WEIGHTS)) --set seed=$(call q,$(SEED)) --set unstable_cv=$(call q,$(UNSTABLE_CV)) \
+  --set channels_last=$(call q,$(CHANNELS_LAST)) --set tf32=$(call q,$(TF32)) \
+  --set compile_mode=$(call q,$(COMPILE_MODE)) --set trt_workspace_gib=$(call q,$(TRT_WORKSPACE)) \
+  --set trt_opt_level=$(call q,$(TRT_OPT_LEVEL)) --set models_dir=$(call q,$(MODELS_DIR)) \
+  --set cache_dir=$(call q,$(CACHE_DIR))
 
 .PHONY: help setup test test-fast report execute lab models clean-cache index
 
@@ -50,7 +64,10 @@ help:
 	@echo "make report MODEL=name [...]    export, benchmark every backend, render reports/<model>/<run>/report.html"
 	@echo "  BACKENDS=$(BACKENDS) PRECISIONS=$(PRECISIONS) BATCH_SIZES=$(BATCH_SIZES) SHAPES=$(SHAPES) DEVICE=$(DEVICE)"
 	@echo "  WARMUP=$(WARMUP)s ITERS=$(ITERS) DURATION=$(DURATION)s OUTLIERS=$(OUTLIERS) WEIGHTS=<state_dict.pth>"
-	@echo "  RUN_ID=<existing run id> resumes an interrupted run; empty = a new run"
+	@echo "  RUN_ID=<existing run id> resumes an interrupted run (Ctrl-C keeps every measured point and prints the id); empty = a new run"
+	@echo "  bad values are refused in seconds, before any work, with what is valid"
+	@echo "make compare RUNS=\"<run dir> <run dir> ...\"  one HTML page comparing runs (first = reference)"
+	@echo "make fidelity                   harness checks on a CUDA GPU (vs torch.utils.benchmark, sampler cost)"
 	@echo "make models                     list the models"
 	@echo "make lab                        JupyterLab on the notebooks (localhost only, token required)"
 
@@ -72,7 +89,7 @@ test-fast:
 	$(PYTHON) -m pytest -q -ra -m "not slow"
 
 models:
-	@$(PYTHON) -m lib.cli models $(if $(MODELS_DIR),--models-dir $(MODELS_DIR))
+	@$(PYTHON) -m lib.cli models $(if $(MODELS_DIR),--models-dir $(call q,$(MODELS_DIR)))
 
 lab:
 	$(PYTHON) -m jupyter lab --ServerApp.ip=127.0.0.1 --no-browser --notebook-dir=notebooks
@@ -80,8 +97,10 @@ lab:
 # --- the report pipeline -----------------------------------------------------------------
 # The plan step validates every parameter (seconds, before any heavy work), creates the run folder
 # and writes plan.mk there; a second make then builds that run's files from it.
+# Ctrl-C or kill: every point measured so far stays on disk; RUN_ID=<the id printed> resumes.
 report:
-	@run_dir=$$($(PYTHON) -m lib.cli plan $(PLAN_SETS) --reports-dir $(REPORTS_DIR) --run-id "$(RUN_ID)") && \
+	@run_dir=$$($(PYTHON) -m lib.cli plan $(PLAN_SETS) --reports-dir $(call q,$(REPORTS_DIR)) \
+	  --run-id $(call q,$(RUN_ID)) --unknown-vars '$(UNKNOWN_VARS)' --known-vars '$(PARAMS)') && \
 	  $(MAKE) --no-print-directory execute PLAN=$$run_dir/plan.mk
 
 ifdef PLAN
@@ -89,7 +108,7 @@ include $(PLAN)
 BENCH_DONE := $(foreach c,$(COMBOS),$(RUN_DIR)/bench/$(subst @,-,$(c))/notebook.done)
 
 execute: $(RUN_DIR)/report.html
-	@$(PYTHON) -m lib.cli index $(REPORTS_DIR)
+	@$(PYTHON) -m lib.cli index $(call q,$(REPORTS_DIR))
 	@echo "report: $(RUN_DIR)/report.html"
 
 # Export (cached by content hash under $(CACHE_DIR)/onnx): redone only when the model's files change.
@@ -111,7 +130,20 @@ $(RUN_DIR)/report.html: $(RUN_DIR)/analysis.ipynb
 endif
 
 index:
-	@$(PYTHON) -m lib.cli index $(REPORTS_DIR)
+	@$(PYTHON) -m lib.cli index $(call q,$(REPORTS_DIR))
 
 clean-cache:
 	rm -rf $(CACHE_DIR)
+
+# --- figures about the harness itself (CUDA GPU): fidelity vs torch.utils.benchmark, sampler cost
+.PHONY: fidelity
+fidelity:
+	$(PYTHON) -m lib.fidelity --model $(MODEL) --batch 32
+
+# --- compare runs: one HTML page across runs (two GPUs, two library versions, before/after) ----------
+# make compare RUNS="reports/<model>/<run A> reports/<model>/<run B> ..."  (the first run is the reference)
+# -> $(REPORTS_DIR)/compare/<UTC time>/compare.html, a new folder every time
+.PHONY: compare
+compare:
+	@$(PYTHON) -m lib.compare --runs $(call q,$(RUNS)) --outliers $(call q,$(OUTLIERS)) \
+	  --reports-dir $(call q,$(REPORTS_DIR))

@@ -36,7 +36,8 @@ from .timing import TimingPolicy, measure_latency, measure_throughput
 __all__ = ["run_backend", "combo_dir", "point_key", "is_oom"]
 
 _OOM_MARKERS = ("out of memory", "failed to allocate", "cudaerrormemoryallocation", "cublas_status_alloc_failed",
-                "outofmemory", "bad_alloc")
+                "outofmemory", "bad_alloc", "can't allocate memory", "cannot allocate memory", "unable to allocate",
+                "is smaller than requested bytes")
 
 
 def combo_dir(run_dir: Path, backend: str, precision: str) -> Path:
@@ -48,6 +49,8 @@ def point_key(batch: int, shape: Shape) -> str:
 
 
 def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
     text = f"{type(exc).__name__} {exc}".lower()
     return any(m in text for m in _OOM_MARKERS)
 

@@ -30,12 +30,27 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask is process-wide, so racy with threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; give it the permissions open() would (0666 minus the umask),
+        # so reports and caches stay readable by whoever could read the folder.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -77,6 +92,8 @@ def valid_artifact(folder: Path, artifact: str) -> tuple[dict | None, str]:
         manifest = read_json(mpath)
     except (OSError, ValueError) as e:
         return None, f"{mpath} is unreadable: {e}"
+    if not isinstance(manifest, dict):
+        return None, f"{mpath} is not a manifest (a JSON object), got {type(manifest).__name__}"
     if manifest.get("bytes") != path.stat().st_size or manifest.get("sha256") != sha256_file(path):
         return None, f"{path} does not match its recorded sha256 (truncated or corrupt)"
     return manifest, ""

@@ -9,23 +9,33 @@
 * ``index [REPORTS_DIR]``: ``reports/index.html`` listing every run.
 * ``models``: the models found.
 
-User errors print one line (no traceback) and exit 2.
+User errors print one line (no traceback) and exit 2; Ctrl-C or SIGTERM prints what was kept and how to
+resume, and exits 130. Each notebook runs in its own kernel, whose stderr goes to a ``*kernel.log`` beside
+its output; a kernel that crashes (segfault, abort, killed) is described from its exit signal, the Python
+stack that ``faulthandler`` wrote into that log, and the last lines the notebook printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import html
+import logging
+import os
+import re
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
 
 from .cache import atomic_write_json, atomic_write_text, read_json
-from .errors import BenchbookError
+from .errors import BenchbookError, RunInterrupted, StepFailed
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = {"export": "00_export.ipynb", "benchmark": "10_benchmark.ipynb", "analysis": "20_analysis.ipynb"}
+RECORD_CHARS = 1500  # a failure record's length: the report shows the last 1500 characters (lib/results.py)
 
 
 def _log(msg: str) -> None:
@@ -42,11 +52,26 @@ def _parse_sets(pairs: list[str]) -> dict:
     return out
 
 
+def _check_make_vars(unknown: list[str], known: list[str]) -> None:
+    """Variables given to ``make report`` that it does not read (a typo would be silently ignored)."""
+    if not unknown:
+        return
+    import difflib
+
+    parts = []
+    for name in unknown:
+        close = [k for k in known if k == name.upper()] or difflib.get_close_matches(name.upper(), known, n=1)
+        parts.append(f"{name}" + (f" (did you mean {close[0]}?)" if close else ""))
+    raise BenchbookError(f"make report does not take {', '.join(parts)}; its parameters are "
+                         f"{' '.join(known)} (upper case; `make help` explains them)")
+
+
 def cmd_plan(args) -> int:
     from .params import RunParams
     from .plan import make_plan
 
     t0 = time.perf_counter()
+    _check_make_vars(args.unknown_vars.split(), args.known_vars.split())
     params = RunParams.from_strings(**_parse_sets(args.set))
     plan = make_plan(params, args.reports_dir, args.run_id or "", log=_log)
     _log(f"[plan] {params.model} on {plan.device}: batch sizes {plan.batch_sizes}, shapes {plan.shapes}; "
@@ -59,82 +84,272 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def _run_papermill(name: str, output: Path, parameters: dict, log_output: bool = True) -> None:
-    import logging
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_QUIET = ("Executing", "Input Notebook", "Output Notebook", "Working directory", "Black is not", "Unable to parse",
+          "Executing Cell", "Ending Cell")
 
+
+class _Tail(logging.Handler):
+    """The last lines a notebook printed (papermill logs the kernel's output), for failure records."""
+
+    def __init__(self, lines: int = 30):
+        super().__init__(logging.INFO)
+        self.lines: collections.deque[str] = collections.deque(maxlen=lines)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if not msg.startswith(_QUIET):
+            self.lines.extend(ln.rstrip() for ln in _ANSI.sub("", msg).splitlines() if ln.strip())
+
+
+class _Kernel:
+    """What is known about one notebook's kernel: its log file, its process and what it printed."""
+
+    def __init__(self, log_path: Path):
+        self.log_path = log_path
+        self.process = None
+        self.ipc_prefix = ""
+        self.tail = _Tail()
+
+    def manager_class(self):
+        """A kernel manager that sends the kernel's stderr to ``log_path`` and remembers the process."""
+        from jupyter_client.manager import AsyncKernelManager
+
+        kernel = self
+
+        class _LoggedKernelManager(AsyncKernelManager):
+            def __init__(self, **kw):
+                super().__init__(**kw)
+                # Unix sockets named after the kernel's connection file: no TCP port to race other kernels
+                # for ("Address already in use" when many kernels start at once), nothing on the network.
+                if os.name == "posix":
+                    import tempfile
+                    import uuid
+
+                    self.transport = "ipc"  # sockets <ip>-1 .. <ip>-5, removed when the kernel is shut down
+                    self.ip = os.path.join(tempfile.gettempdir(), f"benchbook-kernel-{uuid.uuid4().hex[:12]}")
+                    kernel.ipc_prefix = self.ip
+
+            async def start_kernel(self, **kw):
+                log = open(kernel.log_path, "wb")  # the child keeps its own copy of the descriptor
+                try:
+                    kw.setdefault("stdout", log)
+                    kw.setdefault("stderr", log)
+                    await super().start_kernel(**kw)
+                    kernel.process = getattr(self.provisioner, "process", None)
+                    if kernel.process is not None:
+                        log.write(f"[benchbook] kernel pid {kernel.process.pid}\n".encode())
+                finally:
+                    log.close()
+
+        return _LoggedKernelManager
+
+    def remove_sockets(self) -> None:
+        """The kernel's Unix sockets (jupyter_client leaves them behind when the kernel died)."""
+        if self.ipc_prefix:
+            for i in range(1, 6):
+                Path(f"{self.ipc_prefix}-{i}").unlink(missing_ok=True)
+
+    def exit_status(self) -> int | None:
+        try:
+            return self.process.wait(timeout=5) if self.process is not None else None
+        except Exception:
+            return None
+
+    def fault_report(self) -> list[str]:
+        """The Python stack faulthandler wrote when the kernel crashed (most recent call first)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        start = text.rfind("Fatal Python error")
+        if start < 0:
+            return []
+        lines = text[start:].splitlines()
+        frames = [ln.strip() for ln in lines if ln.startswith("  File ")]
+        return [lines[0].strip(), *frames[:12]] + ([f"... ({len(frames) - 12} more frames)"] if len(frames) > 12 else [])
+
+
+def _signal_name(status: int | None) -> str:
+    if status is None or status >= 0:
+        return f"exit status {status}" if status is not None else "exit status unknown"
+    try:
+        sig = signal.Signals(-status)
+        return f"{sig.name}: {signal.strsignal(sig) or ''}".rstrip(": ")
+    except ValueError:
+        return f"signal {-status}"
+
+
+def _describe_failure(exc: BaseException, kernel: _Kernel) -> tuple[str, str]:
+    """(one line for the terminal, the error record) of a notebook that raised or whose kernel died."""
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename:  # an exception raised in a cell: its traceback, without colour codes
+        tb = [ln.rstrip() for ln in _ANSI.sub("", "\n".join(getattr(exc, "traceback", None) or [])).splitlines()]
+        tb = [ln for ln in tb if ln.strip() and not set(ln.strip()) <= {"-"}]
+        summary = f"{ename}: {' '.join(str(evalue).split())}"
+        body = "\n".join(tb[-25:])
+        if not body.rstrip().endswith(str(evalue).strip().splitlines()[-1] if str(evalue).strip() else ename):
+            body += "\n" + summary
+        return summary, body[-RECORD_CHARS:]
+    dead = type(exc).__name__ == "DeadKernelError" or "kernel died" in str(exc).lower()
+    if not dead:
+        summary = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        record = summary[:600] + "\nlast output:\n" + "\n".join(ln[:160] for ln in list(kernel.tail.lines)[-5:])
+        return summary[:500], record[:RECORD_CHARS]
+    status = kernel.exit_status()
+    how = _signal_name(status)
+    if status == -signal.SIGKILL:
+        how += ", killed from outside: out of host memory? the OOM killer sends SIGKILL"
+    fault = kernel.fault_report()  # [fatal error line, frames most recent first]
+    frames = [m.groups() for m in (re.match(r'File "(.+)", line (\d+) in (.+)', ln) for ln in fault) if m]
+    # frames in user or benchbook code, not in Python's library or an installed package
+    ours = [f for f in frames if "site-packages" not in f[0] and "/lib/python3" not in f[0] and "<" not in f[0]]
+    where = "{} line {} in {}".format(*(ours or frames)[0]) if frames else ""
+    summary = f"kernel crashed ({how})" + (f" at {where}" if where else "")
+    shown = ([frames[0]] if frames and frames[0] not in ours else []) + ours  # innermost first
+    stack = [f'File "{f}", line {n} in {fn}'[:160] for f, n, fn in reversed(shown[:8])]
+    tail = [ln[:160] for ln in list(kernel.tail.lines)[-10:] if not ln.startswith("Kernel died")]
+    # Like a Python traceback, the record ends with what matters most (the report shows its tail):
+    # the last output, then the crashing stack (most recent call last), then the summary line.
+    while True:
+        parts = (["last output:", *tail] if tail else []) + [f"kernel log: {kernel.log_path}"]
+        if fault:
+            parts += ["crash report (faulthandler; most recent call last):", *stack, fault[0]]
+        parts.append(summary)
+        record = "\n".join(parts)
+        if len(record) <= RECORD_CHARS or not (tail or len(stack) > 2):
+            return summary, record[-RECORD_CHARS:]
+        if tail:
+            tail.pop(0)
+        else:
+            stack.pop(0)
+
+
+def _kernel_env() -> None:
+    """Kernels run with notebooks/ as their folder: they import ``lib`` through PYTHONPATH."""
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(ROOT) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *paths])
+
+
+def _run_papermill(name: str, output: Path, parameters: dict, kernel: _Kernel, log_output: bool = True) -> None:
     import papermill
 
     # Stream what the kernel prints (progress lines) to the terminal; papermill logs it at INFO.
     logger = logging.getLogger("papermill")
-    if not logger.handlers:
+    if not any(isinstance(h, logging.StreamHandler) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler.addFilter(lambda r: not r.getMessage().startswith(("Executing", "Input Notebook", "Output Notebook",
-                                                                    "Working directory", "Black is not", "Unable to parse",
-                                                                    "Executing Cell", "Ending Cell")))
+        handler.addFilter(lambda r: not r.getMessage().startswith(_QUIET))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-
+    logger.addHandler(kernel.tail)
+    _kernel_env()
     output.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(ROOT / "notebooks" / NOTEBOOKS[name]), str(output), parameters=parameters,
-                               kernel_name="python3", log_output=log_output, progress_bar=False,
-                               cwd=str(ROOT / "notebooks"), request_save_on_cell_execute=True)
+    kernel.log_path.parent.mkdir(parents=True, exist_ok=True)
+    # faulthandler writes the Python stack of a crash (segfault, abort) into the kernel's log.
+    fault = f"__import__('faulthandler').enable(open({str(kernel.log_path)!r}, 'a'), all_threads=False)"
+    try:
+        papermill.execute_notebook(str(ROOT / "notebooks" / NOTEBOOKS[name]), str(output), parameters=parameters,
+                                   kernel_name="python3", log_output=log_output, progress_bar=False,
+                                   cwd=str(ROOT / "notebooks"), request_save_on_cell_execute=True,
+                                   kernel_manager_class=kernel.manager_class(),
+                                   extra_arguments=[f"--IPKernelApp.exec_lines={fault}"])
+    finally:
+        logger.removeHandler(kernel.tail)
+        kernel.remove_sockets()
 
 
-def _error_tail(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text[-3000:]
+def _points_on_disk(run_dir: Path) -> int:
+    return sum(1 for _ in run_dir.glob("bench/*/points/*.json"))
+
+
+def _interrupted(run_dir: Path, step: str) -> RunInterrupted:
+    n = _points_on_disk(run_dir)
+    return RunInterrupted(f"interrupted during {step}: the {n} point{'s' if n != 1 else ''} measured so far "
+                          f"{'are' if n != 1 else 'is'} kept in {run_dir}; to resume, rerun the same command with "
+                          f"RUN_ID={run_dir.name} (points on disk are not measured again)")
 
 
 def cmd_notebook(args) -> int:
     run_dir = Path(args.run_dir).resolve()
+    if not (run_dir / "params.json").exists():
+        raise BenchbookError(f"{run_dir} is not a run folder (no params.json); run the plan step first")
+    step = f"the {args.name} notebook" + (f" ({args.combo})" if args.combo else "")
+    try:
+        return _notebook(args, run_dir)
+    except KeyboardInterrupt:
+        raise _interrupted(run_dir, step) from None
+
+
+def _notebook(args, run_dir: Path) -> int:
     params = read_json(run_dir / "params.json")
     base = {k: v for k, v in params.items() if k != "options"}
     base.update(reports_dir=str(run_dir.parent.parent), run_id=run_dir.name)
     t0 = time.perf_counter()
     if args.name == "benchmark":
         backend, _, precision = args.combo.rpartition("-")
+        if not backend:
+            raise BenchbookError(f"--combo {args.combo!r}: expected <backend>-<precision>, e.g. torch-fp32")
         out_dir = run_dir / "bench" / args.combo
         out = out_dir / "benchmark.ipynb"
+        kernel = _Kernel(out_dir / "kernel.log")
         _log(f"[make] benchmark {backend}/{precision}: executing notebooks/{NOTEBOOKS['benchmark']} -> {out}")
         (out_dir / "notebook.failed.json").unlink(missing_ok=True)
         try:
-            _run_papermill("benchmark", out, {**base, "backend": backend, "precision": precision})
+            _run_papermill("benchmark", out, {**base, "backend": backend, "precision": precision}, kernel)
         except KeyboardInterrupt:
             raise
         except Exception as e:  # the kernel raised or died: record it, keep going
+            summary, record = _describe_failure(e, kernel)
             out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(out_dir / "notebook.failed.json", {"error": _error_tail(e), "notebook": str(out),
-                                                                 "seconds": time.perf_counter() - t0})
+            atomic_write_json(out_dir / "notebook.failed.json", {
+                "error": record, "summary": summary, "exception": type(e).__name__, "notebook": str(out),
+                "kernel_log": str(kernel.log_path), "seconds": time.perf_counter() - t0})
             _log(f"[make] benchmark {backend}/{precision} FAILED after {time.perf_counter() - t0:.0f} s "
-                 f"(recorded; the sweep goes on): {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
+                 f"(recorded; the sweep goes on): {summary[:400]}")
             return 0
         atomic_write_text(out_dir / "notebook.done", f"{time.perf_counter() - t0:.1f}\n")
         _log(f"[make] benchmark {backend}/{precision} finished in {time.perf_counter() - t0:.0f} s")
         return 0
     if args.name == "export":
         out = run_dir / "export.ipynb"
+        kernel = _Kernel(run_dir / "export.kernel.log")
         _log(f"[make] export: executing notebooks/{NOTEBOOKS['export']} -> {out}")
         plan = read_json(run_dir / "plan.json")
+        (run_dir / "export.failed.json").unlink(missing_ok=True)
         try:
             _run_papermill("export", out, {"model": base["model"], "weights": base["weights"],
                                            "precisions": ",".join(plan["onnx_precisions"]),
                                            "cache_dir": base["cache_dir"], "models_dir": base["models_dir"],
-                                           "run_dir": str(run_dir)})
+                                           "run_dir": str(run_dir)}, kernel)
         except KeyboardInterrupt:
             raise
         except Exception as e:
-            atomic_write_json(run_dir / "export.failed.json", {"error": _error_tail(e)})
-            _log(f"[make] export FAILED (recorded; backends that need ONNX will fail): {_error_tail(e)[-400:]}")
+            summary, record = _describe_failure(e, kernel)
+            atomic_write_json(run_dir / "export.failed.json", {"error": record, "summary": summary})
+            if getattr(e, "ename", None) in ("ModelError", "WeightsError", "ConfigError"):
+                # the model itself cannot be built (its load.py raised): no backend could run; stop here
+                raise BenchbookError(" ".join(str(e.evalue).split())) from None
+            _log(f"[make] export FAILED (recorded; backends that need ONNX will fail): {summary[:400]}")
             return 0
         if args.stamp:
             atomic_write_text(Path(args.stamp), f"{run_dir}\n")
         _log(f"[make] export finished in {time.perf_counter() - t0:.0f} s")
         return 0
     out = run_dir / "analysis.ipynb"
+    kernel = _Kernel(run_dir / "analysis.kernel.log")
     _log(f"[make] analysis: executing notebooks/{NOTEBOOKS['analysis']} -> {out}")
-    _run_papermill("analysis", out, {"run_dir": str(run_dir), "outliers": base["outliers"]}, log_output=False)
+    try:
+        _run_papermill("analysis", out, {"run_dir": str(run_dir), "outliers": base["outliers"]}, kernel,
+                       log_output=False)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        summary, _ = _describe_failure(e, kernel)
+        raise StepFailed(f"the analysis notebook failed ({summary[:300]}); see {out}; the measurements in "
+                         f"{run_dir} are kept") from None
     _log(f"[make] analysis finished in {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -150,6 +365,13 @@ def cmd_export_record(args) -> int:
     if not (cfg.folder / "load.py").exists():
         atomic_write_json(run_dir / "export.json", {"files": [], "note": "model given as ONNX; no export"})
         return 0
+    record = run_dir / "export.json"
+    if record.exists() and not (run_dir / "export.failed.json").exists():
+        try:
+            if read_json(record).get("files"):
+                return 0  # written by this run's export notebook: it knows what it built (cache hit or not)
+        except (OSError, ValueError, AttributeError):
+            pass
     try:
         results = ensure_onnx(cfg, Path(params["cache_dir"]) / "onnx", plan["onnx_precisions"],
                               params.get("weights") or None, log=_log, build=False)
@@ -192,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--reports-dir", default="reports")
     p.add_argument("--run-id", default="")
+    p.add_argument("--unknown-vars", default="", help="variables given to make that it does not read")
+    p.add_argument("--known-vars", default="", help="the parameters make reads")
     p.set_defaults(fn=cmd_plan)
     p = sub.add_parser("notebook")
     p.add_argument("name", choices=sorted(NOTEBOOKS))
@@ -212,18 +436,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models-dir", default="")
     p.set_defaults(fn=cmd_models)
     args = ap.parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)  # `kill` is handled like Ctrl-C: clean up, say so
     try:
         return args.fn(args)
+    except RunInterrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        return e.exit_code
     except BenchbookError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted: every point measured so far is on disk; rerun with the same RUN_ID to resume",
-              file=sys.stderr)
+        what = "no run was started" if args.cmd == "plan" else "nothing measured is lost"
+        print(f"\ninterrupted ({args.cmd}): {what}", file=sys.stderr)
         return 130
+    except OSError as e:
+        if args.cmd != "plan":
+            raise
+        print(f"error: {e.filename or ''}: {e.strerror or e}".replace("error: : ", "error: "), file=sys.stderr)
+        return 2
     except Exception:
         traceback.print_exc()
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import importlib.metadata as md
 import os
 import platform
 import socket
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -86,6 +87,35 @@ def _torch() -> dict:
     return info
 
 
+# module -> its distributions: the module's own __version__ is what runs; metadata can disagree when a
+# package was unpacked beside another install (e.g. onnxruntime-gpu over a CPU onnxruntime).
+_MODULES = {"torch": ("torch",), "onnxruntime": ("onnxruntime-gpu", "onnxruntime"), "onnx": ("onnx",),
+            "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13"), "tensorrt_rtx": ("tensorrt-rtx",
+                                                                                         "tensorrt-rtx-cu13")}
+
+
+def _versions_that_run(versions: dict) -> None:
+    import importlib
+    import importlib.util
+
+    for module, dists in _MODULES.items():
+        if module not in sys.modules and importlib.util.find_spec(module) is None:
+            continue
+        try:
+            running = getattr(importlib.import_module(module), "__version__", None)
+        except Exception:  # a broken optional install: leave the metadata as it is
+            continue
+        if not running:
+            continue
+        installed = {d: versions[d] for d in dists if d in versions}
+        key = next((d for d in dists if d in installed), dists[0])
+        if installed.get(key) == running.split("+")[0]:
+            versions[key] = running  # the same release; keep the local tag (+cu130) that says which build
+        elif installed.get(key) != running:
+            note = ", ".join(f"{d} {v}" for d, v in installed.items())
+            versions[key] = f"{running} (imported{'; metadata: ' + note if note else ''})"
+
+
 def collect_environment() -> dict:
     """A flat-ish dict for ``environment.json`` and the report's environment table."""
     import psutil
@@ -96,6 +126,7 @@ def collect_environment() -> dict:
             versions[lib] = md.version(lib)
         except md.PackageNotFoundError:
             pass
+    _versions_that_run(versions)
     return {
         "collected_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "hostname": socket.gethostname(),

@@ -3,15 +3,22 @@
 ``onnx_fp32(...)`` exports with ``torch.onnx.export`` (dynamo), marks the batch dim and every
 ``-1`` runtime dim dynamic with the profile's min/max, checks the file with ``onnx.checker`` and
 compares ONNX Runtime (CPU) against PyTorch on the example input; ``onnx_fp16(...)`` converts that
-with onnxconverter-common, keeping FP32 inputs and outputs. Each result lives in
-``<cache_root>/<model>/<key>/`` where the key hashes what determines it (config, load code,
-weights, library versions, this file); a valid manifest there means "skip".
+with onnxconverter-common, keeping FP32 inputs and outputs, and compares it with the FP32 file on
+ONNX Runtime's CPU EP. Each result lives in ``<cache_root>/<model>/<key>/`` where the key hashes
+what determines it (config, load code, weights, library versions, this file); a valid manifest
+there means "skip".
+
+A model may also come as ONNX (``config.yaml`` + ``model.onnx``, no ``load.py``): ``onnx_given``
+checks that file against its config (names, dtypes, static and dynamic dims, one ONNX Runtime run)
+and uses it in place of an export; its FP16 variant goes to ``<cache_root>/<model>/given-<key>/``.
+``ensure_onnx`` picks the right path for either kind of model.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +29,8 @@ from .errors import BenchbookError
 from .inputs import make_inputs
 from .model_config import BATCH_DIM, ModelConfig, Shape
 
-__all__ = ["ExportResult", "export_key", "onnx_fp32", "onnx_fp16", "ensure_onnx", "OPSET"]
+__all__ = ["ExportResult", "export_key", "onnx_fp32", "onnx_fp16", "onnx_given", "ensure_onnx", "is_given_onnx",
+           "OPSET"]
 
 OPSET = 20
 
@@ -33,6 +41,11 @@ class ExportResult:
     cache_hit: bool
     seconds: float  # export time of this call (0 on a cache hit); the original is in the manifest
     manifest: dict
+    folder: Path | None = None  # the cache folder derived files go in (None: the file's own folder)
+
+    @property
+    def cache_folder(self) -> Path:
+        return self.folder if self.folder is not None else self.path.parent
 
 
 def _version(dist: str) -> str:
@@ -42,16 +55,24 @@ def _version(dist: str) -> str:
         return "-"
 
 
+def is_given_onnx(cfg: ModelConfig) -> bool:
+    """True for a model given as ONNX: ``model.onnx`` beside its config and no ``load.py``."""
+    return not (cfg.folder / "load.py").exists() and (cfg.folder / "model.onnx").exists()
+
+
 def export_key(cfg: ModelConfig, weights: Path | str | None = None) -> str:
-    """sha256 (16 hex) of everything the FP32 ONNX depends on."""
+    """sha256 (16 hex) of everything the FP32 ONNX depends on (for a given ONNX: that file)."""
     parts = [cfg.path.read_bytes()]
     load_py = cfg.folder / "load.py"
     parts.append(load_py.read_bytes() if load_py.exists() else b"")
+    if is_given_onnx(cfg):
+        parts.append(f"given-onnx={sha256_file(cfg.folder / 'model.onnx')}".encode())
     parts.append(sha256_file(weights).encode() if weights else b"random-weights")
     here = Path(__file__).parent
     for code in ("export.py", "models.py", "inputs.py"):  # how the module is built, seeded and exported
         parts.append((here / code).read_bytes())
     parts.append(f"opset={OPSET}|torch={_version('torch')}|torchvision={_version('torchvision')}|"
+                 f"transformers={_version('transformers')}|"
                  f"onnx={_version('onnx')}|onnxscript={_version('onnxscript')}".encode())
     return sha256_bytes(b"\0".join(parts))[:16]
 
@@ -82,12 +103,31 @@ def _dynamic_shapes(cfg: ModelConfig):
 
 
 def _torch_reference(model, cfg: ModelConfig, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The module's outputs by the config's output names; a module whose inputs or outputs do not match
+    the config raises ConfigError naming the field (before any export work)."""
     import torch
 
     from .engines.torch_engine import as_output_list
+    from .errors import ConfigError
 
-    with torch.inference_mode():
-        outs = as_output_list(model(*[torch.from_numpy(inputs[s.name]) for s in cfg.inputs]))
+    names = [s.name for s in cfg.inputs]
+    try:
+        with torch.inference_mode():
+            result = model(*[torch.from_numpy(inputs[n]) for n in names])
+    except TypeError as e:  # forward() takes another number of arguments
+        raise ConfigError(f"{cfg.path}: inputs: the module's forward() does not take the config's {len(names)} "
+                          f"input(s) {names}, in that order: {e}") from e
+    except Exception as e:
+        raise BenchbookError(f"model {cfg.name!r}: forward() on the config's example inputs "
+                             f"({', '.join(f'{n} {list(inputs[n].shape)} {inputs[n].dtype}' for n in names)}) raised "
+                             f"{type(e).__name__}: {str(e)[:500]}") from e
+    outs = as_output_list(result)
+    if len(outs) != len(cfg.outputs) or not all(isinstance(t, torch.Tensor) for t in outs):
+        got = ", ".join(f"{type(t).__name__} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+                        for t in outs)
+        raise ConfigError(f"{cfg.path}: outputs: lists {len(cfg.outputs)} ({', '.join(o.name for o in cfg.outputs)}), "
+                          f"but the module returns {len(outs)}: {got}; list one output per tensor forward() "
+                          f"returns, in order")
     return {o.name: t.float().numpy() for o, t in zip(cfg.outputs, outs)}
 
 
@@ -132,15 +172,22 @@ def onnx_fp32(cfg: ModelConfig, cache_root: Path, weights: Path | str | None = N
     batch, shape = _example_shape(cfg)
     inputs = make_inputs(cfg, batch, shape, seed=1234)
     args = tuple(torch.from_numpy(inputs[s.name]) for s in cfg.inputs)
+    reference = _torch_reference(model, cfg, inputs)  # first: a module that does not fit the config fails here
     tmp = folder / "model.onnx.partial"
     log(f"[export] {cfg.name}: torch.onnx.export (dynamo, opset {OPSET}) ...")
-    with torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(model, args, str(tmp), dynamo=True, opset_version=OPSET, external_data=False,
-                          input_names=[s.name for s in cfg.inputs], output_names=[o.name for o in cfg.outputs],
-                          dynamic_shapes=_dynamic_shapes(cfg), verbose=False)
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(model, args, str(tmp), dynamo=True, opset_version=OPSET, external_data=False,
+                              input_names=[s.name for s in cfg.inputs], output_names=[o.name for o in cfg.outputs],
+                              dynamic_shapes=_dynamic_shapes(cfg), verbose=False)
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        raise BenchbookError(f"export of {cfg.name!r}: torch.onnx.export (dynamo) failed with the dynamic dims "
+                             f"{', '.join(f'{d} {lo}..{hi}' for d, (lo, hi) in ((d, cfg.profile_range(d)) for d in [BATCH_DIM, *cfg.shape_dims]))} "
+                             f"from {cfg.path}: {type(e).__name__}: {str(e)[:1500]} (docs/adding-a-model.md, "
+                             f"'When the export fails', lists the usual causes)") from e
     export_s = time.perf_counter() - t0
     onnx.checker.check_model(str(tmp), full_check=True)
-    reference = _torch_reference(model, cfg, inputs)
     parity = _check_parity(tmp, cfg, inputs, reference, "fp32")
     tmp.replace(folder / "model.onnx")
     manifest = write_manifest(folder, "model.onnx", precision="fp32", export_s=round(export_s, 3), opset=OPSET,
@@ -151,9 +198,57 @@ def onnx_fp32(cfg: ModelConfig, cache_root: Path, weights: Path | str | None = N
     return ExportResult(folder / "model.onnx", False, export_s, manifest)
 
 
+def _isolate_graph_outputs(model):
+    """Give every graph output that nodes also read its own Identity node, in place; returns ``model``.
+
+    BERT's pooler reads ``last_hidden_state``, a graph output. With ``keep_io_types`` the FP16 converter
+    casts graph outputs back to FP32 but leaves such readers on the FP32 name with FP16 types
+    recorded, and the checker rejects the file ("Inferred elem type differs ... Gather"). After this
+    step readers take the internal tensor and only the Identity writes the graph output.
+    """
+    import onnx
+
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    read = {name for node in g.node for name in node.input} & outputs
+    if not read:
+        return model
+    renamed = {name: f"{name}__internal" for name in sorted(read)}
+    for node in g.node:
+        for i, name in enumerate(node.output):
+            if name in renamed:
+                node.output[i] = renamed[name]
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+    for vi in g.value_info:
+        if vi.name in renamed:
+            vi.name = renamed[vi.name]
+    for name, internal in renamed.items():
+        g.node.append(onnx.helper.make_node("Identity", [internal], [name], name=f"{name}__output"))
+    return model
+
+
+def _fp16_check(cfg: ModelConfig, fp16_path: Path, fp32_path: Path) -> dict:
+    """The FP16 file against the FP32 one on ONNX Runtime's CPU EP at the example input (FP16 thresholds).
+    Recorded, never raised: the benchmark compares every point again on the real backend."""
+    from .parity import compare_outputs
+
+    batch, shape = _example_shape(cfg)
+    inputs = make_inputs(cfg, batch, shape, seed=1234)
+    try:
+        result = compare_outputs(_ort_outputs(fp16_path, cfg, inputs), _ort_outputs(fp32_path, cfg, inputs), "fp16",
+                                 cfg.top_k_output)
+    except Exception as e:  # e.g. an op without an FP16 kernel on the CPU EP
+        return {"checked": False, "reason": f"ONNX Runtime (CPU EP) could not run it: {type(e).__name__}: "
+                                            f"{str(e)[:300]}"}
+    return {"checked": True, **{k: result[k] for k in ("passed", "max_abs_err", "rel_err", "cosine", "top1_agree",
+                                                       "problems")}}
+
+
 def onnx_fp16(cfg: ModelConfig, fp32: ExportResult, log=print, build: bool = True) -> ExportResult:
-    """FP16 weights and math with FP32 inputs/outputs (onnxconverter-common), next to the FP32 file."""
-    folder = fp32.path.parent / f"fp16-{sha256_bytes(_version('onnxconverter-common').encode())[:8]}"
+    """FP16 weights and math with FP32 inputs/outputs (onnxconverter-common), in the FP32 file's cache folder."""
+    folder = fp32.cache_folder / f"fp16-{sha256_bytes(_version('onnxconverter-common').encode())[:8]}"
     manifest, why = valid_artifact(folder, "model.onnx")
     if manifest:
         return ExportResult(folder / "model.onnx", True, 0.0, manifest)
@@ -166,24 +261,153 @@ def onnx_fp16(cfg: ModelConfig, fp32: ExportResult, log=print, build: bool = Tru
 
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model = float16.convert_float_to_float16(onnx.load(str(fp32.path)), keep_io_types=True)
     tmp = folder / "model.onnx.partial"
-    onnx.save(model, str(tmp))
-    onnx.checker.check_model(str(tmp), full_check=True)
+    try:
+        with warnings.catch_warnings(record=True) as clipped:  # one warning per weight clipped to the FP16 range
+            warnings.simplefilter("always")
+            model = float16.convert_float_to_float16(_isolate_graph_outputs(onnx.load(str(fp32.path))),
+                                                     keep_io_types=True)
+        onnx.save(model, str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        raise BenchbookError(f"{cfg.name!r}: the FP16 conversion of {fp32.path} (onnxconverter-common "
+                             f"{_version('onnxconverter-common')}, FP32 inputs/outputs kept) failed: "
+                             f"{type(e).__name__}: {str(e)[:500]}; FP16 backends cannot run this model "
+                             f"(PRECISIONS=fp32 runs the rest)") from e
     seconds = time.perf_counter() - t0
+    check = _fp16_check(cfg, tmp, fp32.path)
     tmp.replace(folder / "model.onnx")
     manifest = write_manifest(folder, "model.onnx", precision="fp16", convert_s=round(seconds, 3),
                               converter=f"onnxconverter-common {_version('onnxconverter-common')}",
-                              keep_io_types=True, source_sha256=fp32.manifest["sha256"])
-    log(f"[export] {cfg.name}: FP16 ONNX (I/O kept FP32) in {seconds:.1f} s")
+                              keep_io_types=True, source_sha256=fp32.manifest["sha256"],
+                              values_clipped_to_fp16_range=len(clipped), parity_vs_fp32=check)
+    if not check["checked"]:
+        note = f"not compared with FP32 ({check['reason']})"
+    elif check["passed"]:
+        note = f"ONNX Runtime (CPU EP) vs FP32 ONNX cosine {check['cosine']:.6f}"
+    else:
+        note = f"WARNING: differs from the FP32 ONNX beyond FP16 tolerance: {check['problems']}"
+    log(f"[export] {cfg.name}: FP16 ONNX (I/O kept FP32) in {seconds:.1f} s; {note}")
     return ExportResult(folder / "model.onnx", False, seconds, manifest)
+
+
+_ONNX_DTYPES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
+
+
+def _check_given(cfg: ModelConfig, path: Path) -> dict:
+    """``path`` against ``cfg``: valid ONNX, the config's input/output names, dtypes and dims, one run.
+    Errors name the config field to fix (or the ONNX file when it is broken)."""
+    import onnx
+
+    from .errors import ConfigError, ModelError
+
+    try:
+        onnx.checker.check_model(str(path))  # from the path: works for files with external data too
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ModelError(f"{path} is not a valid ONNX model: {type(e).__name__}: {str(e)[:500]}") from None
+    g = model.graph
+    weights = {i.name for i in g.initializer}
+    onnx_inputs = {i.name: i for i in g.input if i.name not in weights}
+    wanted = [s.name for s in cfg.inputs]
+    if sorted(onnx_inputs) != sorted(wanted):
+        raise ConfigError(f"{cfg.path}: inputs: the names {wanted} do not match the inputs of {path}: "
+                          f"{sorted(onnx_inputs)}")
+    for i, spec in enumerate(cfg.inputs):
+        t = onnx_inputs[spec.name].type.tensor_type
+        dtype = _ONNX_DTYPES.get(t.elem_type, f"ONNX type {t.elem_type}")
+        if dtype != spec.dtype:
+            raise ConfigError(f"{cfg.path}: inputs[{i}].dtype: {spec.dtype!r}, but {path} takes {spec.name!r} "
+                              f"as {dtype!r}")
+        dims = [(d.dim_value if d.HasField("dim_value") else -1) for d in t.shape.dim]
+        shown = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+        if len(dims) != len(spec.dims):
+            raise ConfigError(f"{cfg.path}: inputs[{i}].dims: {len(spec.dims)} dims {list(spec.dims)}, but "
+                              f"{path}'s input {spec.name!r} has {len(dims)}: {shown}")
+        for j, (have, rt) in enumerate(zip(dims, spec.runtime)):
+            if have == -1:
+                continue  # dynamic in the ONNX: any size the config asks for
+            if rt == -1 and spec.dims[j] == BATCH_DIM:
+                raise ConfigError(f"{cfg.path}: inputs[{i}].runtime[{j}]: the batch dim must be dynamic, but {path} "
+                                  f"fixes the batch of {spec.name!r} to {have} (shape {shown}); export the ONNX with a "
+                                  f"dynamic batch dim (a named or unknown size)")
+            if rt == -1:
+                raise ConfigError(f"{cfg.path}: inputs[{i}].runtime[{j}]: -1 (dynamic), but {path} fixes dim "
+                                  f"{spec.dims[j]!r} of {spec.name!r} to {have} (shape {shown}); set runtime[{j}] "
+                                  f"and the profile's min/opt/max[{j}] to {have}, or export the ONNX with that dim "
+                                  f"dynamic")
+            if rt != have:
+                raise ConfigError(f"{cfg.path}: inputs[{i}].runtime[{j}]: {rt}, but {path} fixes dim "
+                                  f"{spec.dims[j]!r} of {spec.name!r} to {have} (shape {shown})")
+    onnx_outputs = [o.name for o in g.output]
+    if sorted(onnx_outputs) != sorted(o.name for o in cfg.outputs):
+        raise ConfigError(f"{cfg.path}: outputs: the names {[o.name for o in cfg.outputs]} do not match the "
+                          f"outputs of {path}: {onnx_outputs}")
+    batch, shape = _example_shape(cfg)
+    try:
+        outs = _ort_outputs(path, cfg, make_inputs(cfg, batch, shape, seed=1234))
+    except Exception as e:
+        raise ModelError(f"ONNX Runtime (CPU EP) cannot run {path} on the config's example input "
+                         f"(batch {batch}, shape {shape.label}, from {cfg.path} inputs[*].example): "
+                         f"{type(e).__name__}: {str(e)[:500]}") from None
+    return {"opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None),
+            "producer": f"{model.producer_name} {model.producer_version}".strip(),
+            "example_output_shapes": {k: list(v.shape) for k, v in outs.items()}}
+
+
+def onnx_given(cfg: ModelConfig, cache_root: Path, log=print, build: bool = True) -> ExportResult:
+    """A model given as ONNX (``model.onnx`` beside ``config.yaml``, no ``load.py``), in place of an export.
+
+    The file stays where it is; it is checked against the config once per content (``_check_given``) and
+    the check is recorded in ``<cache_root>/<model>/given-<key>/given.json``, where its FP16 variant goes too.
+    """
+    from .cache import atomic_write_json, read_json
+
+    src = cfg.folder / "model.onnx"
+    if not src.is_file():
+        from .errors import ModelError
+
+        raise ModelError(f"model {cfg.name!r} has neither load.py nor model.onnx in {cfg.folder}")
+    folder = Path(cache_root) / cfg.name / f"given-{export_key(cfg)}"
+    record = folder / "given.json"
+    sha, size = sha256_file(src), src.stat().st_size
+    if record.exists():
+        try:
+            manifest = read_json(record)
+        except (OSError, ValueError):
+            manifest = {}
+        if manifest.get("sha256") == sha and manifest.get("bytes") == size:
+            return ExportResult(src, True, 0.0, manifest, folder)
+    if not build:
+        raise BenchbookError(f"{src} has not been checked against {cfg.path} yet (the export step does that)")
+    t0 = time.perf_counter()
+    log(f"[export] {cfg.name}: given as ONNX ({src}); checking it against {cfg.path} ...")
+    info = _check_given(cfg, src)
+    seconds = time.perf_counter() - t0
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = {"artifact": "model.onnx", "sha256": sha, "bytes": size, "precision": "fp32", "given": str(src),
+                "check_s": round(seconds, 3), "onnx": _version("onnx"), "onnxruntime": _version("onnxruntime-gpu")
+                if _version("onnxruntime-gpu") != "-" else _version("onnxruntime"), **info}
+    atomic_write_json(record, manifest)
+    log(f"[export] {cfg.name}: {src} fits its config (opset {info['opset']}); no export needed")
+    return ExportResult(src, False, seconds, manifest, folder)
 
 
 def ensure_onnx(cfg: ModelConfig, cache_root: Path, precisions=("fp32",), weights=None,
                 log=print, build: bool = True) -> dict[str, ExportResult]:
     """Every ONNX variant the run needs, by precision (fp32 always; fp16 when asked).
-    ``build=False`` only reads the cache (raises if a file is missing or corrupt)."""
-    results = {"fp32": onnx_fp32(cfg, cache_root, weights, log, build)}
+    ``build=False`` only reads the cache (raises if a file is missing or corrupt). A model given as
+    ONNX uses its own file as the FP32 one (``onnx_given``)."""
+    if is_given_onnx(cfg):
+        if weights:
+            from .errors import WeightsError
+
+            raise WeightsError(f"WEIGHTS={str(weights)!r}: model {cfg.name!r} is given as ONNX "
+                               f"({cfg.folder / 'model.onnx'}), whose weights are in the file; leave WEIGHTS empty")
+        results = {"fp32": onnx_given(cfg, cache_root, log, build)}
+    else:
+        results = {"fp32": onnx_fp32(cfg, cache_root, weights, log, build)}
     if "fp16" in precisions:
         results["fp16"] = onnx_fp16(cfg, results["fp32"], log, build)
     return results
@@ -196,9 +420,12 @@ def export_summary(results: dict[str, ExportResult], run_dir: Path | str | None 
     from .cache import atomic_write_json
 
     rows = [{"precision": p, "path": str(r.path), "cache hit": r.cache_hit,
+             "source": ("given (model.onnx)" if r.manifest.get("given") else
+                        "converted from FP32" if p != "fp32" else "exported from PyTorch"),
              "export/convert s (original)": r.manifest.get("export_s", r.manifest.get("convert_s")),
              "MB": round(r.manifest["bytes"] / 1e6, 2), "sha256": r.manifest["sha256"][:16],
-             "ORT vs PyTorch cosine": (r.manifest.get("parity_vs_torch") or {}).get("cosine")}
+             "ORT vs PyTorch cosine": (r.manifest.get("parity_vs_torch") or {}).get("cosine"),
+             "FP16 vs FP32 ONNX cosine (ORT CPU)": (r.manifest.get("parity_vs_fp32") or {}).get("cosine")}
             for p, r in results.items()]
     if run_dir:
         atomic_write_json(Path(run_dir) / "export.json", {"files": rows})

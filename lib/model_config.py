@@ -3,7 +3,12 @@
 A config names the model's inputs (name, dtype, dim names, example dims, runtime
 dims with -1 for dynamic, min/opt/max dims for engine profiles) and outputs, plus
 the default batch sizes and shapes of a sweep. Every error names the file and the
-field, e.g. ``models/foo/config.yaml: inputs[0].profile.max: ...``.
+field, e.g. ``models/foo/config.yaml: inputs[0].profile.max: ...``; a key the schema does not
+know is an error too, with the closest valid key (``inputs[0].exmaple: unknown key; did you mean
+'example'?``). ``defaults.cpu_batch_sizes`` / ``defaults.cpu_shapes`` are the sweep on a CPU
+(``ModelConfig.default_batch_sizes(device)`` / ``default_shapes(device)``); ``preprocessing``
+(``resize``, ``crop``, ``mean``, ``std``) prepares images for accuracy on labelled data
+(``lib.accuracy``).
 
 Shapes: a model's *shape dims* are its dynamic dims other than ``batch``, by
 name, in order of first appearance (``height, width`` for a CNN with dynamic
@@ -34,6 +39,27 @@ class _Where:
 
     def error(self, fieldname: str, message: str) -> ConfigError:
         return ConfigError(f"{self.path}: {fieldname}: {message}")
+
+
+# The keys each mapping of a config may have: any other is a typo, reported with the closest valid key.
+TOP_KEYS = ("name", "description", "task", "inputs", "outputs", "top_k_output", "preprocessing", "defaults")
+INPUT_KEYS = ("name", "dtype", "dims", "example", "runtime", "profile", "data")
+PROFILE_KEYS = ("min", "opt", "max")
+DATA_KEYS = ("kind", "low", "high")
+OUTPUT_KEYS = ("name", "dims")
+DEFAULTS_KEYS = ("batch_sizes", "cpu_batch_sizes", "shapes", "cpu_shapes")
+PREPROCESSING_KEYS = ("resize", "crop", "mean", "std")
+
+
+def _check_keys(where: _Where, fieldname: str, raw: dict, valid: tuple[str, ...]) -> None:
+    import difflib
+
+    for key in raw:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            prefix = f"{fieldname}." if fieldname else ""
+            raise where.error(f"{prefix}{key}", f"unknown key; {hint}valid keys here: {', '.join(valid)}")
 
 
 def _int_list(where: _Where, fieldname: str, value: Any, length: int | None = None) -> tuple[int, ...]:
@@ -103,10 +129,19 @@ class ModelConfig:
     task: str = "other"
     preprocessing: dict = field(default_factory=dict)
     top_k_output: str | None = None  # output compared by top-1 agreement (classification logits)
+    cpu_shapes: tuple[Shape, ...] = ()  # default shapes on a CPU (empty: ``shapes``)
 
     @property
     def folder(self) -> Path:
         return self.path.parent
+
+    def default_batch_sizes(self, device: str) -> tuple[int, ...]:
+        """The sweep's batch sizes when BATCH_SIZES=auto: ``cpu_batch_sizes`` on a CPU, else ``batch_sizes``."""
+        return self.cpu_batch_sizes if device == "cpu" and self.cpu_batch_sizes else self.batch_sizes
+
+    def default_shapes(self, device: str) -> tuple[Shape, ...]:
+        """The sweep's shapes when SHAPES=auto: ``cpu_shapes`` on a CPU when the config sets them, else ``shapes``."""
+        return self.cpu_shapes if device == "cpu" and self.cpu_shapes else self.shapes
 
     @property
     def shape_dims(self) -> tuple[str, ...]:
@@ -136,7 +171,7 @@ class ModelConfig:
             raise ConfigError(f"SHAPES: {text!r}: model {self.name!r} has no dynamic dims besides batch; use 'static'")
         form = "x".join(f"<{d}>" for d in dims)
         parts = text.split("x")
-        if len(parts) != len(dims) or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        if len(parts) != len(dims) or not all(p.strip().lstrip("-").isdecimal() for p in parts):
             raise ConfigError(f"SHAPES: {text!r} is not a shape of model {self.name!r}; expected {form}, e.g. "
                               f"{self.shapes[0].label if self.shapes else 'x'.join('1' for _ in dims)}")
         values = tuple((d, int(p)) for d, p in zip(dims, parts))
@@ -158,6 +193,7 @@ def _parse_input(where: _Where, i: int, raw: Any) -> InputSpec:
     f = f"inputs[{i}]"
     if not isinstance(raw, dict):
         raise where.error(f, f"expected a mapping with name, dtype, dims, ...; got {raw!r}")
+    _check_keys(where, f, raw, INPUT_KEYS)
     for key in ("name", "dims", "example", "runtime"):
         if key not in raw:
             raise where.error(f"{f}.{key}", "missing (required: name, dtype, dims, example, runtime, profile)")
@@ -185,6 +221,7 @@ def _parse_input(where: _Where, i: int, raw: Any) -> InputSpec:
     profile = raw.get("profile", {})
     if not isinstance(profile, dict):
         raise where.error(f"{f}.profile", f"expected a mapping with min, opt, max; got {profile!r}")
+    _check_keys(where, f"{f}.profile", profile, PROFILE_KEYS)
     bounds = {}
     for key in ("min", "opt", "max"):
         if key in profile:
@@ -204,6 +241,7 @@ def _parse_input(where: _Where, i: int, raw: Any) -> InputSpec:
     data = raw.get("data", {"kind": "normal"})
     if not isinstance(data, dict) or data.get("kind", "normal") not in DATA_KINDS:
         raise where.error(f"{f}.data.kind", f"expected one of {', '.join(DATA_KINDS)}, got {data!r}")
+    _check_keys(where, f"{f}.data", data, DATA_KEYS)
     if data.get("kind") == "randint" and not all(k in data for k in ("low", "high")):
         raise where.error(f"{f}.data", "randint needs low and high (high exclusive)")
     return InputSpec(name=name, dims=tuple(dims), dtype=dtype, example=example, runtime=runtime,
@@ -215,6 +253,7 @@ def parse_model_config(raw: Any, path: Path | str) -> ModelConfig:
     where = _Where(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a YAML mapping at the top level, got {type(raw).__name__}")
+    _check_keys(where, "", raw, TOP_KEYS)
     name = raw.get("name")
     if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
         raise where.error("name", f"expected a name of letters, digits, '_' or '-', got {name!r}")
@@ -224,6 +263,15 @@ def parse_model_config(raw: Any, path: Path | str) -> ModelConfig:
     inputs = tuple(_parse_input(where, i, r) for i, r in enumerate(raw_inputs))
     if len({s.name for s in inputs}) != len(inputs):
         raise where.error("inputs", "input names repeat")
+    # A dim shared by several inputs (batch, seq) takes one value per point: their ranges must overlap.
+    for dim in dict.fromkeys(d for s in inputs for d in s.dynamic_dims()):
+        have = [(i, s.dims.index(dim)) for i, s in enumerate(inputs) if dim in s.dims]
+        lo = max(inputs[i].min[j] for i, j in have)
+        hi = min(inputs[i].max[j] for i, j in have)
+        if lo > hi:
+            ranges = ", ".join(f"inputs[{i}] {inputs[i].min[j]}..{inputs[i].max[j]}" for i, j in have)
+            raise where.error("inputs", f"dim {dim!r} is shared by inputs whose min..max do not overlap ({ranges})")
+    preprocessing = _parse_preprocessing(where, raw.get("preprocessing"))
     raw_outputs = raw.get("outputs")
     if not isinstance(raw_outputs, list) or not raw_outputs:
         raise where.error("outputs", "expected a non-empty list of outputs (name, dims)")
@@ -231,6 +279,7 @@ def parse_model_config(raw: Any, path: Path | str) -> ModelConfig:
     for i, r in enumerate(raw_outputs):
         if not isinstance(r, dict) or not isinstance(r.get("name"), str):
             raise where.error(f"outputs[{i}].name", f"expected a mapping with a name, got {r!r}")
+        _check_keys(where, f"outputs[{i}]", r, OUTPUT_KEYS)
         dims = r.get("dims", [])
         if not isinstance(dims, list):
             raise where.error(f"outputs[{i}].dims", f"expected a list of dim names, got {dims!r}")
@@ -238,6 +287,7 @@ def parse_model_config(raw: Any, path: Path | str) -> ModelConfig:
     defaults = raw.get("defaults", {}) or {}
     if not isinstance(defaults, dict):
         raise where.error("defaults", f"expected a mapping, got {defaults!r}")
+    _check_keys(where, "defaults", defaults, DEFAULTS_KEYS)
     batch_sizes = _int_list(where, "defaults.batch_sizes", defaults.get("batch_sizes", [1]))
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise where.error("defaults.batch_sizes", f"expected positive integers, got {list(batch_sizes)}")
@@ -249,15 +299,52 @@ def parse_model_config(raw: Any, path: Path | str) -> ModelConfig:
         raise where.error("top_k_output", f"{top_k!r} is not an output name ({', '.join(o.name for o in outputs)})")
     cfg = ModelConfig(name=name, path=Path(path), inputs=inputs, outputs=tuple(outputs), batch_sizes=batch_sizes,
                       cpu_batch_sizes=cpu_batch_sizes, shapes=(), description=str(raw.get("description", "")), task=str(raw.get("task", "other")),
-                      preprocessing=dict(raw.get("preprocessing", {}) or {}), top_k_output=top_k)
+                      preprocessing=preprocessing, top_k_output=top_k)
     raw_shapes = defaults.get("shapes", ["static"] if not cfg.shape_dims else None)
     if not isinstance(raw_shapes, list) or not raw_shapes:
         raise where.error("defaults.shapes", f"expected a list of shapes like "
                           f"{'x'.join('<'+d+'>' for d in cfg.shape_dims) or 'static'}, got {raw_shapes!r}")
     try:
         shapes = tuple(cfg.parse_shape(str(s)) for s in raw_shapes)
-        for b in batch_sizes + cpu_batch_sizes:
-            cfg.check_batch(b)
     except ConfigError as e:
-        raise where.error("defaults", str(e)) from None
-    return replace(cfg, shapes=shapes)
+        raise where.error("defaults.shapes", str(e)) from None
+    cpu_shapes: tuple[Shape, ...] = ()
+    if "cpu_shapes" in defaults:
+        raw_cpu = defaults["cpu_shapes"]
+        if not isinstance(raw_cpu, list) or not raw_cpu:
+            raise where.error("defaults.cpu_shapes", f"expected a list of shapes like "
+                              f"{'x'.join('<'+d+'>' for d in cfg.shape_dims) or 'static'}, got {raw_cpu!r}")
+        try:
+            cpu_shapes = tuple(cfg.parse_shape(str(s)) for s in raw_cpu)
+        except ConfigError as e:
+            raise where.error("defaults.cpu_shapes", str(e)) from None
+    for key, sizes in (("batch_sizes", batch_sizes), ("cpu_batch_sizes", cpu_batch_sizes)):
+        try:
+            for b in sizes:
+                cfg.check_batch(b)
+        except ConfigError as e:
+            raise where.error(f"defaults.{key}", str(e)) from None
+    return replace(cfg, shapes=shapes, cpu_shapes=cpu_shapes)
+
+
+def _parse_preprocessing(where: _Where, raw: Any) -> dict:
+    """``{resize, crop, mean, std}`` for images (used by lib.accuracy); every key optional."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise where.error("preprocessing", f"expected a mapping with resize, crop, mean, std; got {raw!r}")
+    _check_keys(where, "preprocessing", raw, PREPROCESSING_KEYS)
+    for key in ("resize", "crop"):
+        v = raw.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise where.error(f"preprocessing.{key}", f"expected a positive integer (pixels), got {v!r}")
+    for key in ("mean", "std"):
+        v = raw.get(key)
+        if v is None:
+            continue
+        if (not isinstance(v, list) or not v
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+            raise where.error(f"preprocessing.{key}", f"expected a list of numbers, one per channel, got {v!r}")
+        if key == "std" and any(x <= 0 for x in v):
+            raise where.error("preprocessing.std", f"expected positive numbers, got {v!r}")
+    return dict(raw)

@@ -7,8 +7,12 @@ read as data with ``torch.load(weights_only=True)`` and applied with strict key 
 
 from __future__ import annotations
 
+import ast
+import difflib
 import importlib.util
 import os
+import sys
+import traceback
 from pathlib import Path
 
 import yaml
@@ -18,7 +22,8 @@ from .model_config import ModelConfig, parse_model_config
 
 RANDOM_WEIGHTS_SEED = 0
 
-__all__ = ["calibrate_batchnorm", "default_models_dir", "discover", "get_model", "list_models", "build_model", "load_weights"]
+__all__ = ["calibrate_batchnorm", "check_load_py", "default_models_dir", "discover", "get_model", "list_models",
+           "build_model", "load_weights"]
 
 
 def default_models_dir() -> Path:
@@ -30,8 +35,16 @@ def default_models_dir() -> Path:
 def _read_config(path: Path) -> ModelConfig:
     try:
         raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{path}: not valid YAML{where}: {what}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty; a model config needs name, inputs and outputs "
+                          f"(see models/efficientnet_b1/config.yaml)")
     return parse_model_config(raw, path)
 
 
@@ -60,10 +73,77 @@ def get_model(name: str, models_dir: Path | str | None = None) -> ModelConfig:
     """The model called ``name``; an unknown name lists the available ones."""
     models = discover(models_dir)
     if name not in models:
-        avail = ", ".join(sorted(models)) or "(none)"
-        raise ModelError(f"MODEL={name!r} is not a model here; available: {avail} "
-                         f"(each is a folder with config.yaml + load.py under {Path(models_dir or default_models_dir())})")
+        avail = ", ".join(sorted(models)) or "none"
+        close = difflib.get_close_matches(name, list(models), n=1, cutoff=0.6) or [
+            m for m in models if m.lower() == str(name).lower()]
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ModelError(f"MODEL={name!r} is not a model; {hint}available: {avail} (the folders with a config.yaml "
+                         f"under {Path(models_dir or default_models_dir())}; `make models` lists them)")
     return models[name]
+
+
+def _top_level_imports(tree: ast.Module) -> list[tuple[str, int]]:
+    """(top-level package, line) of the imports load.py runs unconditionally (not inside try/if/def)."""
+    out = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            out += [(a.name.split(".")[0], node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.append((node.module.split(".")[0], node.lineno))
+    return out
+
+
+def check_load_py(cfg: ModelConfig) -> None:
+    """Check ``load.py`` without running it (no torch import, milliseconds): it parses, defines
+    ``build_model`` and the packages it imports are installed. Errors name the model, the file and the line."""
+    load_py = cfg.folder / "load.py"
+    if not load_py.is_file():
+        return  # a model given as model.onnx
+    try:
+        source = load_py.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelError(f"model {cfg.name!r}: {load_py} cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        tree = ast.parse(source, filename=str(load_py))
+    except SyntaxError as e:
+        raise ModelError(f"model {cfg.name!r}: {load_py} line {e.lineno}: {e.msg} (SyntaxError)") from None
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    star = any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) for n in tree.body)
+    dynamic = "globals()" in source or "setattr(" in source
+    if "build_model" not in names and not star and not dynamic:
+        raise ModelError(f"model {cfg.name!r}: {load_py} must define build_model(config) -> torch.nn.Module "
+                         f"(it defines {', '.join(sorted(n for n in names if not n.startswith('_'))) or 'nothing'})")
+    if "sys.path" in source:
+        return  # it extends the import path itself: its imports are checked when it runs
+    for module, line in _top_level_imports(tree):
+        if module in sys.modules or (cfg.folder / f"{module}.py").exists() or (cfg.folder / module).is_dir():
+            continue
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            comment = source.splitlines()[line - 1].partition("#")[2].strip()  # e.g. "pip install transformers"
+            hint = f" (load.py says: {comment})" if comment else ""
+            raise ModelError(f"model {cfg.name!r}: {load_py} line {line} imports {module!r}, which is not installed "
+                             f"in this Python ({sys.executable}); install the package that provides it{hint}, "
+                             f"or fix the import")
+
+
+def _where_in(load_py: Path, exc: BaseException) -> str:
+    """' (load.py line N)': the innermost frame of ``exc``'s traceback that is in load.py."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == load_py]
+    if not frames and isinstance(exc, SyntaxError) and exc.lineno:
+        return f" (line {exc.lineno})"
+    return f" (line {frames[-1].lineno})" if frames else ""
 
 
 def build_model(cfg: ModelConfig, weights: str | Path | None = None):
@@ -75,11 +155,12 @@ def build_model(cfg: ModelConfig, weights: str | Path | None = None):
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-        builder = getattr(module, "build_model")
-    except AttributeError:
-        raise ModelError(f"{load_py} must define build_model(config) -> torch.nn.Module") from None
     except Exception as e:
-        raise ModelError(f"model {cfg.name!r}: {load_py} raised {type(e).__name__}: {e}") from e
+        raise ModelError(f"model {cfg.name!r}: {load_py} raised {type(e).__name__}{_where_in(load_py, e)}: "
+                         f"{_one_line(e)}") from e
+    builder = getattr(module, "build_model", None)
+    if not callable(builder):
+        raise ModelError(f"model {cfg.name!r}: {load_py} must define build_model(config) -> torch.nn.Module")
     import torch
 
     # Seeded, so every process (export, each backend's kernel, the parity reference) builds the same
@@ -89,7 +170,8 @@ def build_model(cfg: ModelConfig, weights: str | Path | None = None):
         try:
             model = builder(cfg)
         except Exception as e:
-            raise ModelError(f"model {cfg.name!r}: build_model() in {load_py} raised {type(e).__name__}: {e}") from e
+            raise ModelError(f"model {cfg.name!r}: build_model() in {load_py} raised "
+                             f"{type(e).__name__}{_where_in(load_py, e)}: {_one_line(e)}") from e
         if not isinstance(model, torch.nn.Module):
             raise ModelError(f"model {cfg.name!r}: build_model() returned {type(model).__name__}, "
                              f"not a torch.nn.Module")
@@ -98,6 +180,11 @@ def build_model(cfg: ModelConfig, weights: str | Path | None = None):
         else:
             calibrate_batchnorm(model, cfg)
     return model.eval()
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def calibrate_batchnorm(model, cfg: ModelConfig, passes: int = 4) -> int:
@@ -133,18 +220,46 @@ def calibrate_batchnorm(model, cfg: ModelConfig, passes: int = 4) -> int:
     return len(bns)
 
 
+def check_weights_file(path: Path | str) -> None:
+    """The fast part of the WEIGHTS checks (no torch import): the file exists and is a readable file."""
+    path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"WEIGHTS={str(path)!r} is a folder; give a state_dict file (e.g. model.pth)")
+    if not path.is_file():
+        raise WeightsError(f"WEIGHTS={str(path)!r} does not exist (give a local state_dict file, e.g. a .pth)")
+    if not os.access(path, os.R_OK):
+        raise WeightsError(f"WEIGHTS={str(path)!r} cannot be read (permission denied)")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"WEIGHTS={str(path)!r} is not a loadable state dict: the file is empty")
+
+
+def _torch_load_cause(exc: BaseException) -> str:
+    """torch.load's failure in a few words: its messages run to paragraphs."""
+    text = str(exc)
+    if "Unsupported global" in text or "GLOBAL" in text:
+        detail = text.split("Unsupported global:")[-1].split(" was not an allowed global")[0].strip()
+        return (f"it holds pickled Python objects ({' '.join(detail.split())[:120]}), which are not loaded because "
+                f"unpickling can run code; save model.state_dict() instead")
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:")[-1].split("\n\nCheck the documentation")[0]
+    elif "Weights only load failed" in text:
+        text = text.split("\n")[-1]
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    cause = lines[0] if lines else type(exc).__name__
+    return f"{type(exc).__name__}: {cause[:200]} (not a file written by torch.save?)"
+
+
 def load_weights(model, weights: str | Path, model_name: str = "model") -> None:
     """Apply a state dict from a local file, read as data only; errors name the file and the mismatch."""
     import torch
 
     path = Path(weights)
-    if not path.is_file():
-        raise WeightsError(f"WEIGHTS={str(weights)!r} does not exist (give a local state_dict file, e.g. a .pth)")
+    check_weights_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WeightsError(f"WEIGHTS={str(path)!r} is not a loadable state dict "
-                           f"(read with torch.load(weights_only=True)): {type(e).__name__}: {str(e)[:300]}") from None
+        raise WeightsError(f"WEIGHTS={str(path)!r} is not a loadable state dict (read with "
+                           f"torch.load(weights_only=True)): {_torch_load_cause(e)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # common checkpoint layout: {"state_dict": ..., "epoch": ...}
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -162,6 +277,11 @@ def load_weights(model, weights: str | Path, model_name: str = "model") -> None:
             parts.append(f"{len(missing)} missing keys: {few(missing)}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys: {few(unexpected)}")
+        for prefix in ("module.", "model.", "_orig_mod."):
+            if unexpected and all(k.startswith(prefix) for k in unexpected) and \
+                    {k[len(prefix):] for k in unexpected} >= set(missing):
+                parts.append(f"the file's keys carry a {prefix!r} prefix (saved from a wrapped model?): strip it")
+                break
         if wrong:
             parts.append(f"{len(wrong)} keys of another shape: " + few(
                 [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong]))

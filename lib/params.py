@@ -4,61 +4,95 @@ before any heavy work. Every error names the parameter, the bad value and what i
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["RunParams", "parse_int_list", "parse_float", "parse_int", "parse_list", "PRECISIONS"]
+__all__ = ["RunParams", "parse_int_list", "parse_float", "parse_int", "parse_list", "check_make_path", "show", "show_item",
+           "PRECISIONS", "COMPILE_MODES", "MAX_ITERS"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 NOT_YET = {"int8": "INT8 (explicit Q/DQ quantization) is not supported yet",
            "fp8": "FP8 is not supported yet", "tf32": "TF32 is not a precision here: it is fp32 with TF32=1"}
+# torch.compile's modes (torch._inductor.list_mode_options()), listed here so checking needs no torch import.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "lite")
+MAX_ITERS = 100_000  # lib.timing.TimingPolicy.max_iters: the timed loop's cap
+# Characters that break make (targets and recipes are built from these paths) or the shell.
+_MAKE_UNSAFE = set(" \t\n\r#$%:;*?\"'\\|&<>`")
+
+
+def show(name: str, value) -> str:
+    """``NAME=value`` as the user typed it; quoted where the value is empty or has spaces or quotes."""
+    text = str(value)
+    return f"{name}={text}" if re.fullmatch(r"[\w.,:;/+@=~-]+", text) else f"{name}={text!r}"
+
+
+def show_item(name: str, value, item) -> str:
+    """The bad item, named with its parameter: ``BATCH_SIZES=0`` or ``BATCH_SIZES=1,0,8: 0``."""
+    return show(name, value) if str(item).strip() == str(value).strip() else f"{show(name, value)}: {item}"
+
+
+def _example(name: str) -> str:
+    return {"BATCH_SIZES": "BATCH_SIZES=1,8,32", "BACKENDS": "BACKENDS=torch,ort", "PRECISIONS": "PRECISIONS=fp32,fp16",
+            "SHAPES": "SHAPES=224x224,320x320"}.get(name, f"{name}=a,b")
 
 
 def parse_list(name: str, value) -> list[str]:
+    """A comma-separated list ("1,8,32"); an empty list or an empty item is an error naming the value."""
     if isinstance(value, (list, tuple)):
         items = [str(v).strip() for v in value]
     else:
         items = [v.strip() for v in str(value).replace(";", ",").split(",")]
-    items = [v for v in items if v]
-    if not items:
-        raise ConfigError(f"{name} is empty; give a comma-separated list or 'auto'")
+    if not any(items):
+        raise ConfigError(f"{name} is empty; give a comma-separated list (e.g. {_example(name)}) or auto")
+    if not all(items):
+        raise ConfigError(f"{show(name, value)} has an empty item; separate the values with single commas, "
+                          f"e.g. {_example(name)}")
     return items
 
 
-def parse_int_list(name: str, value) -> list[int]:
+def parse_int_list(name: str, value, minimum: int = 1) -> list[int]:
+    """Whole numbers >= ``minimum``, comma-separated, without repeats (``BATCH_SIZES=1,8,32``)."""
     out = []
     for item in parse_list(name, value):
         try:
             n = int(item)
         except ValueError:
-            raise ConfigError(f"{name}: {item!r} is not a whole number; expected e.g. {name}=1,8,32") from None
-        if n < 1:
-            raise ConfigError(f"{name}: {n} is not valid; batch sizes are whole numbers >= 1")
+            hint = " (separate values with commas, not spaces)" if len(item.split()) > 1 else ""
+            raise ConfigError(f"{show_item(name, value, item)} is not a whole number{hint}; expected whole numbers "
+                              f">= {minimum} separated by commas, e.g. {_example(name)}, or auto") from None
+        if n < minimum:
+            raise ConfigError(f"{show_item(name, value, item)} is not valid; expected whole numbers >= {minimum} "
+                              f"separated by commas, e.g. {_example(name)}, or auto")
         out.append(n)
-    if len(set(out)) != len(out):
-        raise ConfigError(f"{name}: {','.join(map(str, out))} repeats a value")
+    repeated = sorted({n for n in out if out.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"{show(name, value)} repeats {', '.join(map(str, repeated))}; give each value once")
     return out
 
 
-def parse_float(name: str, value, minimum: float = 0.0, unit: str = "seconds") -> float:
+def parse_float(name: str, value, minimum: float = 0.0, unit: str = "seconds", positive: bool = False) -> float:
+    """A finite number >= ``minimum`` (``positive``: > ``minimum``), e.g. ``DURATION=1.0``."""
+    bound = f"{'>' if positive else '>='} {minimum:g}"
     try:
-        x = float(value)
+        x = float(str(value).strip())
     except (TypeError, ValueError):
-        raise ConfigError(f"{name}={value!r} is not a number; expected {unit} >= {minimum:g}") from None
-    if not math.isfinite(x) or x < minimum:
-        raise ConfigError(f"{name}={value!r} is not valid; expected {unit} >= {minimum:g}")
+        raise ConfigError(f"{show(name, value)} is not a number; expected {unit} {bound}") from None
+    if not math.isfinite(x) or x < minimum or (positive and x == minimum):
+        raise ConfigError(f"{show(name, value)} is not valid; expected {unit} {bound}")
     return x
 
 
-def parse_int(name: str, value, minimum: int = 1) -> int:
+def parse_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
+    valid = f"a whole number from {minimum} to {maximum}" if maximum is not None else f"a whole number >= {minimum}"
     try:
         x = int(str(value).strip())
     except ValueError:
-        raise ConfigError(f"{name}={value!r} is not a whole number; expected an integer >= {minimum}") from None
-    if x < minimum:
-        raise ConfigError(f"{name}={value!r} is not valid; expected an integer >= {minimum}")
+        raise ConfigError(f"{show(name, value)} is not a whole number; expected {valid}") from None
+    if x < minimum or (maximum is not None and x > maximum):
+        raise ConfigError(f"{show(name, value)} is not valid; expected {valid}")
     return x
 
 
@@ -68,7 +102,16 @@ def parse_bool(name: str, value) -> bool:
         return True
     if s in ("0", "false", "no", "off", ""):
         return False
-    raise ConfigError(f"{name}={value!r} is not valid; use 1 or 0")
+    raise ConfigError(f"{show(name, value)} is not valid; use 1 or 0")
+
+
+def check_make_path(name: str, value: str) -> None:
+    """Paths become make targets and recipe words: characters make or the shell would split are refused."""
+    bad = sorted(set(str(value)) & _MAKE_UNSAFE)
+    if bad:
+        shown = ", ".join("a space" if c == " " else repr(c) for c in bad)
+        raise ConfigError(f"{name}={str(value)!r} contains {shown}, which make cannot handle in a path; "
+                          f"use a path of letters, digits and / . _ - only")
 
 
 @dataclass
@@ -88,7 +131,7 @@ class RunParams:
     weights: str = ""
     seed: int = 0
     unstable_cv: float = 0.05  # a point whose CV exceeds this is flagged unstable
-    channels_last: bool = False
+    channels_last: str = "auto"  # auto: NHWC for FP16/BF16 on CUDA (tensor cores want it), else NCHW
     tf32: bool = True
     compile_mode: str = "default"
     trt_workspace_gib: float = 4.0
@@ -111,31 +154,44 @@ class RunParams:
                     "compile_mode", "models_dir", "cache_dir"):
             if key in raw:
                 setattr(p, key, str(raw[key]).strip())
+        for key in ("backends", "precisions", "batch_sizes", "shapes"):
+            if not getattr(p, key):
+                raise ConfigError(f"{key.upper()} is empty; give a comma-separated list (e.g. {_example(key.upper())}) "
+                                  f"or auto")
+        if p.batch_sizes.lower() != "auto":
+            parse_int_list("BATCH_SIZES", p.batch_sizes)  # the profile's bounds are checked by the plan step
+        if not p.cache_dir:
+            raise ConfigError("CACHE_DIR is empty; give a folder for exported models and engines (default: build)")
         # Paths are made absolute here, once: notebooks run with notebooks/ as their working folder.
         for key in ("weights", "models_dir", "cache_dir"):
             value = getattr(p, key)
             if value:
+                check_make_path(key.upper(), value)
                 setattr(p, key, str(Path(value).expanduser().resolve()))
+        if p.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"{show('COMPILE_MODE', p.compile_mode)} is not a torch.compile mode; valid: "
+                              f"{', '.join(COMPILE_MODES)}")
         if "warmup" in raw:
-            p.warmup = parse_float("WARMUP", raw["warmup"])
+            p.warmup = parse_float("WARMUP", raw["warmup"], positive=True)
         if "duration" in raw:
-            p.duration = parse_float("DURATION", raw["duration"])
+            p.duration = parse_float("DURATION", raw["duration"], positive=True)
         if "iters" in raw:
-            p.iters = parse_int("ITERS", raw["iters"])
+            p.iters = parse_int("ITERS", raw["iters"], maximum=MAX_ITERS)
         if "seed" in raw:
             p.seed = parse_int("SEED", raw["seed"], minimum=0)
         if "unstable_cv" in raw:
             p.unstable_cv = parse_float("UNSTABLE_CV", raw["unstable_cv"], unit="a fraction")
         if "channels_last" in raw:
-            p.channels_last = parse_bool("CHANNELS_LAST", raw["channels_last"])
+            value = str(raw["channels_last"]).strip().lower()
+            if value != "auto" and value not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+                raise ConfigError(f"{show('CHANNELS_LAST', raw['channels_last'])} is not valid; use auto, 1 or 0")
+            p.channels_last = "auto" if value == "auto" else str(int(parse_bool("CHANNELS_LAST", value)))
         if "tf32" in raw:
             p.tf32 = parse_bool("TF32", raw["tf32"])
         if "trt_workspace_gib" in raw:
             p.trt_workspace_gib = parse_float("TRT_WORKSPACE", raw["trt_workspace_gib"], 0.0625, "GiB")
         if "trt_opt_level" in raw:
-            p.trt_opt_level = parse_int("TRT_OPT_LEVEL", raw["trt_opt_level"], minimum=0)
-            if p.trt_opt_level > 5:
-                raise ConfigError(f"TRT_OPT_LEVEL={p.trt_opt_level} is not valid; expected 0..5 (default 3)")
+            p.trt_opt_level = parse_int("TRT_OPT_LEVEL", raw["trt_opt_level"], minimum=0, maximum=5)
         if "options" in raw:
             p.options = dict(raw["options"])
         return p
@@ -144,7 +200,7 @@ class RunParams:
         return asdict(self)
 
     def engine_options(self) -> dict:
-        return {"channels_last": self.channels_last, "tf32": self.tf32, "compile_mode": self.compile_mode,
+        return {"channels_last": None if self.channels_last == "auto" else self.channels_last == "1", "tf32": self.tf32, "compile_mode": self.compile_mode,
                 "workspace_gib": self.trt_workspace_gib, "opt_level": self.trt_opt_level, **self.options}
 
     def precision_list(self) -> list[str] | None:
@@ -154,9 +210,13 @@ class RunParams:
         items = [p.lower() for p in parse_list("PRECISIONS", self.precisions)]
         for item in items:
             if item in NOT_YET:
-                raise ConfigError(f"PRECISIONS: {item}: {NOT_YET[item]}; valid: {', '.join(PRECISIONS)}")
+                raise ConfigError(f"{show_item('PRECISIONS', self.precisions, item)}: {NOT_YET[item]}; valid: "
+                                  f"{', '.join(PRECISIONS)} or auto")
             if item not in PRECISIONS:
-                raise ConfigError(f"PRECISIONS: {item!r} is not a precision; valid: {', '.join(PRECISIONS)} or auto")
+                raise ConfigError(f"{show_item('PRECISIONS', self.precisions, item)} is not a precision; valid: "
+                                  f"{', '.join(PRECISIONS)} or auto")
+        if len(set(items)) != len(items):
+            raise ConfigError(f"{show('PRECISIONS', self.precisions)} repeats a precision; give each once")
         return items
 
     @property

@@ -53,6 +53,10 @@ def compare_outputs(outputs: dict[str, np.ndarray], reference: dict[str, np.ndar
             passed = False
             problems.append(f"{name}: non-finite values")
             continue
+        if not np.all(np.isfinite(ref64)):  # NaN figures would compare False and pass every threshold
+            passed = False
+            problems.append(f"{name}: the reference has non-finite values; parity cannot be judged")
+            continue
         max_abs = float(np.max(np.abs(out - ref64))) if out.size else 0.0
         scale = float(np.max(np.abs(ref64))) if out.size else 0.0
         rel = max_abs / scale if scale > 0 else max_abs

@@ -9,22 +9,24 @@ run folder is only ever resumed with the same parameters, never overwritten.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .cache import atomic_write_json, atomic_write_text, read_json
 from .device import resolve_device
-from .errors import BenchbookError, ConfigError
+from .errors import BenchbookError, ConfigError, UnavailableError
 from .export import export_key
-from .model_config import ModelConfig, Shape
-from .models import build_model, get_model
-from .params import RunParams, parse_int_list, parse_list
+from .model_config import BATCH_DIM, ModelConfig, Shape
+from .models import build_model, check_load_py, check_weights_file, get_model
+from .params import RunParams, check_make_path, parse_int_list, parse_list, show, show_item
 from .stats import parse_outlier_rule
 from .timing import TimingPolicy
 
-__all__ = ["Plan", "make_plan", "new_run_id", "load_plan", "resolve_points"]
+__all__ = ["Plan", "make_plan", "new_run_id", "check_run_id", "load_plan", "parse_shapes", "resolve_points"]
 
 # Parameters whose change makes a different run (a resume must keep them).
 _RUN_DEFINING = ("model", "backends", "precisions", "batch_sizes", "shapes", "device", "weights", "seed",
@@ -54,27 +56,96 @@ def new_run_id(device: str) -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + f"-{device}"
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_run_id(run_id: str) -> None:
+    if not _RUN_ID.fullmatch(run_id):
+        raise ConfigError(f"{show('RUN_ID', run_id)} is not valid: use letters, digits, '.', '_' or '-' (the name of a "
+                          f"folder under REPORTS_DIR/<model>/, e.g. RUN_ID=20250101-120000-cuda); "
+                          f"leave it empty for a new run")
+
+
+def _profile_text(cfg: ModelConfig, dims) -> str:
+    return ", ".join(f"{d} {lo}..{hi}" for d in dims for lo, hi in [cfg.profile_range(d)])
+
+
+def parse_shapes(cfg: ModelConfig, text: str) -> list[Shape]:
+    """``SHAPES`` for ``cfg``: 'auto' (the config's defaults) or a comma-separated list such as 224x224,320x320."""
+    if str(text).strip().lower() == "auto":
+        return list(cfg.shapes)
+    items = parse_list("SHAPES", text)
+    dims = cfg.shape_dims
+    if not dims:
+        bad = [i for i in items if i.lower() not in ("static", "default")]
+        if bad:
+            raise ConfigError(f"{show('SHAPES', text)} does not apply to model {cfg.name!r}: its input sizes are fixed "
+                              f"(only the batch dim varies: set it with BATCH_SIZES); use SHAPES=auto")
+        return [Shape(())]
+    form = "x".join(f"<{d}>" for d in dims)
+    example = cfg.shapes[0].label if cfg.shapes else "x".join(str(cfg.profile_range(d)[0]) for d in dims)
+    shapes = []
+    for item in items:
+        parts = item.lower().split("x")
+        if len(parts) != len(dims) or not all(p.strip().isdecimal() for p in parts):
+            raise ConfigError(f"{show_item('SHAPES', text, item)} is not a shape of model {cfg.name!r}; expected {form} "
+                              f"({_profile_text(cfg, dims)}), e.g. SHAPES={example} (or auto)")
+        for d, v in zip(dims, (int(p) for p in parts)):
+            lo, hi = cfg.profile_range(d)
+            if not lo <= v <= hi:
+                raise ConfigError(f"{show('SHAPES', text)}: {d}={v} is outside the profile of model {cfg.name!r} "
+                                  f"({_profile_text(cfg, dims)}, set in {cfg.path} inputs[*].profile)")
+        shapes.append(cfg.parse_shape("x".join(p.strip() for p in parts)))
+    labels = [s.label for s in shapes]
+    repeated = sorted({x for x in labels if labels.count(x) > 1})
+    if repeated:
+        raise ConfigError(f"{show('SHAPES', text)} repeats {', '.join(repeated)}; give each shape once")
+    return shapes
+
+
 def resolve_points(cfg: ModelConfig, params: RunParams, device: str) -> tuple[list[int], list[Shape]]:
-    if params.batch_sizes.lower() in ("auto", ""):
+    if params.batch_sizes.strip().lower() == "auto":
         batches = list(cfg.cpu_batch_sizes if device == "cpu" else cfg.batch_sizes)
     else:
         batches = parse_int_list("BATCH_SIZES", params.batch_sizes)
+        lo, hi = cfg.profile_range(BATCH_DIM)
+        outside = [b for b in batches if not lo <= b <= hi]
+        if outside:
+            raise ConfigError(f"{show('BATCH_SIZES', params.batch_sizes)}: {', '.join(map(str, outside))} "
+                              f"{'is' if len(outside) == 1 else 'are'} outside the profile of model {cfg.name!r} "
+                              f"(batch {lo}..{hi}, set in {cfg.path} inputs[*].profile)")
     for b in batches:
         cfg.check_batch(b)
-    if params.shapes.lower() in ("auto", ""):
-        shapes = list(cfg.shapes)
-    else:
-        shapes = [cfg.parse_shape(s) for s in parse_list("SHAPES", params.shapes)]
-    return batches, shapes
+    return batches, parse_shapes(cfg, params.shapes)
+
+
+def _runnable_here(device: str) -> list[str]:
+    from .engines import engine_class, list_backends
+
+    out = []
+    for name in list_backends():
+        cls = engine_class(name)
+        if device in cls.devices and cls.unavailable_reason(device) is None:
+            out.append(name)
+    return out
 
 
 def _resolve_backends(params: RunParams, device: str) -> tuple[list[dict], list[dict]]:
     from .engines import engine_class, list_backends
 
     requested = params.precision_list()
-    auto = params.backends.lower() == "auto"
+    auto = params.backends.strip().lower() == "auto"
     names = list_backends() if auto else parse_list("BACKENDS", params.backends)
-    classes = [engine_class(n) for n in names]  # unknown names raise here, listing the valid ones
+    for n in names:
+        if n not in list_backends():
+            close = difflib.get_close_matches(n, list_backends(), n=1, cutoff=0.6)
+            raise ConfigError(f"{show_item('BACKENDS', params.backends, n)} is not a backend; "
+                              f"{f'did you mean {close[0]}? ' if close else ''}"
+                              f"valid: {', '.join(list_backends())} or auto")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"{show('BACKENDS', params.backends)} repeats {', '.join(repeated)}; give each backend once")
+    classes = [engine_class(n) for n in names]
     combos, skipped = [], []
     for cls in classes:
         if device not in cls.devices:
@@ -103,20 +174,72 @@ def _resolve_backends(params: RunParams, device: str) -> tuple[list[dict], list[
     return combos, skipped
 
 
-def _check_writable(reports_dir: Path) -> None:
+def _check_writable(name: str, folder: Path) -> None:
+    """``folder`` exists or can be made, and a file can be written in it; else a one-line error.
+    Folders made for the test are removed again (nothing is left behind by a plan that fails later)."""
+    folder = Path(folder).expanduser().resolve()
+    missing = [folder, *folder.parents]
+    missing = [d for d in missing[:next((i for i, d in enumerate(missing) if d.exists()), len(missing))]]
     try:
-        reports_dir.mkdir(parents=True, exist_ok=True)
-        probe = reports_dir / f".write-test-{os.getpid()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise ConfigError(f"REPORTS_DIR={str(reports_dir)!r} cannot be written ({e.strerror}); "
-                          f"give a folder you can write to") from None
+        parent = next((d for d in folder.parents if d.exists()), folder)
+        if folder.exists() and not folder.is_dir():
+            why = "it is a file, not a folder"
+        elif parent.exists() and not parent.is_dir():
+            why = f"{parent} is a file, not a folder"
+        elif not folder.exists():
+            why = f"cannot create folders in {parent}: {e.strerror or type(e).__name__}"
+        else:
+            why = e.strerror or type(e).__name__
+        raise ConfigError(f"{show(name, folder)} cannot be written ({why}); give a folder you can write to") from None
+    finally:
+        for d in missing:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+
+def _unfinished_run(model_dir: Path, params: RunParams) -> Path | None:
+    """The newest earlier run with these parameters that has no report yet (an interrupted run), if any."""
+    for run in sorted(model_dir.glob("*/params.json"), key=lambda p: p.parent.name, reverse=True):
+        try:
+            old = read_json(run)
+        except (OSError, ValueError):
+            continue
+        if all(str(old.get(k)) == str(getattr(params, k)) for k in _RUN_DEFINING):
+            return None if (run.parent / "report.html").exists() else run.parent
+    return None
+
+
+def _new_run_dir(model_dir: Path, device: str) -> Path:
+    """A run folder that did not exist before (two runs started within a second get different ids)."""
+    base = new_run_id(device)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        run_dir = model_dir / (base if i == 1 else f"{base}-{i}")
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise BenchbookError(f"could not create a new run folder under {model_dir}")
 
 
 def make_plan(params: RunParams, reports_dir: Path | str = "reports", run_id: str = "", log=print) -> Plan:
-    """Validate ``params``, resolve what runs, and create (or resume) the run folder."""
+    """Validate ``params``, resolve what runs, and create (or resume) the run folder.
+
+    The checks run cheapest first and none imports torch unless WEIGHTS is given; nothing is
+    written before every check has passed."""
+    check_make_path("REPORTS_DIR", str(reports_dir))
     reports_dir = Path(reports_dir).expanduser().resolve()
+    run_id = str(run_id or "").strip()
+    if run_id:
+        check_run_id(run_id)
     device = resolve_device(params.device)
     cfg = get_model(params.model, params.models_path)
     TimingPolicy(warmup_s=params.warmup, min_iters=params.iters, min_duration_s=params.duration)
@@ -124,23 +247,42 @@ def make_plan(params: RunParams, reports_dir: Path | str = "reports", run_id: st
     batches, shapes = resolve_points(cfg, params, device)
     combos, skipped = _resolve_backends(params, device)
     if not combos:
-        raise BenchbookError("nothing can run: " + "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped))
+        raise UnavailableError(f"nothing can run on {device}: "
+                               + "; ".join(f"{s['backend']}/{s['precision']}: {s['reason']}" for s in skipped)
+                               + f" (BACKENDS that run here: {', '.join(_runnable_here(device)) or 'none'})")
+    check_load_py(cfg)
     if params.weights:
-        build_model(cfg, params.weights)  # file exists, is a state dict and fits the model (seconds)
-    _check_writable(reports_dir)
+        check_weights_file(params.weights)
+    _check_writable("REPORTS_DIR", reports_dir)
+    _check_writable("CACHE_DIR", Path(params.cache_dir))
+    if params.weights:
+        build_model(cfg, params.weights)  # the file is a state dict that fits the model (seconds: imports torch)
     onnx_precisions = sorted({c["precision"] for c in combos if _needs_onnx(c["backend"])} | {"fp32"})
     key = export_key(cfg, params.weights or None) if (cfg.folder / "load.py").exists() else "given"
-    run_id = run_id or new_run_id(device)
-    run_dir = reports_dir / cfg.name / run_id
-    resumed = (run_dir / "params.json").exists()
+    model_dir = reports_dir / cfg.name
+    if run_id:
+        run_dir = model_dir / run_id
+        resumed = (run_dir / "params.json").exists()
+    else:
+        earlier = _unfinished_run(model_dir, params)
+        if earlier is not None:
+            log(f"[plan] note: run {earlier.name} with these parameters has no report (interrupted?); "
+                f"RUN_ID={earlier.name} would resume it. Starting a new run.")
+        run_dir, resumed = _new_run_dir(model_dir, device), False
     if resumed:
         old = read_json(run_dir / "params.json")
         diff = [k for k in _RUN_DEFINING if str(old.get(k)) != str(getattr(params, k))]
         if diff:
-            raise ConfigError(f"RUN_ID={run_id} exists with other parameters ({', '.join(diff)} differ: "
-                              + ", ".join(f"{k}={old.get(k)!r} there" for k in diff)
-                              + "); leave RUN_ID empty for a new run")
-        log(f"[plan] resuming {run_dir}: points already measured are kept")
+            raise ConfigError(f"RUN_ID={run_id} was run with other parameters ("
+                              + ", ".join(f"{show(k.upper(), old.get(k))} there, {getattr(params, k)} now" for k in diff)
+                              + "); give the same parameters to resume it, or leave RUN_ID empty for a new run")
+        measured = sum(1 for _ in run_dir.glob("bench/*/points/*.json"))
+        if measured:
+            log(f"[plan] resuming {run_dir}: the {measured} point{'s' if measured != 1 else ''} already measured "
+                f"{'are' if measured != 1 else 'is'} kept")
+    elif run_id and run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"RUN_ID={run_id}: {run_dir} exists but is not a run folder (no params.json); "
+                          f"choose another RUN_ID or leave it empty")
     run_dir.mkdir(parents=True, exist_ok=True)
     plan = Plan(run_dir=run_dir, params=params, device=device, batch_sizes=batches,
                 shapes=[s.label for s in shapes], combos=combos, skipped=skipped,
@@ -169,7 +311,7 @@ def _drop_stale_stamp(plan: Plan, key: str, log) -> None:
     for folder in folders:
         ok, why = valid_artifact(folder, "model.onnx")
         if not ok:
-            log(f"[plan] cached export is invalid ({why}); it will be rebuilt")
+            log(f"[plan] warning: the cached ONNX export cannot be used: {why}; it will be rebuilt")
             stamp.unlink()
             return
 

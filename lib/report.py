@@ -1,46 +1,588 @@
-"""Tables and plots for the analysis notebook. Display code only: it reads a loaded ``Run``
-(``lib.results``) and never measures anything."""
+"""Tables, figures and text for the analysis notebook. Display code only: it reads a loaded ``Run``
+(``lib.results``) and never measures anything (FLOPs and peaks come from ``lib.flops`` and
+``lib.peaks``, which cache what they count in the run folder).
+
+Conventions: every table goes through ``table()`` (index hidden, numbers rounded for reading, a
+missing value shown as "–"); every figure through ``show()`` (embedded PNG); a backend/precision is
+called a *series* ("ort/fp32") and keeps one colour in every figure. Decisions use the parity-passing
+points only, and p99 over *every* sample (``p99_raw_ms``): a latency budget has to cover the tail
+that outlier filtering would hide.
+"""
 
 from __future__ import annotations
 
-import json
-
 import io
+import json
+import math
+import os
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
 from .results import Run
+from .stats import bootstrap_ratio_ci
 
-__all__ = ["show", "MODE_LABELS", "summary_table", "best_per_batch", "parity_table", "environment_table", "params_table",
+__all__ = ["show", "table", "fmt_num", "MODE_LABELS", "BASELINE", "title_markdown", "summary_markdown",
+           "decision_table", "speedups", "speedup_table", "plot_speedups", "budget_table", "budget_markdown",
+           "plot_latency_throughput", "efficiency_markdown", "efficiency_table", "plot_efficiency",
+           "summary_table", "best_per_batch", "parity_table", "environment_table", "params_table",
            "engines_table", "plot_latency_vs_batch", "plot_throughput_vs_batch", "plot_distributions",
-           "plot_resources", "plot_timeline", "outlier_note", "write_tables"]
+           "plot_resources", "plot_timeline", "plot_health", "health_table", "health_markdown", "unstable_table",
+           "failures_table", "outlier_note", "write_tables", "data_markdown", "notebooks_markdown"]
 
 MODE_LABELS = {
     "device": "device-resident latency (inputs already on the device, outputs left there)",
     "end_to_end": "end-to-end latency (host arrays in, host arrays out, copies included)",
     "throughput": "pipelined throughput (back-to-back requests, one sync per window)",
 }
-sns.set_theme(style="whitegrid", context="notebook")
+MODE_SHORT = {"device": "device-resident", "end_to_end": "end-to-end", "throughput": "pipelined"}
+BASELINE = ("torch", "fp32")  # PyTorch eager FP32: what every speedup is relative to
+# NVML clock-event reasons that mean the GPU slowed down (idle, application-clock and display settings do not)
+THROTTLING = ("sw_power_cap", "hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake")
 
+plt.rcParams.update({"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
+                     "axes.spines.right": False, "font.size": 10, "axes.titlesize": 11, "legend.fontsize": 8})
+
+
+# --- display helpers -----------------------------------------------------------------------
 
 def show(fig, dpi: int = 100) -> None:
-    """Display a figure as an embedded PNG whatever matplotlib backend is active, then free it
-    (the HTML report then carries the image itself, and no figure is shown twice)."""
-    from IPython.display import Image, display
+    """Display a figure (or a list of them) as embedded PNGs whatever matplotlib backend is active,
+    then free it (the HTML report then carries the image itself, and no figure is shown twice)."""
+    from IPython.display import Image, Markdown, display
 
+    if fig is None:
+        return
+    if isinstance(fig, str):
+        display(Markdown(fig))
+        return
+    if isinstance(fig, (list, tuple)):
+        for f in fig:
+            show(f, dpi)
+        return
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     display(Image(buf.getvalue()))
 
 
-def _series(run: Run) -> pd.Series:
-    p = run.points
+def _isnan(x) -> bool:
+    try:
+        return x is None or (isinstance(x, float) and math.isnan(x)) or bool(pd.isna(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt_num(x, sig: int = 3) -> str:
+    """A number for reading: 3 significant digits, thousands separated, no needless decimals
+    (482.7 -> '483', 0.02811 -> '0.0281', 12345.6 -> '12,346'); missing -> '–'."""
+    if _isnan(x):
+        return "–"
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):,}"
+    x = float(x)
+    if x == 0:
+        return "0"
+    if not math.isfinite(x):
+        return str(x)
+    ax = abs(x)
+    if ax < 1e-4:
+        return f"{x:.{sig - 1}e}"
+    if ax >= 10 ** (sig - 1):
+        return f"{x:,.0f}"
+    decimals = max(0, sig - 1 - int(math.floor(math.log10(ax))))
+    return f"{x:,.{decimals}f}"
+
+
+def fmt_pct(x) -> str:
+    """A fraction as a percentage: 0.0523 -> '5.2%', 0.00041 -> '0.041%'."""
+    if _isnan(x):
+        return "–"
+    v = float(x) * 100
+    if v != 0 and abs(v) < 0.001:
+        return "<0.001%"
+    return f"{fmt_num(v, 2) if abs(v) < 1 else f'{v:.1f}'}%"
+
+
+def fmt_x(x) -> str:
+    """A speedup or ratio: 1.3612 -> '1.36×', 3193.7 -> '3,194×'."""
+    return "–" if _isnan(x) else f"{fmt_num(float(x))}×"
+
+
+_x = fmt_x
+
+
+def _g(x) -> str:
+    """A parameter value in prose: 10.0 -> '10', 2.5 -> '2.5'."""
+    return f"{float(x):g}"
+
+
+def _fmt_bool(v) -> str:
+    return "–" if _isnan(v) else ("yes" if v else "no")
+
+
+def table(frame: pd.DataFrame, formats: dict | None = None, highlight: str | None = None, max_rows: int = 500):
+    """A DataFrame ready to display: index hidden, numbers formatted for reading, missing as '–'.
+
+    Columns named 'CV', '% ...' or 'share ...' are fractions shown as percentages; bool columns as
+    yes/no; other numbers with ``fmt_num``. ``highlight``: a bool column whose true rows are shaded."""
+    if frame is None:
+        frame = pd.DataFrame()
+    if frame.empty:
+        frame = pd.DataFrame({"": ["(none)"]}) if frame.columns.empty else frame
+    frame = frame.head(max_rows).reset_index(drop=True)
+    fmt = {}
+    for c in frame.columns:
+        col = frame[c]
+        name = str(c)
+        if formats and c in formats:
+            fmt[c] = formats[c]
+        elif name == "cosine":  # parity thresholds sit at 0.999..0.9999: show enough nines
+            fmt[c] = lambda v: "–" if _isnan(v) else f"{float(v):.6f}"
+        elif name == "CV" or name.startswith("% ") or name.startswith("share"):
+            fmt[c] = fmt_pct
+        elif col.dtype == bool or (col.dtype == object and col.dropna().map(lambda v: isinstance(v, (bool, np.bool_))).all()
+                                   and col.notna().any()):
+            fmt[c] = _fmt_bool
+        elif pd.api.types.is_numeric_dtype(col):
+            fmt[c] = fmt_num
+    st = frame.style.format(fmt, na_rep="–").hide(axis="index")
+    st = st.set_table_attributes('class="bb-table"')
+    text = [c for c in frame.columns if c not in fmt or fmt[c] is _fmt_bool]
+    numeric = [c for c in frame.columns if c not in text]
+    if numeric:
+        st = st.set_properties(subset=numeric, **{"white-space": "nowrap"})
+    if text:  # words read left-aligned, numbers right-aligned
+        st = st.set_properties(subset=text, **{"text-align": "left"})
+        st = st.set_table_styles([{"selector": f"th.col{list(frame.columns).index(c)}", "props": "text-align: left"}
+                                  for c in text], overwrite=False)
+    if highlight and highlight in frame:
+        flags = frame[highlight].fillna(False).astype(bool).to_numpy()
+        st = st.apply(lambda r: ["background-color: #fff3cd" if flags[r.name] else "" for _ in r], axis=1)
+    return st
+
+
+def _series_col(p: pd.DataFrame) -> pd.Series:
     return p["backend"] + "/" + p["precision"]
 
+
+def _series_order(run: Run) -> list[str]:
+    order = [f"{c['backend']}/{c['precision']}" for c in run.plan.get("combos", [])]
+    if not run.points.empty:
+        order += [s for s in dict.fromkeys(_series_col(run.points)) if s not in order]
+    return order
+
+
+def _palette(run: Run) -> dict:
+    cmap = plt.get_cmap("tab10")
+    return {s: cmap(i % 10) for i, s in enumerate(_series_order(run))}
+
+
+def _usable(run: Run) -> pd.DataFrame:
+    """Points a decision may use: parity did not fail."""
+    p = run.points
+    if p.empty:
+        return p
+    return p[p["parity_passed"].map(lambda v: v is not False and v is not np.False_)].assign(series=_series_col(p))
+
+
+def _rate_mode(run: Run) -> str:
+    return "throughput" if (not run.points.empty and (run.points["mode"] == "throughput").any()) else "device"
+
+
+def _multi_shape(run: Run) -> bool:
+    return len(run.plan.get("shapes", [])) > 1
+
+
+# --- summary: decisions ---------------------------------------------------------------------
+
+def speedups(run: Run) -> pd.DataFrame:
+    """Speedup of every point over PyTorch eager FP32 at the same batch, shape and mode:
+    median(baseline ms) / median(ms) on the raw samples, with a 95% percentile-bootstrap CI
+    (``lib.stats.bootstrap_ratio_ci``). Empty when the run has no torch/fp32 points."""
+    cols = ["backend", "precision", "batch", "shape", "mode", "median_ms", "baseline_median_ms", "speedup",
+            "ci_low", "ci_high", "significant", "n", "baseline_n"]
+    p = run.points
+    if p.empty or not ((p["backend"] == BASELINE[0]) & (p["precision"] == BASELINE[1])).any():
+        return pd.DataFrame(columns=cols)
+    rows = []
+    cache: dict = {}
+    for r in p.itertuples(index=False):
+        key = (r.batch, r.shape, r.mode)
+        if key not in cache:
+            cache[key] = run.raw_ms(BASELINE[0], BASELINE[1], r.batch, r.shape, r.mode)
+        base = cache[key]
+        x = run.raw_ms(r.backend, r.precision, r.batch, r.shape, r.mode)
+        if len(base) == 0 or len(x) == 0:
+            continue
+        n = max(len(base), len(x))
+        n_boot = 2000 if n <= 1000 else 1000 if n <= 4000 else 500  # bounded cost on long GPU runs
+        ratio, lo, hi = bootstrap_ratio_ci(base, x, n_boot=n_boot)
+        is_base = (r.backend, r.precision) == BASELINE
+        rows.append({"backend": r.backend, "precision": r.precision, "batch": r.batch, "shape": r.shape,
+                     "mode": r.mode, "median_ms": float(np.median(x)), "baseline_median_ms": float(np.median(base)),
+                     "speedup": ratio, "ci_low": lo, "ci_high": hi,
+                     "significant": (not is_base) and (lo > 1 or hi < 1), "n": len(x), "baseline_n": len(base)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _speedup_of(sp: pd.DataFrame, series: str, batch, shape, mode) -> str:
+    if sp is None or sp.empty:
+        return ""
+    m = sp[(sp["backend"] + "/" + sp["precision"] == series) & (sp["batch"] == batch) & (sp["shape"] == shape)
+           & (sp["mode"] == mode)]
+    if m.empty:
+        return ""
+    r = m.iloc[0]
+    if series == "/".join(BASELINE):
+        return " (the baseline)"
+    return f" ({_x(r['speedup'])} [{fmt_num(r['ci_low'])}–{fmt_num(r['ci_high'])}] vs torch/fp32)"
+
+
+def decision_table(run: Run, sp: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per shape and batch size: the configuration with the lowest p99 end-to-end and device-resident
+    latency and the one with the highest throughput, each with its speedup over PyTorch eager FP32."""
+    ok = _usable(run)
+    if ok.empty:
+        return pd.DataFrame()
+    rate_mode = _rate_mode(run)
+    rows = []
+    for (shape, batch), g in ok.groupby(["shape", "batch"], sort=True):
+        row = {"shape": shape, "batch": batch}
+        for mode, col in (("end_to_end", "lowest p99, end-to-end"), ("device", "lowest p99, device-resident")):
+            m = g[g["mode"] == mode].sort_values("p99_raw_ms")
+            row[col] = (f"{m.iloc[0]['series']}: {fmt_num(m.iloc[0]['p99_raw_ms'])} ms"
+                        f"{_speedup_of(sp, m.iloc[0]['series'], batch, shape, mode)}") if len(m) else "–"
+        t = g[g["mode"] == rate_mode].sort_values("items_per_s", ascending=False)
+        row[f"highest throughput ({MODE_SHORT[rate_mode]})"] = (
+            f"{t.iloc[0]['series']}: {fmt_num(t.iloc[0]['items_per_s'])} items/s"
+            f"{_speedup_of(sp, t.iloc[0]['series'], batch, shape, rate_mode)}") if len(t) else "–"
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    return out if _multi_shape(run) else out.drop(columns="shape")
+
+
+best_per_batch = decision_table  # the old name
+
+
+def budget_table(run: Run, budget_ms: float = 10.0, mode: str = "end_to_end", top: int = 8) -> pd.DataFrame:
+    """Configurations (series × batch × shape) whose p99 ``mode`` latency over every sample is within
+    ``budget_ms``, by throughput (batch / median latency of that mode: one batch at a time)."""
+    ok = _usable(run)
+    if ok.empty:
+        return pd.DataFrame()
+    m = ok[(ok["mode"] == mode) & (ok["p99_raw_ms"] <= budget_ms)].sort_values("items_per_s", ascending=False)
+    if m.empty:
+        lat = ok[ok["mode"] == mode].sort_values("p99_raw_ms")
+        best = (f"; the lowest is {lat.iloc[0]['series']} at batch {lat.iloc[0]['batch']}: "
+                f"{fmt_num(lat.iloc[0]['p99_raw_ms'])} ms") if len(lat) else ""
+        return pd.DataFrame({"within the budget": [f"none: every configuration's p99 {MODE_SHORT.get(mode, mode)} "
+                                                   f"latency is above {_g(budget_ms)} ms{best}"]})
+    pipelined = ok[ok["mode"] == "throughput"].set_index(["series", "batch", "shape"])["items_per_s"]
+    rows = []
+    for r in m.head(top).itertuples(index=False):
+        row = {"configuration": r.series, "batch": r.batch, "shape": r.shape, "p99 ms": r.p99_raw_ms,
+               "median ms": r.median_ms, "items/s": r.items_per_s}
+        if len(pipelined):
+            row["items/s pipelined"] = pipelined.get((r.series, r.batch, r.shape), np.nan)
+        row["unstable"] = r.unstable
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if not out.empty and not _multi_shape(run):
+        out = out.drop(columns="shape")
+    return out
+
+
+def budget_markdown(run: Run, budget_ms: float = 10.0, mode: str = "end_to_end") -> str:
+    ok = _usable(run)
+    what = f"p99 {MODE_SHORT.get(mode, mode)} latency ≤ {_g(budget_ms)} ms"
+    if ok.empty:
+        return f"**Latency budget ({what})**: no measurements."
+    m = ok[ok["mode"] == mode]
+    within = m[m["p99_raw_ms"] <= budget_ms].sort_values("items_per_s", ascending=False)
+    if within.empty:
+        best = m.sort_values("p99_raw_ms").iloc[0]
+        return (f"**Latency budget ({what})**: no configuration meets it. The lowest p99 is "
+                f"**{best['series']}** at batch {best['batch']}: {fmt_num(best['p99_raw_ms'])} ms.")
+    b = within.iloc[0]
+    n_over = int((m["p99_raw_ms"] > budget_ms).sum())
+    return (f"**Latency budget ({what})**: the highest throughput within it is **{b['series']} at batch "
+            f"{b['batch']}**{'' if not _multi_shape(run) else f' (shape {b.shape})'}: "
+            f"{fmt_num(b['items_per_s'])} items/s at p99 {fmt_num(b['p99_raw_ms'])} ms. "
+            f"{len(within)} configurations meet the budget, {n_over} do not. "
+            f"(Budget: the analysis notebook's `budget_ms` parameter; throughput = batch / median latency, "
+            f"one batch at a time.)")
+
+
+def speedup_table(sp: pd.DataFrame, run: Run | None = None) -> pd.DataFrame:
+    """Speedups over PyTorch eager FP32 as a grid: a row per mode and series, a column per batch size;
+    each cell 'speedup× (95% CI low–high)'; '=' marks a CI that includes 1 (no clear difference)."""
+    if sp is None or sp.empty:
+        return pd.DataFrame({"speedup": ["no PyTorch eager FP32 (torch/fp32) points in this run: nothing to "
+                                         "compare with"]})
+    d = sp.assign(series=sp["backend"] + "/" + sp["precision"])
+    d = d[d["series"] != "/".join(BASELINE)]
+    if d.empty:
+        return pd.DataFrame({"speedup": ["only the baseline (torch/fp32) ran"]})
+
+    def cell(r):
+        mark = "" if r["significant"] else " ="
+        return f"{_x(r['speedup'])} ({fmt_num(r['ci_low'])}–{fmt_num(r['ci_high'])}){mark}"
+
+    d = d.assign(cell=d.apply(cell, axis=1), mode_label=d["mode"].map(MODE_SHORT))
+    multi_shape = _multi_shape(run) if run is not None else d["shape"].nunique() > 1
+    index = ["mode_label", "shape", "series"] if multi_shape else ["mode_label", "series"]
+    grid = d.pivot_table(index=index, columns="batch", values="cell", aggfunc="first")
+    grid.columns = [f"batch {b}" for b in grid.columns]
+    order = {m: i for i, m in enumerate(MODE_SHORT.values())}
+    grid = grid.reset_index().rename(columns={"mode_label": "mode", "series": "configuration"})
+    grid = grid.sort_values(["mode", "configuration"], key=lambda s: s.map(order) if s.name == "mode" else s)
+    return grid.reset_index(drop=True)
+
+
+def plot_speedups(run: Run, sp: pd.DataFrame, mode: str = "end_to_end"):
+    """Speedup over PyTorch eager FP32 per batch size with its 95% CI (error bars), one bar per series."""
+    if sp is None or sp.empty:
+        return None
+    d = sp[(sp["mode"] == mode)].assign(series=lambda x: x["backend"] + "/" + x["precision"])
+    d = d[d["series"] != "/".join(BASELINE)]
+    if d.empty:
+        return None
+    pal = _palette(run)
+    shapes = sorted(d["shape"].unique())
+    n_bars = d["batch"].nunique() * max(d["series"].nunique(), 1)
+    fig, axes = plt.subplots(1, len(shapes), figsize=(min(3.5 + 0.75 * n_bars, 12), 3.3), squeeze=False)
+    for ax, shape in zip(axes[0], shapes):
+        sub = d[d["shape"] == shape]
+        batches = sorted(sub["batch"].unique())
+        series = [s for s in _series_order(run) if s in set(sub["series"])]
+        w = min(0.8 / max(len(series), 1), 0.3)
+        for i, s in enumerate(series):
+            g = sub[sub["series"] == s].set_index("batch").reindex(batches)
+            x = np.arange(len(batches)) + (i - (len(series) - 1) / 2) * w
+            yerr = np.vstack([g["speedup"] - g["ci_low"], g["ci_high"] - g["speedup"]])
+            ax.bar(x, g["speedup"], w, color=pal.get(s), label=s, yerr=yerr, capsize=3, ecolor="#333")
+            for xi, v in zip(x, g["speedup"]):
+                if np.isfinite(v):
+                    ax.annotate(_x(v), (xi, v), textcoords="offset points", xytext=(0, 6), ha="center",
+                                fontsize=7)
+        ax.axhline(1, color="#444", lw=1, ls="--")
+        hi, lo = np.nanmax(sub["ci_high"]), np.nanmin(sub["ci_low"])
+        if hi / max(lo, 1e-9) > 20:  # a huge range: bars on a log axis, or the small ones vanish
+            ax.set_yscale("log")
+            ax.set_ylim(min(0.5, lo * 0.7), hi * 2)
+            _plain_log(ax)
+        ax.set_xticks(np.arange(len(batches)), [f"batch {b}" for b in batches])
+        ax.set_ylabel("speedup over torch/fp32 (×)")
+        ax.set_title(f"Speedup, {MODE_SHORT.get(mode, mode)} median, 95% bootstrap CI"
+                     + (f" — shape {shape}" if len(shapes) > 1 else ""))
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def plot_latency_throughput(run: Run, budget_ms: float | None = 10.0, stat: str = "p99_raw_ms",
+                            modes: tuple[str, ...] = ("end_to_end", "device")):
+    """Latency–throughput trade-off: x = p99 latency (every sample), y = items/s (batch / median
+    latency); one curve per series over its batch sizes (labelled). The dashed line is the budget."""
+    ok = _usable(run)
+    if ok.empty:
+        return None
+    modes = tuple(m for m in modes if (ok["mode"] == m).any())
+    shapes = sorted(ok["shape"].unique())
+    if not modes or not shapes:
+        return None
+    pal = _palette(run)
+    fig, axes = plt.subplots(len(shapes), len(modes), figsize=(6.2 * len(modes), 4.6 * len(shapes)), squeeze=False)
+    for i, shape in enumerate(shapes):
+        for j, mode in enumerate(modes):
+            ax = axes[i, j]
+            sub = ok[(ok["shape"] == shape) & (ok["mode"] == mode)]
+            for s in [s for s in _series_order(run) if s in set(sub["series"])]:
+                g = sub[sub["series"] == s].sort_values("batch")
+                ax.plot(g[stat], g["items_per_s"], "-o", color=pal.get(s), label=s, ms=5)
+                for r in g.itertuples(index=False):
+                    ax.annotate(f"bs {r.batch}", (getattr(r, stat), r.items_per_s), textcoords="offset points",
+                                xytext=(4, 4), fontsize=7, color=pal.get(s))
+            if budget_ms:
+                ax.axvline(budget_ms, color="#c0392b", ls="--", lw=1)
+                ax.annotate(f"budget {_g(budget_ms)} ms", (budget_ms, 0), xycoords=("data", "axes fraction"),
+                            xytext=(3, 4), textcoords="offset points", color="#c0392b", fontsize=8, va="bottom")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            _plain_log(ax, "x")
+            _plain_log(ax, "y")
+            ax.set_xlabel(f"p99 {MODE_SHORT[mode]} latency (ms, log)")
+            ax.set_ylabel("items / s (log)")
+            ax.set_title(f"{MODE_SHORT[mode]}" + (f" — shape {shape}" if len(shapes) > 1 else "")
+                         + ": up and left is better")
+            ax.legend(loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def title_markdown(run: Run) -> str:
+    env = run.environment
+    gpu = env.get("gpu") or {}
+    if gpu.get("name"):
+        where = f"GPU **{gpu.get('name')}** (driver {gpu.get('driver')}, CUDA {gpu.get('cuda_driver')})"
+    elif env:
+        where = f"CPU **{env.get('cpu') or 'unknown'}** ({env.get('cpu_affinity') or env.get('cpu_logical_cores')} cores usable)"
+    else:
+        where = f"**{run.device}** (machine details not recorded: no backend loaded)"
+    libs = env.get("libraries", {})
+    versions = ", ".join(f"{k} {libs[k]}" for k in ("torch", "onnxruntime-gpu", "onnxruntime", "tensorrt",
+                                                   "tensorrt-cu12", "tensorrt-cu13", "tensorrt-rtx-cu13") if k in libs)
+    return (f"# {run.params['model']}: benchmark report\n\n"
+            f"Run `{run.path.name}` on {where}. Batch sizes {', '.join(map(str, run.plan['batch_sizes']))}; "
+            f"shapes {', '.join(run.plan['shapes'])}; {len(run.plan['combos'])} backend/precision runs "
+            f"({', '.join(c['backend'] + '/' + c['precision'] for c in run.plan['combos'])}), "
+            f"{len(run.plan['skipped'])} skipped." + (f" {versions}." if versions else ""))
+
+
+def summary_markdown(run: Run, sp: pd.DataFrame | None = None, budget_ms: float = 10.0,
+                     eff: pd.DataFrame | None = None) -> str:
+    """The conclusions, in a few lines: fastest at batch 1, highest throughput, within the budget,
+    best efficiency, stability and failures."""
+    p = run.points
+    if p.empty:
+        return ("**No backend produced numbers.** See *Failures and skips* for why.")
+    ok = _usable(run)
+    lines = []
+    lat_mode = "end_to_end" if (ok["mode"] == "end_to_end").any() else "device"
+    winners = {g.sort_values("p99_raw_ms").iloc[0]["series"]
+               for _, g in ok[ok["mode"] == lat_mode].groupby(["shape", "batch"])}
+    if len(winners) == 1 and ok["series"].nunique() > 1:
+        lines.append(f"- **{winners.pop()} has the lowest p99 {MODE_SHORT[lat_mode]} latency at every batch size "
+                     f"and shape measured.**")
+    for shape in sorted(ok["shape"].unique()):
+        tag = f" (shape {shape})" if _multi_shape(run) else ""
+        m = ok[(ok["mode"] == lat_mode) & (ok["shape"] == shape)]
+        b1 = m[m["batch"] == m["batch"].min()].sort_values("p99_raw_ms")
+        if len(b1):
+            r = b1.iloc[0]
+            lines.append(f"- **Lowest latency at batch {r['batch']}{tag}**: **{r['series']}**, p99 "
+                         f"{fmt_num(r['p99_raw_ms'])} ms, median {fmt_num(r['median_ms'])} ms "
+                         f"({MODE_SHORT[lat_mode]}){_speedup_of(sp, r['series'], r['batch'], shape, lat_mode)}.")
+        rm = _rate_mode(run)
+        t = ok[(ok["mode"] == rm) & (ok["shape"] == shape)].sort_values("items_per_s", ascending=False)
+        if len(t):
+            r = t.iloc[0]
+            lines.append(f"- **Highest throughput{tag}**: **{r['series']} at batch {r['batch']}**, "
+                         f"{fmt_num(r['items_per_s'])} items/s ({MODE_SHORT[rm]})"
+                         f"{_speedup_of(sp, r['series'], r['batch'], shape, rm)}.")
+    lines.append("- " + budget_markdown(run, budget_ms, lat_mode))
+    if sp is not None and not sp.empty:
+        d = sp[(sp["backend"] + "/" + sp["precision"] != "/".join(BASELINE)) & (sp["mode"] == lat_mode)]
+        if len(d):
+            slower = d[d["ci_high"] < 1]
+            lines.append(f"- **Against PyTorch eager FP32** ({MODE_SHORT[lat_mode]}): {int((d['ci_low'] > 1).sum())} of "
+                         f"{len(d)} points are faster with 95% confidence, {len(slower)} slower, "
+                         f"{int((~d['significant']).sum())} indistinguishable; speedups range "
+                         f"{_x(d['speedup'].min())}–{_x(d['speedup'].max())}.")
+    elif not ((p["backend"] == BASELINE[0]) & (p["precision"] == BASELINE[1])).any():
+        lines.append("- No PyTorch eager FP32 (torch/fp32) points in this run: no speedups are computed.")
+    if eff is not None and not eff.empty and eff["peak_share"].notna().any():
+        e = eff[eff["mode"] == _rate_mode(run)].sort_values("peak_share", ascending=False)
+        if len(e) and np.isfinite(e.iloc[0]["peak_share"]):
+            r = e.iloc[0]
+            over = " — above 100%: the measured peak is too low (see *Efficiency*)" if r["peak_share"] > 1 else ""
+            lines.append(f"- **Efficiency**: best {fmt_num(r['achieved_tflops'])} TFLOP/s, {fmt_pct(r['peak_share'])} "
+                         f"of {'a measured' if r['peak_source'] == 'measured' else 'the datasheet'} peak "
+                         f"({r['backend']}/{r['precision']} at batch {r['batch']}){over}; see *Efficiency*.")
+    unstable = p[p["unstable"]]
+    lines.append(f"- **Stability**: {len(unstable)} of {len(p)} measurements have a CV above "
+                 f"{float(run.params.get('unstable_cv', 0.05)):.0%} (flagged in the tables)"
+                 + ("; " + health_markdown(run, short=True) if run.has_gpu_samples else "") + ".")
+    f = run.failures
+    if len(f):
+        counts = f["status"].value_counts()
+        lines.append(f"- **Failures and skips**: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+                     + " (see *Failures and skips*).")
+    else:
+        lines.append("- **Failures and skips**: none; every planned point produced numbers and passed parity.")
+    bad_parity = p[p["parity_passed"].map(lambda v: v is False or v is np.False_)]
+    if len(bad_parity):
+        pts = bad_parity.drop_duplicates(["backend", "precision", "batch", "shape"])
+        lines.append(f"- {len(pts)} point(s) failed parity ("
+                     + ", ".join(f"{r.backend}/{r.precision} batch {r.batch}" for r in pts.itertuples())
+                     + "): left out of every recommendation.")
+    return "\n".join(lines)
+
+
+# --- efficiency -----------------------------------------------------------------------------
+
+def efficiency_markdown(run: Run, flops: pd.DataFrame, peaks: dict, eff: pd.DataFrame | None = None) -> str:
+    parts = []
+    for r in flops.itertuples(index=False):
+        if np.isfinite(r.flops_per_item):
+            parts.append(f"shape {r.shape}: **{fmt_num(r.flops_per_item / 1e9)} GFLOP per item**")
+        else:
+            parts.append(f"shape {r.shape}: not counted ({r.note})")
+    peak_lines = [f"- {k.upper()}: **{fmt_num(v.tflops)} TFLOP/s** — {v.label}" for k, v in peaks.items()]
+    tf32 = run.device == "cuda" and bool(run.params.get("tf32", True))
+    notes = ("FP32 on this GPU ran with TF32 allowed (`tf32=1`), so FP32 points are compared with the TF32 peak."
+             if tf32 else "")
+    return ("FLOPs counted once per shape with `torch.utils.flop_counter.FlopCounterMode` on the PyTorch model at "
+            "batch 1 (convolutions, matrix multiplies and attention; a multiply-add counts 2; elementwise ops are "
+            "not counted), stored in `flops.json`: " + "; ".join(parts) + ". Achieved TFLOP/s = FLOPs per item × "
+            "items/s. Peaks used:\n\n" + ("\n".join(peak_lines) or "- none") +
+            ("\n\n" + notes if notes else "") +
+            ("\n\nA *measured* peak is the best rate of a large matrix multiply with torch on this machine "
+             "(`peaks.json`): it is what this machine reached, not a datasheet figure." if any(
+                 v.source == "measured" for v in peaks.values()) else "") +
+            ("\n\n**Some points exceed 100% of the measured peak**: the peak was measured while the machine was "
+             "busier than during those measurements (or the model's kernels beat a plain matmul). Delete `peaks.json` "
+             "and re-run the analysis on a quiet machine to measure it again."
+             if eff is not None and not eff.empty and (eff["peak_share"] > 1).any() else ""))
+
+
+def efficiency_table(run: Run, eff: pd.DataFrame, mode: str | None = None) -> pd.DataFrame:
+    if eff is None or eff.empty:
+        return pd.DataFrame()
+    mode = mode or _rate_mode(run)
+    d = eff[eff["mode"] == mode].assign(series=lambda x: x["backend"] + "/" + x["precision"])
+    out = pd.DataFrame({"configuration": d["series"], "batch": d["batch"], "shape": d["shape"],
+                        "items/s": d["items_per_s"], "GFLOP per item": d["gflop_per_item"],
+                        "achieved TFLOP/s": d["achieved_tflops"], "peak TFLOP/s": d["peak_tflops"],
+                        "% of peak": d["peak_share"], "peak used": d["peak_label"]})
+    if not _multi_shape(run):
+        out = out.drop(columns="shape")
+    return out.sort_values(["configuration", "batch"]).reset_index(drop=True)
+
+
+def plot_efficiency(run: Run, eff: pd.DataFrame, mode: str | None = None):
+    if eff is None or eff.empty or not eff["achieved_tflops"].notna().any():
+        return None
+    mode = mode or _rate_mode(run)
+    d = eff[eff["mode"] == mode].assign(series=lambda x: x["backend"] + "/" + x["precision"])
+    pal = _palette(run)
+    has_share = d["peak_share"].notna().any()
+    fig, axes = plt.subplots(1, 2 if has_share else 1, figsize=(12 if has_share else 6.5, 3.8), squeeze=False)
+    for ax, col, label in zip(axes[0], ("achieved_tflops", "peak_share"), ("achieved TFLOP/s", "share of peak (%)")):
+        for shape in sorted(d["shape"].unique()):
+            for s in [s for s in _series_order(run) if s in set(d["series"])]:
+                g = d[(d["series"] == s) & (d["shape"] == shape)].sort_values("batch")
+                y = g[col] * (100 if col == "peak_share" else 1)
+                ax.plot(g["batch"], y, "-o", color=pal.get(s), ms=5,
+                        label=s + (f" {shape}" if d["shape"].nunique() > 1 else ""))
+        ax.set_xscale("log", base=2)
+        batches = sorted(d["batch"].unique())
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{label} ({MODE_SHORT[mode]})")
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+# --- the full tables ------------------------------------------------------------------------
 
 def summary_table(run: Run, mode: str | None = None) -> pd.DataFrame:
     """One row per backend x precision x batch x shape x mode, statistics under the run's outlier rule."""
@@ -50,43 +592,18 @@ def summary_table(run: Run, mode: str | None = None) -> pd.DataFrame:
     if mode:
         p = p[p["mode"] == mode]
     cols = {"backend": "backend", "precision": "precision", "batch": "batch", "shape": "shape", "mode": "mode",
-            "median_ms": "median ms", "p90_ms": "p90 ms", "p95_ms": "p95 ms", "p99_ms": "p99 ms",
-            "mean_ms": "mean ms", "std_ms": "std ms", "cv": "CV", "items_per_s": "items/s",
-            "p99_raw_ms": "p99 raw ms", "n": "samples", "dropped": "outliers dropped", "unstable": "unstable"}
+            "median_ms": "median ms", "p99_raw_ms": "p99 raw ms", "items_per_s": "items/s", "cv": "CV",
+            "unstable": "unstable", "p90_ms": "p90 ms", "p95_ms": "p95 ms", "p99_ms": "p99 ms", "mean_ms": "mean ms",
+            "std_ms": "std ms", "min_ms": "min ms", "max_raw_ms": "max raw ms", "n": "samples",
+            "dropped": "outliers dropped"}
     out = p[list(cols)].rename(columns=cols)
-    if "res_rss_mib_peak" in p:
-        out["peak RSS MiB"] = p["res_rss_mib_peak"].values
-    if "res_cpu_percent_mean" in p:
-        out["CPU %"] = p["res_cpu_percent_mean"].values
-    if "res_gpu_util_mean" in p:
-        out["GPU util %"] = p["res_gpu_util_mean"].values
-    if "nvml_process_mib" in p and p["nvml_process_mib"].notna().any():
-        out["VRAM process MiB"] = p["nvml_process_mib"].values
-    if "framework_mem_mib" in p and p["framework_mem_mib"].notna().any():
-        out["framework MiB"] = p["framework_mem_mib"].values
+    extra = {"res_rss_mib_peak": "peak RSS MiB", "res_cpu_percent_mean": "CPU %·core", "res_gpu_util_mean": "GPU util",
+             "res_sm_clock_mhz_mean": "SM MHz", "res_temp_c_mean": "temp °C", "res_power_w_mean": "power W",
+             "nvml_process_mib": "VRAM process MiB", "framework_mem_mib": "framework MiB", "res_throttle": "throttle"}
+    for k, label in extra.items():
+        if k in p and p[k].map(lambda v: not _isnan(v) and v != "").any():
+            out[label] = p[k].values
     return out.sort_values(["mode", "shape", "batch", "median ms"]).reset_index(drop=True)
-
-
-def best_per_batch(run: Run) -> pd.DataFrame:
-    """Fastest backend/precision per batch and shape: lowest device-resident median, and highest throughput."""
-    p = run.points
-    if p.empty:
-        return p
-    p = p.assign(series=_series(run))
-    ok = p[p["parity_passed"].fillna(False)]
-    rows = []
-    for (shape, batch), g in ok.groupby(["shape", "batch"]):
-        lat = g[g["mode"] == "device"].sort_values("median_ms")
-        e2e = g[g["mode"] == "end_to_end"].sort_values("median_ms")
-        thr_mode = "throughput" if (g["mode"] == "throughput").any() else "device"
-        thr = g[g["mode"] == thr_mode].sort_values("items_per_s", ascending=False)
-        rows.append({
-            "shape": shape, "batch": batch,
-            "lowest latency (device)": f"{lat.iloc[0]['series']}: {lat.iloc[0]['median_ms']:.3f} ms" if len(lat) else "",
-            "lowest latency (end-to-end)": f"{e2e.iloc[0]['series']}: {e2e.iloc[0]['median_ms']:.3f} ms" if len(e2e) else "",
-            "highest throughput": f"{thr.iloc[0]['series']}: {thr.iloc[0]['items_per_s']:,.0f} items/s" if len(thr) else "",
-        })
-    return pd.DataFrame(rows)
 
 
 def parity_table(run: Run) -> pd.DataFrame:
@@ -124,10 +641,25 @@ def engines_table(run: Run) -> pd.DataFrame:
     for name, e in run.engines.items():
         info = e.get("info", {})
         rows.append({"backend/precision": name, "what": e.get("summary", ""), "timer": e.get("timer"),
-                     "load/build s": round(e.get("load_s", float("nan")), 2),
+                     "load/build s": e.get("load_s", float("nan")),
                      "details": ", ".join(f"{k}={v}" for k, v in info.items() if k != "compile_s")[:300],
                      "parity reference": e.get("reference")})
     return pd.DataFrame(rows)
+
+
+def failures_table(run: Run) -> pd.DataFrame:
+    """Every backend or point that produced no numbers (unavailable here, skipped, export failure,
+    crash, out of memory, error) or whose parity failed, with the reason."""
+    f = run.failures
+    if f.empty:
+        return pd.DataFrame({"status": ["none: every planned point produced numbers and passed parity"]})
+    order = {s: i for i, s in enumerate(("export failed", "crashed", "oom", "error", "parity failed", "not run",
+                                         "unavailable", "skipped"))}
+    f = f.assign(_o=f["status"].map(lambda s: order.get(s, 99))).sort_values(["_o", "backend"], kind="stable")
+    f = f.drop(columns="_o").copy()
+    f["batch"] = f["batch"].map(lambda v: "–" if _isnan(v) else str(int(v)))
+    f["reason"] = f["reason"].map(lambda s: "–" if _isnan(s) or str(s).strip() == "" else str(s).strip())
+    return f.rename(columns={"precision": "precision", "status": "status"}).reset_index(drop=True)
 
 
 def outlier_note(run: Run) -> str:
@@ -136,53 +668,82 @@ def outlier_note(run: Run) -> str:
     dropped = int(p["dropped"].sum()) if not p.empty else 0
     return (f"Outlier rule for presentation: {run.rule.label}. Dropped {dropped} of {n} samples "
             f"({(dropped / n * 100) if n else 0:.2f}%); every sample is kept on disk, and 'p99 raw ms' is over all of them. "
-            f"Points with CV > {float(run.params.get('unstable_cv', 0.05)):.0%} are flagged unstable.")
+            f"Points with CV > {float(run.params.get('unstable_cv', 0.05)):.0%} are flagged unstable (shaded).")
 
+
+# --- figures: latency, throughput, distributions --------------------------------------------
 
 def _lineplot(run: Run, y: str, mode: str, ylabel: str, title: str, logy: bool):
     p = run.points[run.points["mode"] == mode].assign(series=lambda d: d["backend"] + "/" + d["precision"])
+    if p.empty:
+        return None
+    pal = _palette(run)
     shapes = sorted(p["shape"].unique())
-    fig, axes = plt.subplots(1, len(shapes), figsize=(7 * len(shapes), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(shapes), figsize=(6.4 * len(shapes), 3.8), squeeze=False)
     for ax, shape in zip(axes[0], shapes):
-        sub = p[p["shape"] == shape].sort_values("batch")
-        sns.lineplot(data=sub, x="batch", y=y, hue="series", marker="o", ax=ax)
+        sub = p[p["shape"] == shape]
+        for s in [s for s in _series_order(run) if s in set(sub["series"])]:
+            g = sub[sub["series"] == s].sort_values("batch")
+            ax.plot(g["batch"], g[y], "-o", color=pal.get(s), label=s, ms=5)
+            if "unstable" in g and g["unstable"].any():
+                u = g[g["unstable"]]
+                ax.plot(u["batch"], u[y], "o", mfc="none", mec="#d35400", ms=11, mew=1.5)
         ax.set_xscale("log", base=2)
         if logy:
             ax.set_yscale("log")
-        ax.set_xticks(sorted(sub["batch"].unique()), labels=[str(b) for b in sorted(sub["batch"].unique())])
+            _plain_log(ax)
+        batches = sorted(sub["batch"].unique())
+        ax.set_xticks(batches, [str(b) for b in batches])
         ax.set_xlabel("batch size")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{title} — shape {shape}")
-        ax.legend(fontsize=8)
+        ax.set_title(title + (f" — shape {shape}" if len(shapes) > 1 else ""))
+        ax.legend()
     fig.tight_layout()
     return fig
 
 
 def plot_latency_vs_batch(run: Run, mode: str = "device"):
-    return _lineplot(run, "median_ms", mode, "median latency (ms, log)", f"Latency ({mode})", True)
+    """Median latency per batch size (an orange ring marks an unstable point)."""
+    return _lineplot(run, "median_ms", mode, "median latency (ms, log)", f"Latency, {MODE_SHORT.get(mode, mode)}", True)
 
 
 def plot_throughput_vs_batch(run: Run):
-    mode = "throughput" if (run.points["mode"] == "throughput").any() else "device"
-    return _lineplot(run, "items_per_s", mode, "items / s", f"Throughput ({mode})", False)
+    mode = _rate_mode(run)
+    return _lineplot(run, "items_per_s", mode, "items / s", f"Throughput ({MODE_SHORT[mode]})", False)
 
 
 def plot_distributions(run: Run, mode: str = "device"):
     """Latency distribution per batch size (outliers filtered by the run's rule, as in the tables)."""
     it = run.iterations
+    if it.empty:
+        return None
     it = it[it["mode"] == mode].assign(series=lambda d: d["backend"] + "/" + d["precision"])
     keep = np.zeros(len(it), dtype=bool)
     for _, idx in it.groupby(["series", "batch", "shape"]).groups.items():
         keep[it.index.get_indexer(idx)] = run.rule.keep_mask(it.loc[idx, "ms"].to_numpy())
     it = it[keep]
+    pal = _palette(run)
     batches = sorted(it["batch"].unique())
-    fig, axes = plt.subplots(1, len(batches), figsize=(max(4.5 * len(batches), 7), 4.2), squeeze=False)
+    if not batches:
+        return None
+    fig, axes = plt.subplots(1, len(batches), figsize=(max(3.6 * len(batches), 7), 3.6), squeeze=False)
     for ax, b in zip(axes[0], batches):
-        sns.boxplot(data=it[it["batch"] == b], x="series", y="ms", ax=ax, fliersize=1.5, hue="shape")
+        sub = it[it["batch"] == b]
+        labels, data, colors = [], [], []
+        for s in [s for s in _series_order(run) if s in set(sub["series"])]:
+            for shape in sorted(sub["shape"].unique()):
+                x = sub[(sub["series"] == s) & (sub["shape"] == shape)]["ms"].to_numpy()
+                if len(x):
+                    labels.append(s + (f"\n{shape}" if sub["shape"].nunique() > 1 else ""))
+                    data.append(x)
+                    colors.append(pal.get(s))
+        bp = ax.boxplot(data, patch_artist=True, widths=0.6, flierprops={"markersize": 2})
+        for patch, c in zip(bp["boxes"], colors):
+            patch.set_facecolor(c)
+            patch.set_alpha(0.6)
+        ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, ha="right", fontsize=8)
         ax.set_title(f"batch {b}")
-        ax.set_xlabel("")
-        ax.set_ylabel(f"{mode} latency (ms)")
-        ax.tick_params(axis="x", rotation=45, labelsize=8)
+        ax.set_ylabel(f"{MODE_SHORT.get(mode, mode)} latency (ms)")
     fig.tight_layout()
     return fig
 
@@ -190,91 +751,31 @@ def plot_distributions(run: Run, mode: str = "device"):
 def plot_resources(run: Run):
     """Peak memory and mean utilisation per backend (steady windows of the device-resident runs)."""
     p = run.points[run.points["mode"] == "device"].assign(series=lambda d: d["backend"] + "/" + d["precision"])
+    if p.empty:
+        return None
     gpu = "res_gpu_util_mean" in p and p["res_gpu_util_mean"].notna().any()
-    metrics = [("res_rss_mib_peak", "peak process RSS (MiB)"), ("res_cpu_percent_mean", "process CPU % (mean)")]
+    metrics = [("res_rss_mib_peak", "peak process RSS (MiB)"), ("res_cpu_percent_mean", "process CPU % (100 = 1 core)")]
     if gpu:
         metrics = [("nvml_process_mib", "VRAM, process (NVML, MiB)"), ("res_gpu_util_mean", "GPU utilisation % (mean)")] + metrics
-    metrics = [(k, t) for k, t in metrics if k in p and p[k].notna().any()]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.8 * len(metrics), 4), squeeze=False)
+    metrics = [(k, t) for k, t in metrics if k in p and pd.to_numeric(p[k], errors="coerce").notna().any()]
+    if not metrics:
+        return "No resource figures: no sampler tick fell inside a steady window (measurements too short?)."
+    pal = _palette(run)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(min(4.2 * len(metrics), 12.5), 3.4), squeeze=False)
+    series = [s for s in _series_order(run) if s in set(p["series"])]
+    batches = sorted(p["batch"].unique())
+    w = 0.8 / max(len(series), 1)
     for ax, (k, title) in zip(axes[0], metrics):
-        sns.barplot(data=p, x="batch", y=k, hue="series", ax=ax)
-        ax.set_title(title)
-        ax.set_ylabel("")
-        ax.legend(fontsize=7)
+        for i, s in enumerate(series):
+            g = p[p["series"] == s].groupby("batch")[k].max().reindex(batches)
+            ax.bar(np.arange(len(batches)) + (i - (len(series) - 1) / 2) * w, pd.to_numeric(g, errors="coerce"),
+                   w, color=pal.get(s), label=s)
+        ax.set_xticks(np.arange(len(batches)), [str(b) for b in batches])
+        ax.set_xlabel("batch")
+        ax.set_title(title, fontsize=10)
+    axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
-
-
-def plot_timeline(run: Run):
-    """Every timed sample in order, per backend, over the sampler's CPU/GPU readings."""
-    it = run.iterations[run.iterations["mode"] != "throughput"]
-    combos = list(dict.fromkeys(it["backend"] + "/" + it["precision"]))
-    s = run.samples
-    gpu = not s.empty and "gpu_util" in s and s["gpu_util"].notna().any()
-    fig, axes = plt.subplots(len(combos), 1, figsize=(12, 2.8 * len(combos)), squeeze=False, sharex=False)
-    for ax, combo in zip(axes[:, 0], combos):
-        b, prec = combo.split("/")
-        sub = it[(it["backend"] == b) & (it["precision"] == prec)]
-        for (batch, mode), g in sub.groupby(["batch", "mode"]):
-            ax.plot(g["t_s"], g["ms"], ".", ms=2, label=f"bs {batch} {mode}")
-        ax.set_yscale("log")
-        ax.set_ylabel("ms (log)")
-        ax.set_title(f"{combo}: every timed iteration over time")
-        ax.legend(fontsize=6, ncol=4, loc="upper left")
-        if not s.empty:
-            t = s[(s["backend"] == b) & (s["precision"] == prec)]
-            ax2 = ax.twinx()
-            col, lab = ("gpu_util", "GPU util %") if gpu else ("cpu_percent", "process CPU %")
-            ax2.plot(t["t_s"], t[col], color="grey", alpha=0.5, lw=1)
-            ax2.set_ylabel(lab, color="grey")
-            ax2.grid(False)
-    axes[-1, 0].set_xlabel("seconds since the backend's sweep began")
-    fig.tight_layout()
-    return fig
-
-
-def write_tables(run: Run) -> list[str]:
-    """The report's tables as files in the run folder (CSV + Parquet), for anyone who wants the numbers."""
-    written = []
-    for name, frame in {"summary": summary_table(run), "parity": parity_table(run), "failures": run.failures}.items():
-        if frame is None or frame.empty:
-            continue
-        frame.to_csv(run.path / f"{name}.csv", index=False)
-        written.append(f"{name}.csv")
-    if not run.points.empty:
-        run.points.to_parquet(run.path / "points.parquet", index=False)
-        written.append("points.parquet")
-    return written
-
-
-def title_markdown(run: Run) -> str:
-    env = run.environment
-    gpu = (env.get("gpu") or {}).get("name")
-    where = f"{gpu} (driver {(env.get('gpu') or {}).get('driver')})" if gpu else f"CPU: {env.get('cpu')}"
-    return (f"# {run.params['model']}: benchmark report\n\n"
-            f"Run `{run.path.name}` on **{run.plan['device']}** — {where}; "
-            f"batch sizes {run.plan['batch_sizes']}, shapes {', '.join(run.plan['shapes'])}; "
-            f"{len(run.plan['combos'])} backend/precision runs, {len(run.plan['skipped'])} skipped. "
-            f"Executed per-backend notebooks are in the run folder under `bench/<backend>-<precision>/benchmark.ipynb`.")
-
-
-def summary_markdown(run: Run) -> str:
-    p = run.points
-    if p.empty:
-        return "**No backend produced numbers.** See *Failures and skipped backends*."
-    ok = p[(p["mode"] == "device") & p["parity_passed"].fillna(False)]
-    lines = []
-    for batch in sorted(ok["batch"].unique()):
-        g = ok[ok["batch"] == batch].sort_values("median_ms")
-        best = g.iloc[0]
-        lines.append(f"- batch {batch}: fastest **{best['backend']}/{best['precision']}** at "
-                     f"{best['median_ms']:.3f} ms median (p99 {best['p99_ms']:.3f} ms, "
-                     f"{best['items_per_s']:,.0f} items/s)")
-    unstable = int(p["unstable"].sum())
-    fails = len(run.failures)
-    return ("Fastest device-resident configuration per batch size (parity passed):\n\n" + "\n".join(lines) +
-            f"\n\n{unstable} of {len(p)} measurements flagged unstable (CV above threshold); "
-            f"{fails} failed or skipped entries (see below).")
 
 
 def resources_note(run: Run) -> str:
@@ -282,24 +783,267 @@ def resources_note(run: Run) -> str:
     for name, e in run.engines.items():
         base[name] = e.get("baseline", {})
     first = next(iter(base.values()), {})
-    parts = [f"Process RSS before loading: {first.get('rss_mib', float('nan')):.0f} MiB"]
+    parts = [f"Process RSS before loading: {fmt_num(first.get('rss_mib', float('nan')))} MiB"]
     if "gpu_used_mib" in first:
-        parts.append(f"GPU memory in use device-wide before loading: {first['gpu_used_mib']:.0f} MiB (idle baseline)")
+        parts.append(f"GPU memory in use device-wide before loading: {fmt_num(first['gpu_used_mib'])} MiB (idle baseline)")
     return ("Figures over each measurement's steady window (its timed window minus the first 0.25 s), sampled at "
             "about 10 Hz; memory is the peak, utilisation the mean. " + "; ".join(parts) + ".")
 
 
-def styled(frame: pd.DataFrame):
-    """Round for reading; unstable rows highlighted."""
-    if frame.empty:
-        return frame
-    fmt = {c: "{:.3f}" for c in frame.columns if c.endswith(" ms")}
-    fmt.update({"CV": "{:.1%}", "items/s": "{:,.1f}"})
-    fmt.update({c: "{:.0f}" for c in ("peak RSS MiB", "CPU %", "GPU util %", "VRAM process MiB", "framework MiB")
-                if c in frame})
-    return (frame.style.format(fmt, na_rep="–")
-            .apply(lambda r: ["background-color: #fff3cd" if r.get("unstable") else "" for _ in r], axis=1)
-            .hide(axis="index"))
+# --- stability: the device over time --------------------------------------------------------
+
+def _segments(t: pd.Series, y: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """x, y with a NaN break wherever time goes backwards (a resumed sweep restarts its clock)."""
+    t = t.to_numpy(dtype=float)
+    y = pd.to_numeric(y, errors="coerce").to_numpy(dtype=float)
+    if len(t) < 2:
+        return t, y
+    breaks = np.where(np.diff(t) < 0)[0] + 1
+    return np.insert(t, breaks, np.nan), np.insert(y, breaks, np.nan)
+
+
+def _throttle_frame(s: pd.DataFrame) -> pd.DataFrame:
+    """One bool column per throttling reason, per tick."""
+    from .sampler import throttle_names
+
+    if "throttle_reasons" not in s:
+        return pd.DataFrame(index=s.index)
+    names = s["throttle_reasons"].map(lambda m: set(throttle_names(int(m))) if not _isnan(m) else set())
+    return pd.DataFrame({r: names.map(lambda n, r=r: r in n) for r in THROTTLING}, index=s.index)
+
+
+def health_table(run: Run) -> pd.DataFrame:
+    """Per backend/precision sweep: what the device did while it ran. On a GPU: SM clock (median,
+    minimum, and the GPU's maximum), temperature, power against the limit, and the share of ticks
+    with a throttling reason; on a CPU: process CPU % and RSS."""
+    s = run.samples
+    if s.empty:
+        return pd.DataFrame()
+    gpu = run.has_gpu_samples
+    env_gpu = run.environment.get("gpu") or {}
+    rows = []
+    for series in _series_order(run):
+        b, prec = series.split("/", 1)
+        t = s[(s["backend"] == b) & (s["precision"] == prec)]
+        if t.empty:
+            continue
+        busy = t[t["label"].fillna("") != ""] if "label" in t else t
+        busy = busy if len(busy) else t
+        row = {"configuration": series, "seconds": float(t["t_s"].max() - t["t_s"].min())}
+        if gpu:
+            num = lambda c: pd.to_numeric(busy[c], errors="coerce") if c in busy else pd.Series(dtype=float)  # noqa: E731
+            lim = env_gpu.get("power_limit_w")
+            row.update({"SM MHz median": num("sm_clock_mhz").median(), "SM MHz min": num("sm_clock_mhz").min(),
+                        "temp °C max": num("temp_c").max(), "power W mean": num("power_w").mean(),
+                        "power W max": num("power_w").max(),
+                        "share of power limit": num("power_w").max() / lim if lim else np.nan,
+                        "GPU util % mean": num("gpu_util").mean()})
+            th = _throttle_frame(busy)
+            any_th = th.any(axis=1) if len(th.columns) else pd.Series(False, index=busy.index)
+            row["% ticks throttled"] = float(any_th.mean()) if len(any_th) else np.nan
+            row["reasons"] = ", ".join(c for c in th.columns if th[c].any()) or "none"
+        else:
+            row.update({"CPU % mean (100 = 1 core)": pd.to_numeric(busy["cpu_percent"], errors="coerce").mean(),
+                        "CPU % max": pd.to_numeric(busy["cpu_percent"], errors="coerce").max(),
+                        "RSS MiB peak": pd.to_numeric(t["rss_mib"], errors="coerce").max()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def health_markdown(run: Run, short: bool = False) -> str:
+    """One sentence on whether the device held its clocks (GPU) or what the CPU did."""
+    h = health_table(run)
+    if h.empty:
+        return "no resource samples in this run"
+    if run.has_gpu_samples:
+        throttled = h[h["% ticks throttled"].fillna(0) > 0]
+        if throttled.empty:
+            txt = "the GPU reported no throttling (power, thermal or slowdown) while measuring"
+        else:
+            txt = ("**the GPU throttled** during " + ", ".join(
+                f"{r['configuration']} ({fmt_pct(r['% ticks throttled'])} of ticks: {r['reasons']})"
+                for _, r in throttled.iterrows()) + ": those latencies include reduced clocks")
+        lo = h["SM MHz min"].min()
+        env_gpu = run.environment.get("gpu") or {}
+        txt += f"; SM clock from {fmt_num(lo)} to {fmt_num(h['SM MHz median'].max())} MHz (median)"
+        if env_gpu.get("sm_clock_max_mhz"):
+            txt += f", the GPU's maximum is {fmt_num(env_gpu['sm_clock_max_mhz'])} MHz"
+        if env_gpu.get("power_limit_w") and not short:
+            txt += f"; power limit {fmt_num(env_gpu['power_limit_w'])} W"
+        return txt if short else txt + "."
+    cores = run.environment.get("cpu_affinity") or run.environment.get("cpu_logical_cores")
+    txt = (f"CPU run: the process used {fmt_num(h['CPU % mean (100 = 1 core)'].mean())}% CPU on average "
+           f"({cores} cores usable = {int(cores) * 100 if cores else '?'}%); no GPU clocks to watch")
+    return txt if short else txt + ". Other work on the machine is not measured: a noisy neighbour shows as a high CV."
+
+
+def unstable_table(run: Run) -> pd.DataFrame:
+    p = run.points
+    if p.empty:
+        return pd.DataFrame()
+    u = p[p["unstable"]].assign(series=_series_col(p))
+    if u.empty:
+        return pd.DataFrame({"unstable points": [f"none: every CV ≤ {float(run.params.get('unstable_cv', 0.05)):.0%}"]})
+    out = pd.DataFrame({"configuration": u["series"], "batch": u["batch"], "shape": u["shape"],
+                        "mode": u["mode"].map(MODE_SHORT), "CV": u["cv"], "median ms": u["median_ms"],
+                        "p99 raw ms": u["p99_raw_ms"], "max raw ms": u["max_raw_ms"], "samples": u["n"]})
+    if not _multi_shape(run):
+        out = out.drop(columns="shape")
+    return out.sort_values("CV", ascending=False).reset_index(drop=True)
+
+
+def _plain_log(ax, axis: str = "y") -> None:
+    """Log-scale tick labels as plain numbers (0.5, 2, 20) rather than 2×10⁻¹."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    a = ax.yaxis if axis == "y" else ax.xaxis
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()  # call after plotting: the data's range
+    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 1.0
+    subs = (1.0,) if decades > 3.2 else (1.0, 2.0, 5.0) if decades > 1.5 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if decades > 0.6 else (
+        1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    a.set_major_locator(LogLocator(base=10, subs=subs))
+    a.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    a.set_minor_formatter(NullFormatter())
+
+
+def _line(ax, t: pd.DataFrame, col: str, color: str, lw: float = 1.2) -> np.ndarray:
+    if col not in t:
+        return np.array([])
+    x, y = _segments(t["t_s"], t[col])
+    ax.plot(x, y, color=color, lw=lw)
+    return y[np.isfinite(y)]
+
+
+def plot_health(run: Run) -> list:
+    """Per backend/precision sweep, on one time axis: every timed iteration (log ms, coloured by batch
+    and mode), then on a GPU the SM clock, temperature, power and the throttle reasons NVML reported;
+    on a CPU the process CPU % and RSS. A throttled or disturbed stretch shows as a step in both."""
+    it = run.iterations
+    if it.empty:
+        return []
+    s = run.samples
+    gpu = run.has_gpu_samples
+    env_gpu = run.environment.get("gpu") or {}
+    figs = []
+    for series in _series_order(run):
+        b, prec = series.split("/", 1)
+        sub = it[(it["backend"] == b) & (it["precision"] == prec)]
+        if sub.empty:
+            continue
+        t = s[(s["backend"] == b) & (s["precision"] == prec)] if not s.empty else s
+        th = _throttle_frame(t) if gpu and not t.empty else pd.DataFrame()
+        th_rows = [c for c in th.columns if th[c].any()] if not th.empty else []
+        ratios = [2.4, 0.9, 0.9, 0.9, 0.2 * max(len(th_rows), 1) + 0.3] if gpu else [2.4, 0.9, 0.9]
+        fig, axes = plt.subplots(len(ratios), 1, figsize=(12, 1.05 * sum(ratios) + 0.5), sharex=True,
+                                 gridspec_kw={"height_ratios": ratios, "hspace": 0.12})
+        ax = axes[0]
+        cmap = plt.get_cmap("tab20")
+        for i, ((batch, mode), g) in enumerate(sub.groupby(["batch", "mode"], sort=True)):
+            ax.plot(g["t_s"], g["ms"], ".", ms=2.5, color=cmap(i % 20),
+                    label=f"bs {batch} {MODE_SHORT.get(mode, mode)}")
+        ax.set_yscale("log")
+        _plain_log(ax)
+        ax.set_ylabel("ms (log)")
+        ax.set_title(f"{series}: every timed iteration, and the {'GPU' if gpu else 'process'} meanwhile", loc="left")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.02), markerscale=3)
+        if gpu:
+            y = _line(axes[1], t, "sm_clock_mhz", "#2c7fb8")
+            mx = env_gpu.get("sm_clock_max_mhz")
+            if mx:
+                axes[1].axhline(mx, color="#2c7fb8", ls=":", lw=1)
+                axes[1].annotate(f"max {fmt_num(mx)}", (1, mx), xycoords=("axes fraction", "data"), fontsize=7,
+                                 ha="right", va="bottom", color="#2c7fb8")
+            top = max([v for v in (mx, y.max() if len(y) else None) if v] or [1])
+            axes[1].set_ylim(0, top * 1.15)
+            axes[1].set_ylabel("SM MHz")
+            y = _line(axes[2], t, "temp_c", "#d95f0e")
+            if len(y):
+                axes[2].set_ylim(min(30, y.min() - 5), max(90, y.max() + 5))
+            axes[2].set_ylabel("temp °C")
+            y = _line(axes[3], t, "power_w", "#636363")
+            lim = env_gpu.get("power_limit_w")
+            if lim:
+                axes[3].axhline(lim, color="#636363", ls=":", lw=1)
+                axes[3].annotate(f"limit {fmt_num(lim)} W", (1, lim), xycoords=("axes fraction", "data"), fontsize=7,
+                                 ha="right", va="bottom", color="#636363")
+            top = max([v for v in (lim, y.max() if len(y) else None) if v] or [1])
+            axes[3].set_ylim(0, top * 1.2)
+            axes[3].set_ylabel("power W")
+            a3 = axes[4]
+            if th_rows:
+                tt = t["t_s"].to_numpy(dtype=float)
+                dt = float(np.nanmedian(np.abs(np.diff(tt)))) if len(tt) > 1 else 0.1
+                for k, r in enumerate(th_rows):
+                    on = tt[th[r].to_numpy()]
+                    a3.broken_barh([(v, dt) for v in on], (k - 0.4, 0.8), color="#c0392b")
+                a3.set_yticks(range(len(th_rows)), th_rows, fontsize=7)
+                a3.set_ylim(-0.6, len(th_rows) - 0.4)
+            else:
+                a3.set_yticks([])
+                a3.text(0.01, 0.5, "no throttling reported by NVML", transform=a3.transAxes, va="center", fontsize=8,
+                        color="#2e7d32")
+            a3.set_ylabel("throttle", fontsize=8)
+        else:
+            y = _line(axes[1], t, "cpu_percent", "#2c7fb8", lw=1)
+            axes[1].set_ylim(0, max(100, y.max() if len(y) else 100) * 1.15)
+            axes[1].set_ylabel("CPU %\n(100 = 1 core)")
+            y = _line(axes[2], t, "rss_mib", "#756bb1")
+            axes[2].set_ylim(0, (y.max() if len(y) else 1) * 1.15)
+            axes[2].set_ylabel("RSS MiB")
+        axes[-1].set_xlabel("seconds since the backend's sweep began")
+        fig.align_ylabels(axes)
+        figs.append(fig)
+    return figs
+
+
+plot_timeline = plot_health  # the old name
+
+
+# --- results as data, links -------------------------------------------------------------------
+
+def write_tables(run: Run, sp: pd.DataFrame | None = None, eff: pd.DataFrame | None = None) -> list[str]:
+    """The run's tidy tables as Parquet (``Run.to_parquet``) and the report's tables as CSV, in the run folder."""
+    written = [p.name for p in run.to_parquet()]
+    frames = {"summary": summary_table(run), "parity": parity_table(run), "failures": run.failures,
+              "speedup": sp, "efficiency": eff}
+    for name, frame in frames.items():
+        if frame is None or frame.empty:
+            continue
+        frame.to_csv(run.path / f"{name}.csv", index=False)
+        written.append(f"{name}.csv")
+    return written
+
+
+def data_markdown(run: Run, written: list[str]) -> str:
+    files = ", ".join(f"[`{w}`]({w})" for w in written)
+    return (f"Written to the run folder: {files}.\n\n"
+            "- `iterations.parquet`: a row per timed sample (backend, precision, batch, shape, mode, iter, ms, "
+            "wall_ms, t_s, requests).\n"
+            "- `samples.parquet`: a row per resource-sampler tick (backend, precision, t_s, label, rss_mib, "
+            "cpu_percent and on a GPU gpu_util, sm_clock_mhz, mem_clock_mhz, temp_c, power_w, throttle_reasons, ...).\n"
+            "- `points.parquet`: a row per point and mode with its statistics, resources and parity.\n\n"
+            "The schema is in `reports/README.md` and `lib/results.py`. Load: "
+            "`pandas.read_parquet('<run>/iterations.parquet')`, or everything with "
+            "`import lib; run = lib.load_run('<run>')` (`run.iterations`, `run.samples`, `run.points`, "
+            "`run.failures`).")
+
+
+def notebooks_markdown(run: Run) -> str:
+    """Relative links to the executed notebooks in the run folder (they open wherever the folder is copied)."""
+    lines = []
+    for c in run.plan.get("combos", []):
+        combo = f"{c['backend']}-{c['precision']}"
+        rel = f"bench/{combo}/benchmark.ipynb"
+        exists = (run.path / rel).exists()
+        failed = " — **failed**, see *Failures and skips*" if (run.path / f"bench/{combo}/notebook.failed.json").exists() else ""
+        if exists:
+            lines.append(f"- [{c['backend']}/{c['precision']}]({rel}){failed}")
+        else:
+            lines.append(f"- {c['backend']}/{c['precision']}: no executed notebook (`{rel}` is missing){failed}")
+    for name, what in (("export.ipynb", "export (PyTorch → ONNX)"), ("analysis.ipynb", "this analysis")):
+        if (run.path / name).exists():
+            lines.append(f"- [{what}]({name})")
+    return "Executed notebooks of this run (paths relative to the run folder):\n\n" + "\n".join(lines)
 
 
 def parity_note(run: Run) -> str:
@@ -311,15 +1055,17 @@ def parity_note(run: Run) -> str:
             "Top-1 agreement is shown, not gated (random weights make near-ties).")
 
 
-def failures_table(run: Run) -> pd.DataFrame:
-    if run.failures.empty:
-        return pd.DataFrame({"status": ["none: every planned point produced numbers and passed parity"]})
-    return run.failures
-
-
 def export_table(run: Run) -> pd.DataFrame:
     files = run.export.get("files") if run.export else None
-    return pd.DataFrame(files) if files else pd.DataFrame({"export": ["no export record in this run"]})
+    if files:
+        return pd.DataFrame(files)
+    why = (run.export or {}).get("error") or (run.export or {}).get("note") or "no export record in this run"
+    return pd.DataFrame({"export": [str(why)[-600:]]})
+
+
+def styled(frame: pd.DataFrame):
+    """The full measurement table, unstable rows shaded (``table`` with the highlight)."""
+    return table(frame, highlight="unstable")
 
 
 def method_markdown(run: Run) -> str:
@@ -331,12 +1077,21 @@ def method_markdown(run: Run) -> str:
         "(`cuda_event` = CUDA events on the engine's stream; `perf_counter` = host clock).",
         f"- Warm-up on the benchmarked shape: {p['warmup']} s and at least 2 iterations; then at least "
         f"{p['iters']} iterations and {p['duration']} s per measurement. Every timed iteration is kept raw "
-        "(`points.parquet`, `bench/*/points/*.parquet`).",
+        "(`iterations.parquet`, `bench/*/points/*.parquet`).",
         *[f"- **{k}**: {v}." for k, v in MODE_LABELS.items()],
         "- On a CPU nothing is asynchronous: the throughput figure is batch / median device-resident latency.",
         f"- {outlier_note(run)}",
+        "- Decisions (summary, budget) use p99 over *every* sample and leave out points that failed parity. "
+        "Speedups are median(torch/fp32) / median(configuration) on the raw samples at the same batch, shape and "
+        "mode, with a 95% percentile-bootstrap interval (each side resampled; `lib.stats.bootstrap_ratio_ci`); "
+        "'=' marks an interval that contains 1.",
         "- Resources: psutil (process RSS, CPU %) and NVML (utilisation, memory, clocks, temperature, power, "
         "throttle reasons) sampled in a background thread at ~10 Hz.",
         "- Load the raw data: `import lib; run = lib.load_run('<this run folder>')` → `run.iterations`, "
         "`run.samples`, `run.points`, `run.failures`.",
     ])
+
+
+def relpath(target: Path | str, start: Path | str) -> str:
+    """A relative link from folder ``start`` to ``target`` (POSIX separators, for HTML)."""
+    return Path(os.path.relpath(Path(target).resolve(), Path(start).resolve())).as_posix()

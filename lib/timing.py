@@ -46,16 +46,25 @@ class TimingPolicy:
     def __post_init__(self):
         from .errors import ConfigError
 
-        checks = {
-            "WARMUP": (self.warmup_s, self.warmup_s >= 0, "seconds >= 0"),
-            "ITERS": (self.min_iters, isinstance(self.min_iters, int) and self.min_iters >= 1, "an integer >= 1"),
-            "DURATION": (self.min_duration_s, self.min_duration_s >= 0, "seconds >= 0"),
-            "max_iters": (self.max_iters, self.max_iters >= self.min_iters, f"an integer >= ITERS ({self.min_iters})"),
-            "throughput_window_s": (self.throughput_window_s, self.throughput_window_s > 0, "seconds > 0"),
-            "min_windows": (self.min_windows, self.min_windows >= 1, "an integer >= 1"),
-        }
-        for name, (value, ok, valid) in checks.items():
-            if not ok or (isinstance(value, float) and not math.isfinite(value)):
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v):
+            return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+        # Each check runs only after the ones before it passed, so a value of the wrong type is a
+        # ConfigError naming it (not a TypeError from comparing it).
+        checks = (
+            ("WARMUP", self.warmup_s, lambda v: is_num(v) and v >= 0, "seconds >= 0"),
+            ("ITERS", self.min_iters, lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+            ("DURATION", self.min_duration_s, lambda v: is_num(v) and v >= 0, "seconds >= 0"),
+            ("max_iters", self.max_iters, lambda v: is_int(v) and v >= self.min_iters,
+             f"an integer >= ITERS ({self.min_iters})"),
+            ("throughput_window_s", self.throughput_window_s, lambda v: is_num(v) and v > 0, "seconds > 0"),
+            ("min_windows", self.min_windows, lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        )
+        for name, value, ok, valid in checks:
+            if not ok(value):
                 raise ConfigError(f"{name}={value!r} is not valid: expected {valid}")
 
 

@@ -54,10 +54,12 @@ class OrtEngine(Engine):
             return ["CPUExecutionProvider"]
         opts = {
             "device_id": 0,
-            "user_compute_stream": str(self.stream.cuda_stream),  # ORT runs on our stream; events time it
-            "cudnn_conv_algo_search": self.spec.options.get("cudnn_conv_algo_search", "EXHAUSTIVE"),
+            "cudnn_conv_algo_search": "EXHAUSTIVE",
             "use_tf32": "1" if self.spec.options.get("tf32", True) else "0",
         }
+        if self.spec.options.get("ort_user_stream", True):
+            opts["user_compute_stream"] = str(self.stream.cuda_stream)  # ORT runs on our stream; events time it
+        opts.update(self.spec.options.get("ort_cuda") or {})  # any other CUDA EP option, passed through
         if self._cuda_graph:
             opts["enable_cuda_graph"] = "1"
         return [("CUDAExecutionProvider", opts)]
@@ -90,7 +92,7 @@ class OrtEngine(Engine):
         self._out_names = [o.name for o in self.session.get_outputs()]
         self._in_types = {i.name: _NP.get(i.type, np.float32) for i in self.session.get_inputs()}
         self._run_options = ort.RunOptions()
-        if self.spec.device == "cuda":
+        if self.spec.device == "cuda" and self.spec.options.get("ort_user_stream", True):
             # Let run_with_iobinding return without waiting for the GPU, so pipelined requests overlap;
             # the timer's end event on our stream is the sync point.
             self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
@@ -115,8 +117,16 @@ class OrtEngine(Engine):
     def _fetch(self):
         if self.spec.device == "cpu":
             return dict(zip(self._out_names, self._last))
+        return self._outputs_to_host()
+
+    def _outputs_to_host(self):
+        """Outputs to host arrays (FP32 for float outputs); returns once they are on the host."""
+        if self._out_bufs is None:  # ORT-owned outputs (CUDA-graph mode)
+            self.stream.synchronize()
+            return {n: (a.astype(np.float32) if a.dtype == np.float16 else a)
+                    for n, a in zip(self._out_names, self._binding.copy_outputs_to_cpu())}
         with self._torch.cuda.stream(self.stream):
-            return {n: t.float().cpu().numpy() for n, t in zip(self._out_names, self._out_bufs)}
+            return {n: t.float().cpu().numpy() for n, t in zip(self._out_names, self._out_bufs)}  # D2H, waits
 
     def _infer(self, host_inputs):
         if self.spec.device == "cpu":
@@ -126,7 +136,7 @@ class OrtEngine(Engine):
             for n, buf in zip(self._in_names, self._in_bufs):
                 buf.copy_(torch.from_numpy(np.ascontiguousarray(host_inputs[n])))  # H2D
             self.session.run_with_iobinding(self._binding, self._run_options)
-            return {n: t.float().cpu().numpy() for n, t in zip(self._out_names, self._out_bufs)}  # D2H, waits
+        return self._outputs_to_host()
 
     # --- CUDA: IO binding on torch buffers
     def _bind_cuda(self, host_inputs):
@@ -143,6 +153,12 @@ class OrtEngine(Engine):
         for n in self._out_names:
             probe.bind_output(n, "cuda", 0)
         self.session.run_with_iobinding(probe)
+        torch.cuda.synchronize()
+        if self._cuda_graph:
+            # With enable_cuda_graph this first run is the one ORT captured, with ORT-owned output
+            # buffers: replays write there, so this binding must stay the one we run.
+            self._binding, self._out_bufs = probe, None
+            return
         shapes = [tuple(v.shape()) for v in probe.get_outputs()]
         out_types = [_NP.get(o.type, np.float32) for o in self.session.get_outputs()]
         torch_types = {np.float32: torch.float32, np.float16: torch.float16, np.int64: torch.int64,

@@ -56,12 +56,22 @@ class _TorchBase(Engine):
             torch.backends.cuda.matmul.allow_tf32 = tf32
             torch.backends.cudnn.allow_tf32 = tf32
             torch.backends.cudnn.benchmark = True  # autotune per shape; warm-up runs on the timed shape
-        self._channels_last = bool(spec.options.get("channels_last", False))
+        self._channels_last = self.resolve_channels_last(spec)
         model = build_model(spec.model, spec.artifacts.weights).to(self._dev, dtype=self._dtype)
         if self._channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.module = self._wrap(model)
         self.info.update({"tf32": tf32, "channels_last": self._channels_last})
+
+    @staticmethod
+    def resolve_channels_last(spec) -> bool:
+        """The ``channels_last`` option, or when unset (auto): NHWC for FP16/BF16 on CUDA with a 4-D
+        input, where tensor-core convolutions run NHWC natively; NCHW otherwise."""
+        choice = spec.options.get("channels_last")
+        if choice is not None:
+            return bool(choice)
+        return (spec.device == "cuda" and spec.precision in ("fp16", "bf16")
+                and any(len(s.dims) == 4 for s in spec.model.inputs))
 
     def _wrap(self, model):
         return model
@@ -151,6 +161,10 @@ class TorchCudaGraph(_TorchBase):
     devices = ("cuda",)
 
     @classmethod
+    def auto_precisions(cls, device):
+        return ("fp32", "fp16")  # bf16 by name: it adds time and rarely differs from fp16 here
+
+    @classmethod
     def precisions(cls, device):
         return ("fp32", "fp16", "bf16") if device == "cuda" else ()
 
@@ -175,7 +189,7 @@ class TorchCudaGraph(_TorchBase):
     def _infer(self, host_inputs):
         torch = self._torch
         order = [s.name for s in self.spec.model.inputs]
-        with self._on_stream():
+        with self._on_stream(), torch.inference_mode():  # the static inputs are inference tensors
             for dst, name in zip(self._inputs, order):
                 dst.copy_(torch.from_numpy(host_inputs[name]))
             self._graph.replay()
@@ -199,6 +213,12 @@ class TorchCompile(_TorchBase):
     backend = "torch-compile"
     summary = "torch.compile (inductor)"
     in_auto = ("cuda",)  # on a CPU, inductor compiles for minutes per shape: ask for it by name
+
+    @classmethod
+    def auto_precisions(cls, device):
+        # Inductor compiles each batch size for ~15 s (efficientnet_b1, H200): auto runs the precision
+        # it serves best; fp32 and bf16 by name (PRECISIONS=fp32 BACKENDS=torch-compile).
+        return ("fp16",)
 
     @classmethod
     def unavailable_reason(cls, device):

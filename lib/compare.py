@@ -1,0 +1,473 @@
+"""Compare runs: two GPUs, two library versions, before/after a change.
+
+``python -m lib.compare --runs "<run dir> <run dir> ..."`` (``make compare RUNS=...``) checks the
+runs, creates ``<reports>/compare/<UTC timestamp>/`` (a new folder every time, never overwriting),
+executes ``notebooks/30_compare.ipynb`` there (``compare.ipynb``) and renders ``compare.html``: one
+self-contained page with the runs side by side.
+
+The first run is the reference ("A"); every other run ("B", "C", ...) is compared with it, per
+backend/precision/batch/shape/mode that both measured: the ratio median(B) / median(A) of the raw
+samples with a 95% percentile-bootstrap interval (``lib.stats.bootstrap_ratio_ci``). A ratio below 1
+means B is faster. Only paths relative to each run folder are used, so runs copied from other
+machines into ``reports/`` compare the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .errors import BenchbookError
+from .report import MODE_SHORT, _plain_log, fmt_num, fmt_x, relpath
+from .results import Run, check_run_dir, load_run
+from .stats import bootstrap_ratio_ci
+
+__all__ = ["Comparison", "parse_runs", "load_comparison", "ratios", "ratio_table", "summary_markdown",
+           "runs_table", "differences_table", "failures_table", "plot_ratios", "plot_overlay",
+           "plot_latency_throughput", "links_markdown", "title_markdown", "method_markdown", "main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = ["backend", "precision", "batch", "shape", "mode"]
+LINESTYLES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "^", "D", "v", "P"]
+
+
+@dataclass
+class Comparison:
+    runs: list[Run]
+    labels: list[str]                 # "A", "B", ...
+    ratios: pd.DataFrame = field(default_factory=pd.DataFrame)
+    out_dir: Path | None = None
+
+    def name(self, i: int) -> str:
+        r = self.runs[i]
+        where = r.gpu_name or (r.environment.get("cpu") or "CPU")
+        return f"{self.labels[i]}: {r.params.get('model')} · {r.path.name} · {where}"
+
+
+def parse_runs(value, what: str = "RUNS") -> list[Path]:
+    """Run folders from a space-separated string (shell quoting allowed) or a list; at least two, each a
+    run folder. Errors are one line naming the value."""
+    if isinstance(value, (list, tuple)):
+        items = [str(v) for v in value]
+    else:
+        try:
+            items = shlex.split(str(value or ""))
+        except ValueError as e:
+            raise BenchbookError(f"{what}={value!r} cannot be read ({e}); give run folders separated by spaces") from None
+    if len(items) < 2:
+        raise BenchbookError(f"{what}={' '.join(items)!r}: give at least 2 run folders to compare, separated by spaces "
+                             f"(e.g. {what}=\"reports/<model>/<run A> reports/<model>/<run B>\")")
+    paths = []
+    for item in items:
+        try:
+            paths.append(check_run_dir(item, what=f"{what}: run folder"))
+        except BenchbookError as e:
+            raise BenchbookError(f"{e} (in {what}={' '.join(items)!r})") from None
+    resolved = [p.resolve() for p in paths]
+    if len(set(resolved)) < len(resolved):
+        raise BenchbookError(f"{what}={' '.join(items)!r} names the same run folder twice")
+    return paths
+
+
+def _n_boot(n: int) -> int:
+    return 2000 if n <= 1000 else 1000 if n <= 4000 else 500
+
+
+def ratios(runs: list[Run], labels: list[str]) -> pd.DataFrame:
+    """median(B) / median(A) per backend/precision/batch/shape/mode measured by both, for every run B after A."""
+    cols = ["run", "vs", *KEY, "median_a_ms", "median_b_ms", "ratio", "ci_low", "ci_high", "verdict", "n_a", "n_b"]
+    a = runs[0]
+    rows = []
+    if a.points.empty:
+        return pd.DataFrame(columns=cols)
+    for lab, b in zip(labels[1:], runs[1:]):
+        if b.points.empty:
+            continue
+        common = a.points[KEY].merge(b.points[KEY], on=KEY).drop_duplicates()
+        for r in common.itertuples(index=False):
+            xa = a.raw_ms(r.backend, r.precision, r.batch, r.shape, r.mode)
+            xb = b.raw_ms(r.backend, r.precision, r.batch, r.shape, r.mode)
+            if len(xa) == 0 or len(xb) == 0:
+                continue
+            ratio, lo, hi = bootstrap_ratio_ci(xb, xa, n_boot=_n_boot(max(len(xa), len(xb))))
+            verdict = "B faster" if hi < 1 else "B slower" if lo > 1 else "no clear change"
+            rows.append({"run": lab, "vs": labels[0], **r._asdict(), "median_a_ms": float(np.median(xa)),
+                         "median_b_ms": float(np.median(xb)), "ratio": ratio, "ci_low": lo, "ci_high": hi,
+                         "verdict": verdict.replace("B", lab), "n_a": len(xa), "n_b": len(xb)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def load_comparison(runs, outliers: str | None = None, out_dir: str | Path | None = None) -> Comparison:
+    """Load and check the runs (the first is the reference A) and compute every ratio."""
+    paths = parse_runs(runs)
+    loaded = [load_run(p, outliers or None) for p in paths]
+    labels = [chr(ord("A") + i) if i < 26 else f"R{i}" for i in range(len(loaded))]
+    cmp = Comparison(runs=loaded, labels=labels, out_dir=Path(out_dir) if out_dir else None)
+    cmp.ratios = ratios(loaded, labels)
+    if cmp.out_dir is not None and not cmp.ratios.empty:
+        cmp.ratios.to_csv(cmp.out_dir / "ratios.csv", index=False)
+    return cmp
+
+
+# --- text and tables ------------------------------------------------------------------------
+
+def title_markdown(cmp: Comparison) -> str:
+    models = sorted({r.params.get("model") for r in cmp.runs})
+    return (f"# Comparison: {', '.join(models)}\n\n" + "\n".join(f"- **{cmp.name(i)}**" for i in range(len(cmp.runs)))
+            + f"\n\n{cmp.labels[0]} is the reference: every ratio is median(run) / median({cmp.labels[0]}); "
+              "below 1 = faster than the reference.")
+
+
+def _env_items(run: Run) -> dict:
+    env = run.environment
+    gpu = env.get("gpu") or {}
+    libs = env.get("libraries", {})
+    items = {"model": run.params.get("model"), "device": run.device, "GPU": gpu.get("name") or "none",
+             "GPU driver": gpu.get("driver"), "CUDA (driver)": gpu.get("cuda_driver"), "CPU": env.get("cpu"),
+             "cores usable": env.get("cpu_affinity"), "host": env.get("hostname"), "python": env.get("python")}
+    items.update({f"version: {k}": v for k, v in libs.items()})
+    items.update({f"param: {k}": v for k, v in run.params.items() if k not in ("cache_dir", "models_dir", "options")})
+    items["batch sizes"] = ", ".join(map(str, run.plan.get("batch_sizes", [])))
+    items["shapes"] = ", ".join(run.plan.get("shapes", []))
+    items["backends"] = ", ".join(f"{c['backend']}/{c['precision']}" for c in run.plan.get("combos", []))
+    return {k: ("–" if v is None else str(v)) for k, v in items.items()}
+
+
+def runs_table(cmp: Comparison) -> pd.DataFrame:
+    rows = []
+    for i, r in enumerate(cmp.runs):
+        e = _env_items(r)
+        rows.append({"run": cmp.labels[i], "model": e["model"], "run id": r.path.name, "device": e["device"],
+                     "GPU / CPU": e["GPU"] if r.gpu_name else e["CPU"],
+                     "torch": e.get("version: torch", "–"),
+                     "onnxruntime": e.get("version: onnxruntime-gpu", e.get("version: onnxruntime", "–")),
+                     "backends": e["backends"], "batch sizes": e["batch sizes"], "shapes": e["shapes"],
+                     "points": len(r.points)})
+    return pd.DataFrame(rows)
+
+
+def differences_table(cmp: Comparison) -> pd.DataFrame:
+    """Environment items, library versions and parameters that differ between the runs."""
+    envs = [_env_items(r) for r in cmp.runs]
+    keys = list(dict.fromkeys(k for e in envs for k in e))
+    rows = []
+    for k in keys:
+        vals = [e.get(k, "–") for e in envs]
+        if len(set(vals)) > 1:
+            rows.append({"item": k, **{lab: v for lab, v in zip(cmp.labels, vals)}})
+    if not rows:
+        return pd.DataFrame({"item": ["none: same machine, versions and parameters"]})
+    return pd.DataFrame(rows)
+
+
+def links_markdown(cmp: Comparison) -> str:
+    base = cmp.out_dir
+    lines = []
+    for i, r in enumerate(cmp.runs):
+        rep = r.path / "report.html"
+        if base is not None and rep.exists():
+            lines.append(f"- {cmp.name(i)}: [report]({relpath(rep, base)})")
+        else:
+            lines.append(f"- {cmp.name(i)}: `{r.path}`" + ("" if rep.exists() else " (no report.html)"))
+    return "The runs' own reports:\n\n" + "\n".join(lines)
+
+
+def ratio_table(cmp: Comparison) -> pd.DataFrame:
+    d = cmp.ratios
+    if d.empty:
+        return pd.DataFrame({"ratio": ["no backend/precision/batch/shape/mode was measured by both runs"]})
+    multi_shape = d["shape"].nunique() > 1
+    out = pd.DataFrame({
+        "run": d["run"] + " / " + d["vs"], "configuration": d["backend"] + "/" + d["precision"], "batch": d["batch"],
+        "shape": d["shape"], "mode": d["mode"].map(MODE_SHORT).fillna(d["mode"]),
+        f"median {d['vs'].iloc[0]} ms": d["median_a_ms"],
+        ("median ms" if d["run"].nunique() > 1 else f"median {d['run'].iloc[0]} ms"): d["median_b_ms"], "ratio": d["ratio"],
+        "95% CI": [f"{fmt_num(lo)}–{fmt_num(hi)}" for lo, hi in zip(d["ci_low"], d["ci_high"])], "verdict": d["verdict"]})
+    if not multi_shape:
+        out = out.drop(columns="shape")
+    if d["run"].nunique() == 1:
+        out = out.drop(columns="run")
+    order = {m: i for i, m in enumerate(MODE_SHORT.values())}
+    return out.sort_values(["mode", "configuration", "batch"], key=lambda s: s.map(order) if s.name == "mode" else s,
+                           kind="stable").reset_index(drop=True)
+
+
+def summary_markdown(cmp: Comparison) -> str:
+    d = cmp.ratios
+    lines = []
+    models = {r.params.get("model") for r in cmp.runs}
+    if len(models) > 1:
+        lines.append(f"- **Warning**: the runs measured different models ({', '.join(sorted(models))}); ratios compare "
+                     "different work.")
+    diff = differences_table(cmp)
+    if cmp.labels[0] in diff.columns:
+        what = [k for k in diff["item"] if not k.startswith(("param: outliers", "host"))][:8]
+        if what:
+            lines.append("- What differs: " + ", ".join(f"`{k}`" for k in what)
+                         + (" …" if len(diff) > len(what) else "") + " (see *What differs*).")
+    if d.empty:
+        lines.append("- No backend/precision/batch/shape/mode was measured by both runs: nothing to compare.")
+        return "\n".join(lines)
+    for lab in d["run"].unique():
+        g = d[d["run"] == lab]
+        geo = float(np.exp(np.log(g["ratio"]).mean()))
+        faster, slower = int((g["ci_high"] < 1).sum()), int((g["ci_low"] > 1).sum())
+        best = g.loc[g["ratio"].idxmin()]
+        worst = g.loc[g["ratio"].idxmax()]
+        lines.append(f"- **{lab} vs {cmp.labels[0]}**: over {len(g)} common measurements, latency ratio geometric mean "
+                     f"**{geo:.3f}** ({'faster' if geo < 1 else 'slower'} by {abs(1 - geo):.1%}); {faster} faster and "
+                     f"{slower} slower with 95% confidence, {len(g) - faster - slower} without a clear change. "
+                     f"Largest gain: {best['backend']}/{best['precision']} batch {best['batch']} "
+                     f"{MODE_SHORT.get(best['mode'], best['mode'])} {fmt_x(best['ratio'])}; largest loss: "
+                     f"{worst['backend']}/{worst['precision']} batch {worst['batch']} "
+                     f"{MODE_SHORT.get(worst['mode'], worst['mode'])} {fmt_x(worst['ratio'])}.")
+    only = []
+    for i, r in enumerate(cmp.runs):
+        if r.points.empty:
+            continue
+        keys = set(map(tuple, r.points[KEY].to_numpy().tolist()))
+        others = set()
+        for j, o in enumerate(cmp.runs):
+            if j != i and not o.points.empty:
+                others |= set(map(tuple, o.points[KEY].to_numpy().tolist()))
+        n = len(keys - others)
+        if n:
+            only.append(f"{cmp.labels[i]}: {n}")
+    if only:
+        lines.append("- Measurements in one run only (not compared): " + ", ".join(only) + ".")
+    return "\n".join(lines)
+
+
+def failures_table(cmp: Comparison) -> pd.DataFrame:
+    frames = []
+    for lab, r in zip(cmp.labels, cmp.runs):
+        if not r.failures.empty:
+            f = r.failures.copy()
+            f.insert(0, "run", lab)
+            frames.append(f)
+    if not frames:
+        return pd.DataFrame({"status": ["none: every planned point of every run produced numbers"]})
+    out = pd.concat(frames, ignore_index=True)
+    out["batch"] = out["batch"].map(lambda v: "–" if v is None or (isinstance(v, float) and np.isnan(v)) else str(int(v)))
+    out["reason"] = out["reason"].map(lambda s: str(s).strip()[-300:] if s else "–")
+    return out
+
+
+def method_markdown(cmp: Comparison) -> str:
+    return "\n".join([
+        f"- Reference: run {cmp.labels[0]}. For every backend/precision/batch/shape/mode measured by both runs, the "
+        f"ratio is median(run) / median({cmp.labels[0]}) over the raw samples (no outlier filtering), with a 95% "
+        "percentile-bootstrap interval (each side resampled, `lib.stats.bootstrap_ratio_ci`).",
+        "- Verdict: *faster* when the whole interval is below 1, *slower* when above 1, else *no clear change*.",
+        f"- Curves show each run's medians under its outlier rule ({', '.join(sorted({r.rule.name for r in cmp.runs}))}).",
+        "- Ratios as data: `ratios.csv` beside this page.",
+    ])
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+def _palette(cmp: Comparison) -> dict:
+    series = []
+    for r in cmp.runs:
+        series += [f"{c['backend']}/{c['precision']}" for c in r.plan.get("combos", [])]
+    cmap = plt.get_cmap("tab10")
+    return {s: cmap(i % 10) for i, s in enumerate(dict.fromkeys(series))}
+
+
+def _all_points(cmp: Comparison) -> pd.DataFrame:
+    frames = [r.points.assign(run=lab) for lab, r in zip(cmp.labels, cmp.runs) if not r.points.empty]
+    if not frames:
+        return pd.DataFrame()
+    p = pd.concat(frames, ignore_index=True)
+    return p.assign(series=p["backend"] + "/" + p["precision"])
+
+
+def plot_ratios(cmp: Comparison, mode: str | None = None):
+    """Each common measurement's ratio with its 95% interval (log x; left of 1 = faster than A)."""
+    d = cmp.ratios
+    if d.empty:
+        return None
+    mode = mode or ("end_to_end" if (d["mode"] == "end_to_end").any() else d["mode"].iloc[0])
+    d = d[d["mode"] == mode].sort_values(["run", "backend", "precision", "shape", "batch"])
+    if d.empty:
+        return None
+    pal = _palette(cmp)
+    labels = [f"{r.run}: {r.backend}/{r.precision} bs {r.batch}" + (f" {r.shape}" if d["shape"].nunique() > 1 else "")
+              for r in d.itertuples()]
+    fig, ax = plt.subplots(figsize=(9, 0.28 * len(d) + 1.2))
+    y = np.arange(len(d))[::-1]
+    colors = [pal.get(f"{b}/{p}", "#333") for b, p in zip(d["backend"], d["precision"])]
+    ax.errorbar(d["ratio"], y, xerr=[d["ratio"] - d["ci_low"], d["ci_high"] - d["ratio"]], fmt="none",
+                ecolor="#555", capsize=2, lw=1)
+    ax.scatter(d["ratio"], y, c=colors, zorder=3, s=22)
+    ax.axvline(1, color="#444", ls="--", lw=1)
+    ax.set_yticks(y, labels, fontsize=8)
+    lo, hi = min(float(np.nanmin(d["ci_low"])), 1.0), max(float(np.nanmax(d["ci_high"])), 1.0)
+    if hi / max(lo, 1e-12) > 4:  # wide spread: a log axis keeps 0.5x and 2x equally far from 1
+        ax.set_xscale("log")
+        ax.set_xlim(lo / 1.3, hi * 1.3)
+        _plain_log(ax, "x")
+    else:
+        pad = 0.05 * max(hi - lo, 0.1)
+        ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(-0.7, len(d) - 0.3)
+    ax.set_xlabel(f"median(run) / median({cmp.labels[0]}), {MODE_SHORT.get(mode, mode)} latency (< 1 = faster)")
+    ax.set_title(f"Latency ratio with 95% bootstrap interval — {MODE_SHORT.get(mode, mode)}", loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_overlay(cmp: Comparison, modes: tuple[str, ...] = ("device", "end_to_end")):
+    """Median latency vs batch size, every run overlaid: colour = backend/precision, line style and
+    marker = run; a column per mode, a row per shape."""
+    p = _all_points(cmp)
+    if p.empty:
+        return None
+    modes = tuple(m for m in modes if (p["mode"] == m).any())
+    if not modes:
+        return None
+    pal = _palette(cmp)
+    shapes = sorted(p["shape"].unique())
+    fig, axes = plt.subplots(len(shapes), len(modes), figsize=(5.6 * len(modes) + 1.6, 4.0 * len(shapes)),
+                             squeeze=False)
+    for i, shape in enumerate(shapes):
+        for j, mode in enumerate(modes):
+            ax = axes[i, j]
+            sub = p[(p["shape"] == shape) & (p["mode"] == mode)]
+            for k, lab in enumerate(cmp.labels):
+                for s in pal:
+                    g = sub[(sub["run"] == lab) & (sub["series"] == s)].sort_values("batch")
+                    if len(g):
+                        ax.plot(g["batch"], g["median_ms"], LINESTYLES[k % 4], marker=MARKERS[k % 6], color=pal[s],
+                                ms=5, label=f"{lab}: {s}")
+            ax.set_xscale("log", base=2)
+            batches = sorted(sub["batch"].unique())
+            ax.set_xticks(batches, [str(b) for b in batches])
+            ax.set_yscale("log")
+            _plain_log(ax)
+            ax.set_xlabel("batch size")
+            ax.set_ylabel("median latency (ms, log)")
+            ax.set_title(f"{MODE_SHORT.get(mode, mode)}" + (f" — shape {shape}" if len(shapes) > 1 else ""))
+    handles, labels = axes[0, -1].get_legend_handles_labels()
+    axes[0, -1].legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def plot_latency_throughput(cmp: Comparison, mode: str = "end_to_end"):
+    """p99 latency vs items/s over batch sizes, every run overlaid (up and left is better)."""
+    p = _all_points(cmp)
+    if p.empty:
+        return None
+    if not (p["mode"] == mode).any():
+        mode = "device"
+    p = p[p["mode"] == mode]
+    if p.empty:
+        return None
+    pal = _palette(cmp)
+    shapes = sorted(p["shape"].unique())
+    fig, axes = plt.subplots(1, len(shapes), figsize=(min(7.5 * len(shapes) + 2, 12.5), 4.6), squeeze=False)
+    for ax, shape in zip(axes[0], shapes):
+        sub = p[p["shape"] == shape]
+        for i, lab in enumerate(cmp.labels):
+            for s in pal:
+                g = sub[(sub["run"] == lab) & (sub["series"] == s)].sort_values("batch")
+                if len(g):
+                    ax.plot(g["p99_raw_ms"], g["items_per_s"], LINESTYLES[i % 4], marker=MARKERS[i % 6],
+                            color=pal[s], ms=5, label=f"{lab}: {s}")
+                    for r in g.itertuples(index=False):
+                        ax.annotate(f"{r.batch}", (r.p99_raw_ms, r.items_per_s), textcoords="offset points",
+                                    xytext=(3, 3), fontsize=6, color=pal[s])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _plain_log(ax, "x")
+        _plain_log(ax, "y")
+        ax.set_xlabel(f"p99 {MODE_SHORT.get(mode, mode)} latency (ms, log)")
+        ax.set_ylabel("items / s (log)")
+        ax.set_title("Latency–throughput, batch sizes labelled" + (f" — shape {shape}" if len(shapes) > 1 else ""))
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def _new_out_dir(root: Path) -> Path:
+    """<root>/<UTC timestamp>/, created here; a second comparison in the same second gets a suffix."""
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    for k in range(1, 1000):
+        out = root / (stamp if k == 1 else f"{stamp}-{k}")
+        try:
+            out.mkdir()
+            return out
+        except FileExistsError:
+            continue
+    raise BenchbookError(f"cannot create a new folder under {root}")
+
+
+def run_compare(runs, outliers: str = "", reports_dir: str | Path = "reports", log=print) -> Path:
+    """Check the runs, execute the comparison notebook into a new folder and render compare.html there."""
+    import papermill
+
+    from .html_report import render_index, render_notebook
+    from .stats import parse_outlier_rule
+
+    paths = [p.resolve() for p in parse_runs(runs)]
+    if outliers:
+        parse_outlier_rule(outliers)
+    reports_dir = Path(reports_dir)
+    out = _new_out_dir(reports_dir / "compare")
+    t0 = time.perf_counter()
+    log(f"[compare] {len(paths)} runs -> {out}")
+    # the kernel imports lib from this checkout, whatever PYTHONPATH the caller had
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(
+        os.pathsep) if p])
+    papermill.execute_notebook(str(ROOT / "notebooks" / "30_compare.ipynb"), str(out / "compare.ipynb"),
+                               parameters={"runs": shlex.join(str(p) for p in paths), "outliers": outliers or "",
+                                           "out_dir": str(out.resolve())},
+                               kernel_name="python3", progress_bar=False, log_output=False,
+                               cwd=str(ROOT / "notebooks"))
+    models = sorted({load_run(p).params.get("model") for p in paths})
+    page = render_notebook(out / "compare.ipynb", out / "compare.html",
+                           title=f"benchbook comparison — {', '.join(models)} — {out.name}")
+    if (reports_dir / "index.html").exists():
+        render_index(reports_dir)
+    log(f"[compare] {page} ({page.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.0f} s)")
+    return page
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lib.compare", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", default="", help="run folders separated by spaces; the first is the reference")
+    ap.add_argument("runs_pos", nargs="*", metavar="RUN", help="run folders (instead of --runs)")
+    ap.add_argument("--outliers", default="", help="presentation rule: tukey[:k], mad[:k] or none; empty: each run's own")
+    ap.add_argument("--reports-dir", default="reports", help="comparisons go to <reports-dir>/compare/<timestamp>/")
+    args = ap.parse_args(argv)
+    runs = args.runs if args.runs.strip() else args.runs_pos
+    try:
+        run_compare(runs, args.outliers, args.reports_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except BenchbookError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - papermill's PapermillExecutionError names the failing cell
+        print(f"error: the comparison failed: {type(e).__name__}: {str(e).strip()[-1500:]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

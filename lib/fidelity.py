@@ -1,0 +1,84 @@
+"""Checks of the harness itself, printed as figures (``make fidelity``; needs a CUDA GPU).
+
+1. The harness's PyTorch CUDA median at batch 32 against ``torch.utils.benchmark``'s
+   ``blocked_autorange`` on the same module and input, in one process, interleaved A/B/A/B.
+   The latency mode syncs per request, ``blocked_autorange`` pipelines a block of calls and syncs
+   once; the harness's pipelined throughput mode is the like-for-like figure and both are shown.
+2. The sampler thread's cost: the same measurement with and without the background sampler,
+   interleaved, median of the ratios.
+
+Usage: ``python -m lib.fidelity [--model efficientnet_b1] [--batch 32] [--rounds 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import numpy as np
+
+from .engines import EngineSpec, make_engine
+from .inputs import make_inputs
+from .models import get_model
+from .sampler import Sampler
+from .timing import TimingPolicy, measure_latency, measure_throughput
+
+
+def _harness(engine, policy):
+    lat = measure_latency(engine.run_bound, engine.timer(), policy, "device")
+    thr = measure_throughput(engine.run_bound, engine.timer(), policy, float(np.median(lat.ms)))
+    return float(np.median(lat.ms)), float(np.median(thr.ms))
+
+
+def _autorange(engine, min_run_time: float) -> float:
+    import torch.utils.benchmark as tb
+
+    m = tb.Timer(stmt="engine.run_bound()", globals={"engine": engine}).blocked_autorange(min_run_time=min_run_time)
+    return m.median * 1e3
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lib.fidelity")
+    ap.add_argument("--model", default="efficientnet_b1")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=2.0)
+    args = ap.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print("fidelity checks need a CUDA GPU (torch.cuda.is_available() is False)", file=sys.stderr)
+        return 2
+    cfg = get_model(args.model)
+    shape = cfg.shapes[0]
+    policy = TimingPolicy(warmup_s=0.5, min_iters=50, min_duration_s=args.duration)
+    inputs = make_inputs(cfg, args.batch, shape, seed=0)
+    print(f"model {cfg.name}, batch {args.batch}, shape {shape.label}, GPU {torch.cuda.get_device_name()}, "
+          f"torch {torch.__version__}")
+    with make_engine("torch", EngineSpec(model=cfg, precision="fp32", device="cuda")) as engine:
+        engine.bind(inputs)
+        lat, thr, ref = [], [], []
+        for _ in range(args.rounds):
+            a, b = _harness(engine, policy)
+            lat.append(a)
+            thr.append(b)
+            ref.append(_autorange(engine, args.duration))
+        h_lat, h_thr, r = statistics.median(lat), statistics.median(thr), statistics.median(ref)
+        print(f"1. harness latency-mode median   {h_lat:8.3f} ms   (per round: {', '.join(f'{x:.3f}' for x in lat)})")
+        print(f"   harness pipelined median      {h_thr:8.3f} ms   (per round: {', '.join(f'{x:.3f}' for x in thr)})")
+        print(f"   blocked_autorange median      {r:8.3f} ms   (per round: {', '.join(f'{x:.3f}' for x in ref)})")
+        print(f"   ratio latency/autorange {h_lat / r:.4f}; pipelined/autorange {h_thr / r:.4f} (target within ±3%)")
+        ratios = []
+        for _ in range(args.rounds):
+            base = float(np.median(measure_latency(engine.run_bound, engine.timer(), policy, "device").ms))
+            with Sampler(gpu=True):
+                sampled = float(np.median(measure_latency(engine.run_bound, engine.timer(), policy, "device").ms))
+            ratios.append(sampled / base)
+        print(f"2. sampler cost: median with/without = {statistics.median(ratios):.4f} "
+              f"(per round: {', '.join(f'{x:.4f}' for x in ratios)}; target < 1.01)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Shared fixtures: the repository's paths, the tiny fixture model, its real ONNX export (made once per
+session into a temporary cache) and helpers that write model folders into ``tmp_path``."""
+
+from __future__ import annotations
+
+import copy
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures" / "models"
+MODELS = REPO / "models"
+
+TINY_LOAD_PY = (FIXTURES / "tiny_cnn" / "load.py").read_text()
+
+
+class Log:
+    """A ``log=`` callable that keeps the lines, for asserting what a step said it did."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def __call__(self, msg: str) -> None:
+        self.lines.append(str(msg))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture(autouse=True)
+def _no_models_dir_from_env(monkeypatch):
+    """Tests name their models folder; a BENCHBOOK_MODELS_DIR in the caller's shell must not leak in."""
+    monkeypatch.delenv("BENCHBOOK_MODELS_DIR", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_raw() -> dict:
+    """The tiny model's config.yaml as a dict (copy it before changing it)."""
+    return yaml.safe_load((FIXTURES / "tiny_cnn" / "config.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from lib.models import get_model
+
+    return get_model("tiny_cnn", FIXTURES)
+
+
+@pytest.fixture(scope="session")
+def tiny_module(tiny):
+    """The tiny model built as the pipeline builds it (seeded, BatchNorm calibrated, eval mode)."""
+    from lib.models import build_model
+
+    return build_model(tiny)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """A session-wide CACHE_DIR; the tiny model's ONNX files live in ``<cache_dir>/onnx``."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny, cache_dir):
+    """The tiny model's FP32 and FP16 ONNX, exported for real once per session: {precision: ExportResult}."""
+    from lib.export import ensure_onnx
+
+    return ensure_onnx(tiny, cache_dir / "onnx", precisions=("fp32", "fp16"), log=Log())
+
+
+def write_model(root: Path, folder: str, config: dict | str, load_py: str | None = TINY_LOAD_PY) -> Path:
+    """``root/folder/config.yaml`` (+ ``load.py`` unless None); returns the config path."""
+    d = Path(root) / folder
+    d.mkdir(parents=True, exist_ok=True)
+    text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
+    (d / "config.yaml").write_text(text)
+    if load_py is not None:
+        (d / "load.py").write_text(textwrap.dedent(load_py))
+    return d / "config.yaml"
+
+
+@pytest.fixture
+def make_model(tmp_path, tiny_raw):
+    """``make_model(folder, config=None, load_py=TINY_LOAD_PY, **changes)`` writes a model folder under
+    ``tmp_path/models`` (the tiny config with ``changes`` applied when no config is given)."""
+    root = tmp_path / "models"
+    root.mkdir(exist_ok=True)
+
+    def make(folder: str, config: dict | str | None = None, load_py: str | None = TINY_LOAD_PY, **changes) -> Path:
+        if config is None:
+            config = copy.deepcopy(tiny_raw)
+            config["name"] = folder
+            config.update(changes)
+        return write_model(root, folder, config, load_py)
+
+    make.root = root
+    return make
+
+
+# --- a real (tiny) benchmark run: plan + run_backend for torch/fp32 and ort/fp32 on the CPU ---------------
+BENCH_SETTINGS = dict(model="tiny_cnn", backends="torch,ort", precisions="fp32", device="cpu", warmup="0.02",
+                      iters="3", duration="0.05", seed="0")
+
+
+def make_run(reports_dir: Path, cache: Path, run_id: str = "", **changes):
+    """``lib.plan.make_plan`` for the tiny model on the CPU with tiny ITERS/DURATION; returns the Plan."""
+    from lib.params import RunParams
+    from lib.plan import make_plan
+
+    params = RunParams.from_strings(**{**BENCH_SETTINGS, "models_dir": str(FIXTURES), "cache_dir": str(cache),
+                                       **changes})
+    return make_plan(params, reports_dir, run_id, log=Log())
+
+
+@pytest.fixture(scope="session")
+def bench_run(tmp_path_factory, cache_dir, tiny_onnx):
+    """A measured run folder (both combos, every point): {"run_dir", "plan", "logs", "done"}. Read-only for
+    tests: copy it (``copy_run``) before changing anything."""
+    from lib.bench import run_backend
+
+    plan = make_run(tmp_path_factory.mktemp("reports"), cache_dir, run_id="bench-test")
+    logs, done = {}, {}
+    for combo in plan.combos:
+        log = Log()
+        done[combo["backend"]] = run_backend(plan.run_dir, combo["backend"], combo["precision"], log=log)
+        logs[combo["backend"]] = log
+    return {"run_dir": plan.run_dir, "plan": plan, "logs": logs, "done": done}
+
+
+@pytest.fixture
+def copy_run(bench_run, tmp_path):
+    """A private copy of ``bench_run``'s folder, as ``<tmp>/reports/tiny_cnn/<run_id>``."""
+    import shutil
+
+    dst = tmp_path / "reports" / "tiny_cnn" / bench_run["run_dir"].name
+    shutil.copytree(bench_run["run_dir"], dst)
+    return dst

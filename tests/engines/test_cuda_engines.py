@@ -1,0 +1,62 @@
+"""Every CUDA backend against the PyTorch FP32 reference, through the Engine interface and the
+timing module. Needs a CUDA GPU (skipped elsewhere, with that reason)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lib.engines import Artifacts, EngineSpec, engine_class, make_engine
+from lib.export import ensure_onnx
+from lib.inputs import make_inputs
+from lib.models import build_model, get_model
+from lib.parity import compare_outputs
+from lib.timing import TimingPolicy, measure_latency, measure_throughput
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available())")]
+
+CUDA_BACKENDS = [("torch", "fp32"), ("torch", "fp16"), ("torch", "bf16"), ("torch-cudagraph", "fp32"),
+                 ("torch-cudagraph", "fp16"), ("torch-compile", "fp16"), ("ort", "fp32"), ("ort", "fp16"),
+                 ("ort-cudagraph", "fp32"), ("ort-cudagraph", "fp16")]
+
+
+@pytest.fixture(scope="module")
+def effnet(tmp_path_factory):
+    cfg = get_model("efficientnet_b1")
+    cache = tmp_path_factory.mktemp("cache")
+    onnx = {p: r.path for p, r in ensure_onnx(cfg, cache / "onnx", precisions=("fp32", "fp16")).items()}
+    return cfg, Artifacts(onnx=onnx, cache_dir=cache)
+
+
+def _reference(cfg, inputs):
+    model = build_model(cfg)
+    with torch.inference_mode():
+        return {"logits": model(torch.from_numpy(inputs["input"])).numpy()}
+
+
+@pytest.mark.parametrize("backend,precision", CUDA_BACKENDS)
+def test_backend_matches_reference_and_times(effnet, backend, precision):
+    cfg, artifacts = effnet
+    reason = engine_class(backend).unavailable_reason("cuda")
+    if reason:
+        pytest.skip(reason)
+    policy = TimingPolicy(warmup_s=0.1, min_iters=10, min_duration_s=0.2)
+    with make_engine(backend, EngineSpec(model=cfg, precision=precision, device="cuda", artifacts=artifacts)) as eng:
+        for batch in (1, 8):  # a second bind checks re-binding (new graph / new binding) too
+            inputs = make_inputs(cfg, batch, cfg.shapes[0], seed=3)
+            eng.bind(inputs)
+            timer = eng.timer()
+            assert timer.name == "cuda_event"
+            dev = measure_latency(eng.run_bound, timer, policy, "device")
+            e2e = measure_latency(lambda: eng.infer(inputs), timer, policy, "end_to_end")
+            thr = measure_throughput(eng.run_bound, timer, policy, float(np.median(dev.ms)))
+            assert len(dev.ms) >= 10 and np.all(dev.ms > 0)
+            # host copies can only add time: end-to-end must not beat device-resident
+            assert np.median(e2e.ms) >= 0.9 * np.median(dev.ms)
+            assert np.all(thr.ms > 0)
+            result = compare_outputs(eng.infer(inputs), _reference(cfg, inputs), precision, "logits")
+            assert result["passed"], result["problems"]
+            fetched = eng.fetch()
+            assert fetched["logits"].shape == (batch, 1000)

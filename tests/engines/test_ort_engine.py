@@ -1,0 +1,111 @@
+"""The ``ort`` backend (ONNX Runtime, CPU execution provider) on the exported tiny model, for real: life
+cycle, contract checks, the provider it really runs on, and outputs that match PyTorch FP32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lib.engines import Artifacts, EngineSpec, make_engine
+from lib.engines.ort_engine import OrtEngine
+from lib.errors import BenchbookError, UnavailableError
+from lib.inputs import make_inputs
+from lib.parity import compare_outputs
+from lib.timing import CpuTimer
+
+
+def _reference(module, inputs):
+    with torch.no_grad():
+        return {"logits": module(torch.from_numpy(inputs["image"])).numpy()}
+
+
+@pytest.fixture
+def spec(tiny, tiny_onnx, cache_dir):
+    return EngineSpec(model=tiny, precision="fp32", device="cpu",
+                      artifacts=Artifacts(onnx={p: r.path for p, r in tiny_onnx.items()}, cache_dir=cache_dir))
+
+
+def test_life_cycle_and_parity(tiny, tiny_module, tiny_onnx, spec):
+    engine = make_engine("ort", spec)
+    assert isinstance(engine, OrtEngine) and engine.label == "ort/fp32"
+    engine.load()
+    assert engine.loaded and isinstance(engine.timer(), CpuTimer)
+    assert engine.info["providers"][0] == "CPUExecutionProvider"
+    assert engine.session.get_providers()[0] == "CPUExecutionProvider"
+    assert engine.info["onnx"] == str(tiny_onnx["fp32"].path)
+    inputs = make_inputs(tiny, 4, tiny.shapes[0], seed=0)
+    ref = _reference(tiny_module, inputs)
+
+    engine.bind(inputs)
+    engine.run_bound()
+    fetched = engine.fetch()
+    assert list(fetched) == ["logits"] and fetched["logits"].shape == (4, 10)
+    r = compare_outputs(fetched, ref, "fp32", "logits")
+    assert r["passed"] and r["top1_agree"] == 1.0, r["problems"]
+
+    other = make_inputs(tiny, 4, tiny.shapes[0], seed=1)
+    got = engine.infer(other)
+    assert compare_outputs(got, _reference(tiny_module, other), "fp32", "logits")["passed"]
+    assert not np.allclose(got["logits"], fetched["logits"])
+
+    engine.close()
+    assert not engine.loaded and engine.session is None and engine.bound_inputs is None
+
+
+def test_context_manager_and_dynamic_shapes(tiny, tiny_module, spec):
+    with make_engine("ort", spec) as engine:
+        for batch, shape in ((1, "16x16"), (16, "64x64"), (5, "20x56")):
+            inputs = make_inputs(tiny, batch, tiny.parse_shape(shape), seed=4)
+            engine.bind(inputs)
+            engine.run_bound()
+            out = engine.fetch()
+            assert out["logits"].shape == (batch, 10)
+            assert compare_outputs(out, _reference(tiny_module, inputs), "fp32", "logits")["passed"]
+    assert not engine.loaded
+
+
+def test_inputs_of_another_dtype_are_converted(tiny, tiny_module, spec):
+    inputs = make_inputs(tiny, 2, tiny.shapes[0], seed=0)
+    as64 = {"image": inputs["image"].astype(np.float64)}
+    with make_engine("ort", spec) as engine:
+        out = engine.infer(as64)
+    assert compare_outputs(out, _reference(tiny_module, inputs), "fp32", "logits")["passed"]
+
+
+def test_contract_checks(tiny, spec):
+    inputs = make_inputs(tiny, 2, tiny.shapes[0])
+    engine = make_engine("ort", spec)
+    with pytest.raises(BenchbookError, match="load"):
+        engine.bind(inputs)
+    engine.load()
+    with pytest.raises(BenchbookError, match=r"run_bound\(\) before bind\(\)"):
+        engine.run_bound()
+    with pytest.raises(BenchbookError, match="do not match"):
+        engine.bind({**inputs, "extra": inputs["image"]})
+    engine.close()
+
+
+def test_missing_onnx_for_the_precision(tiny, tiny_onnx):
+    spec = EngineSpec(model=tiny, precision="fp16", device="cpu",
+                      artifacts=Artifacts(onnx={"fp32": tiny_onnx["fp32"].path}))
+    with pytest.raises(UnavailableError, match="no fp16 ONNX model was exported"):
+        make_engine("ort", spec).load()
+
+
+def test_fp16_onnx_on_the_cpu_provider(tiny, tiny_module, spec):
+    """Not in the CPU sweep (slow there), but the file the GPU runs must at least run and agree."""
+    spec.precision = "fp16"
+    inputs = make_inputs(tiny, 2, tiny.shapes[0], seed=0)
+    with make_engine("ort", spec) as engine:
+        out = engine.infer(inputs)
+    r = compare_outputs(out, _reference(tiny_module, inputs), "fp16", "logits")
+    assert r["passed"] and r["max_abs_err"] > 0, r
+
+
+def test_thread_option(tiny, spec):
+    spec.options = {"ort_threads": 1}
+    with make_engine("ort", spec) as engine:
+        assert engine.session.get_session_options().intra_op_num_threads == 1
+        out = engine.infer(make_inputs(tiny, 1, tiny.shapes[0]))
+    assert np.isfinite(out["logits"]).all()

@@ -1,0 +1,128 @@
+"""The ``torch`` backend (PyTorch eager) on the CPU, for real: the engine life cycle and its checks, and
+outputs that match the PyTorch FP32 reference (``lib.parity.compare_outputs``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lib.engines import EngineSpec, make_engine
+from lib.engines.torch_engine import TorchEager, as_output_list, torch_dtype
+from lib.errors import BenchbookError
+from lib.inputs import make_inputs
+from lib.parity import compare_outputs
+from lib.timing import CpuTimer
+
+
+def _reference(module, inputs):
+    with torch.no_grad():
+        return {"logits": module(torch.from_numpy(inputs["image"])).numpy()}
+
+
+@pytest.fixture
+def spec(tiny):
+    return EngineSpec(model=tiny, precision="fp32", device="cpu")
+
+
+def test_life_cycle_and_parity(tiny, tiny_module, spec):
+    engine = make_engine("torch", spec)
+    assert isinstance(engine, TorchEager) and not engine.loaded and engine.label == "torch/fp32"
+    assert engine.load() is engine and engine.loaded
+    assert isinstance(engine.timer(), CpuTimer) and engine.stream is None
+    assert engine.memory_stats() == {} and engine.info["tf32"] is True and engine.info["channels_last"] is False
+    inputs = make_inputs(tiny, 4, tiny.shapes[0], seed=0)
+    ref = _reference(tiny_module, inputs)
+
+    engine.bind(inputs)
+    engine.run_bound()
+    fetched = engine.fetch()
+    assert list(fetched) == ["logits"] and fetched["logits"].shape == (4, 10)
+    assert fetched["logits"].dtype == np.float32
+    r = compare_outputs(fetched, ref, "fp32", "logits")
+    assert r["passed"] and r["max_abs_err"] == 0.0, r  # same module, same weights, same inputs
+
+    other = make_inputs(tiny, 4, tiny.shapes[0], seed=1)  # same shape, new data: infer copies it in
+    got = engine.infer(other)
+    assert compare_outputs(got, _reference(tiny_module, other), "fp32", "logits")["passed"]
+    assert not np.allclose(got["logits"], fetched["logits"])
+
+    engine.close()
+    assert not engine.loaded and engine.bound_inputs is None
+    engine.close()  # closing twice is harmless
+
+
+def test_context_manager(tiny, tiny_module, spec):
+    inputs = make_inputs(tiny, 2, tiny.parse_shape("24x40"), seed=3)
+    with make_engine("torch", spec) as engine:
+        assert engine.loaded
+        out = engine.infer(inputs)  # infer binds on first use
+        assert engine.bound_inputs is inputs
+    assert not engine.loaded
+    assert compare_outputs(out, _reference(tiny_module, inputs), "fp32", "logits")["passed"]
+
+
+def test_rebind_to_another_shape(tiny, tiny_module, spec):
+    with make_engine("torch", spec) as engine:
+        for batch, shape in ((1, "16x16"), (8, "64x48")):
+            inputs = make_inputs(tiny, batch, tiny.parse_shape(shape), seed=0)
+            engine.bind(inputs)
+            engine.run_bound()
+            out = engine.fetch()
+            assert out["logits"].shape == (batch, 10)
+            assert compare_outputs(out, _reference(tiny_module, inputs), "fp32", "logits")["passed"]
+
+
+def test_contract_checks(tiny, spec):
+    inputs = make_inputs(tiny, 2, tiny.shapes[0])
+    engine = make_engine("torch", spec)
+    with pytest.raises(BenchbookError, match="load"):
+        engine.bind(inputs)
+    engine.load()
+    with pytest.raises(BenchbookError, match=r"run_bound\(\) before bind\(\)"):
+        engine.run_bound()
+    with pytest.raises(BenchbookError, match=r"inputs \['input'\] do not match the model's \['image'\]"):
+        engine.bind({"input": inputs["image"]})
+    engine.close()
+
+
+def test_bf16_on_cpu(tiny, tiny_module):
+    inputs = make_inputs(tiny, 4, tiny.shapes[0], seed=0)
+    with make_engine("torch", EngineSpec(model=tiny, precision="bf16", device="cpu")) as engine:
+        assert next(engine.module.parameters()).dtype == torch.bfloat16
+        out = engine.infer(inputs)
+    assert out["logits"].dtype == np.float32  # cast back to FP32 before the copy to the host
+    r = compare_outputs(out, _reference(tiny_module, inputs), "bf16", "logits")
+    assert r["passed"], r["problems"]
+    assert r["max_abs_err"] > 0  # really ran in bf16
+
+
+def test_channels_last_option(tiny, tiny_module):
+    inputs = make_inputs(tiny, 2, tiny.shapes[0], seed=0)
+    spec = EngineSpec(model=tiny, precision="fp32", device="cpu", options={"channels_last": True})
+    with make_engine("torch", spec) as engine:
+        engine.bind(inputs)
+        assert engine._inputs[0].is_contiguous(memory_format=torch.channels_last)
+        engine.run_bound()
+        out = engine.fetch()
+        assert engine.info["channels_last"] is True
+    assert compare_outputs(out, _reference(tiny_module, inputs), "fp32", "logits")["passed"]
+
+
+def test_user_weights_are_loaded(tiny, tiny_module, tmp_path):
+    state = {k: v * 3 if v.is_floating_point() else v for k, v in tiny_module.state_dict().items()}
+    path = tmp_path / "w.pth"
+    torch.save(state, path)
+    from lib.engines import Artifacts
+
+    spec = EngineSpec(model=tiny, precision="fp32", device="cpu", artifacts=Artifacts(weights=path))
+    inputs = make_inputs(tiny, 2, tiny.shapes[0])
+    with make_engine("torch", spec) as engine:
+        out = engine.infer(inputs)
+    assert not compare_outputs(out, _reference(tiny_module, inputs), "fp32")["passed"]
+
+
+def test_helpers():
+    t = torch.zeros(2)
+    assert as_output_list(t) == [t] and as_output_list((t, t)) == [t, t] and as_output_list({"a": t}) == [t]
+    assert torch_dtype("fp16") is torch.float16 and torch_dtype("bf16") is torch.bfloat16
