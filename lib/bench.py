@@ -159,14 +159,10 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, log=print) ->
     from .engines import engine_class
 
     onnx = {}
-    if not engine_class(backend).needs_onnx:
-        pass  # the reference and the engine use the torch module
-    elif (cfg.folder / "load.py").exists():
+    if engine_class(backend).needs_onnx:  # exported from load.py, or the model's own model.onnx (+ its FP16)
         onnx = {p: r.path for p, r in ensure_onnx(cfg, Path(params.cache_dir) / "onnx",
                                                   precisions=plan["onnx_precisions"], weights=params.weights or None,
                                                   log=log).items()}
-    elif (cfg.folder / "model.onnx").exists():
-        onnx = {"fp32": cfg.folder / "model.onnx"}
     reference = _Reference(run_dir, cfg, params.weights, onnx.get("fp32") or cfg.folder / "model.onnx")
     spec = EngineSpec(model=cfg, precision=precision, device=device,
                       artifacts=Artifacts(onnx=onnx, cache_dir=Path(params.cache_dir), weights=params.weights or None,
@@ -226,6 +222,10 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, log=print) ->
                         torch.cuda.synchronize()
                         torch.cuda.empty_cache()
                 atomic_write_json(out / "points" / f"{key}.json", record)
+            if params.data:  # labelled images: top-1/top-5 of this very engine -> accuracy.json (never raises)
+                from .accuracy import record as record_accuracy
+
+                record_accuracy(engine, cfg, params.data, batch=max(batches), combo_dir=out, log=log)
         finally:
             engine.close()
             ticks = pd.DataFrame(sampler.ticks())

@@ -362,9 +362,6 @@ def cmd_export_record(args) -> int:
     run_dir = Path(args.run_dir)
     params, plan = read_json(run_dir / "params.json"), read_json(run_dir / "plan.json")
     cfg = get_model(params["model"], params.get("models_dir") or None)
-    if not (cfg.folder / "load.py").exists():
-        atomic_write_json(run_dir / "export.json", {"files": [], "note": "model given as ONNX; no export"})
-        return 0
     record = run_dir / "export.json"
     if record.exists() and not (run_dir / "export.failed.json").exists():
         try:
@@ -372,7 +369,7 @@ def cmd_export_record(args) -> int:
                 return 0  # written by this run's export notebook: it knows what it built (cache hit or not)
         except (OSError, ValueError, AttributeError):
             pass
-    try:
+    try:  # a model given as ONNX: its own file (checked against the config) and its FP16 conversion
         results = ensure_onnx(cfg, Path(params["cache_dir"]) / "onnx", plan["onnx_precisions"],
                               params.get("weights") or None, log=_log, build=False)
         export_summary(results, run_dir)

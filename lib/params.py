@@ -138,6 +138,7 @@ class RunParams:
     trt_opt_level: int = 3
     models_dir: str = ""
     cache_dir: str = "build"
+    data: str = ""             # folder of labelled images (one sub-folder per class): accuracy per backend
     options: dict = field(default_factory=dict)
 
     @classmethod
@@ -151,7 +152,7 @@ class RunParams:
         if not p.model:
             raise ConfigError("MODEL is empty; e.g. make report MODEL=efficientnet_b1")
         for key in ("backends", "precisions", "batch_sizes", "shapes", "device", "outliers", "weights",
-                    "compile_mode", "models_dir", "cache_dir"):
+                    "compile_mode", "models_dir", "cache_dir", "data"):
             if key in raw:
                 setattr(p, key, str(raw[key]).strip())
         for key in ("backends", "precisions", "batch_sizes", "shapes"):
@@ -163,7 +164,7 @@ class RunParams:
         if not p.cache_dir:
             raise ConfigError("CACHE_DIR is empty; give a folder for exported models and engines (default: build)")
         # Paths are made absolute here, once: notebooks run with notebooks/ as their working folder.
-        for key in ("weights", "models_dir", "cache_dir"):
+        for key in ("weights", "models_dir", "cache_dir", "data"):
             value = getattr(p, key)
             if value:
                 check_make_path(key.upper(), value)

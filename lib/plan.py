@@ -19,7 +19,7 @@ from pathlib import Path
 from .cache import atomic_write_json, atomic_write_text, read_json
 from .device import resolve_device
 from .errors import BenchbookError, ConfigError, UnavailableError
-from .export import export_key
+from .export import export_key, is_given_onnx
 from .model_config import BATCH_DIM, ModelConfig, Shape
 from .models import build_model, check_load_py, check_weights_file, get_model
 from .params import RunParams, check_make_path, parse_int_list, parse_list, show, show_item
@@ -30,7 +30,7 @@ __all__ = ["Plan", "make_plan", "new_run_id", "check_run_id", "load_plan", "pars
 
 # Parameters whose change makes a different run (a resume must keep them).
 _RUN_DEFINING = ("model", "backends", "precisions", "batch_sizes", "shapes", "device", "weights", "seed",
-                 "warmup", "iters", "duration", "channels_last", "tf32", "compile_mode")
+                 "warmup", "iters", "duration", "channels_last", "tf32", "compile_mode", "data")
 
 
 @dataclass
@@ -70,10 +70,11 @@ def _profile_text(cfg: ModelConfig, dims) -> str:
     return ", ".join(f"{d} {lo}..{hi}" for d in dims for lo, hi in [cfg.profile_range(d)])
 
 
-def parse_shapes(cfg: ModelConfig, text: str) -> list[Shape]:
-    """``SHAPES`` for ``cfg``: 'auto' (the config's defaults) or a comma-separated list such as 224x224,320x320."""
+def parse_shapes(cfg: ModelConfig, text: str, device: str = "cuda") -> list[Shape]:
+    """``SHAPES`` for ``cfg``: 'auto' (the config's defaults for ``device``) or a comma-separated list such as
+    224x224,320x320."""
     if str(text).strip().lower() == "auto":
-        return list(cfg.shapes)
+        return list(cfg.default_shapes(device))
     items = parse_list("SHAPES", text)
     dims = cfg.shape_dims
     if not dims:
@@ -105,7 +106,7 @@ def parse_shapes(cfg: ModelConfig, text: str) -> list[Shape]:
 
 def resolve_points(cfg: ModelConfig, params: RunParams, device: str) -> tuple[list[int], list[Shape]]:
     if params.batch_sizes.strip().lower() == "auto":
-        batches = list(cfg.cpu_batch_sizes if device == "cpu" else cfg.batch_sizes)
+        batches = list(cfg.default_batch_sizes(device))
     else:
         batches = parse_int_list("BATCH_SIZES", params.batch_sizes)
         lo, hi = cfg.profile_range(BATCH_DIM)
@@ -116,7 +117,7 @@ def resolve_points(cfg: ModelConfig, params: RunParams, device: str) -> tuple[li
                               f"(batch {lo}..{hi}, set in {cfg.path} inputs[*].profile)")
     for b in batches:
         cfg.check_batch(b)
-    return batches, parse_shapes(cfg, params.shapes)
+    return batches, parse_shapes(cfg, params.shapes, device)
 
 
 def _runnable_here(device: str) -> list[str]:
@@ -246,6 +247,12 @@ def make_plan(params: RunParams, reports_dir: Path | str = "reports", run_id: st
     parse_outlier_rule(params.outliers)
     batches, shapes = resolve_points(cfg, params, device)
     combos, skipped = _resolve_backends(params, device)
+    if is_given_onnx(cfg):  # no torch module: only the backends that run the ONNX can run it
+        for backend in dict.fromkeys(c["backend"] for c in combos if not _needs_onnx(c["backend"])):
+            skipped.append({"backend": backend, "precision": "*",
+                            "reason": f"model {cfg.name!r} is given as ONNX ({cfg.folder / 'model.onnx'}, no "
+                                      f"load.py): PyTorch backends need the module"})
+        combos = [c for c in combos if _needs_onnx(c["backend"])]
     if not combos:
         raise UnavailableError(f"nothing can run on {device}: "
                                + "; ".join(f"{s['backend']}/{s['precision']}: {s['reason']}" for s in skipped)
@@ -257,8 +264,12 @@ def make_plan(params: RunParams, reports_dir: Path | str = "reports", run_id: st
     _check_writable("CACHE_DIR", Path(params.cache_dir))
     if params.weights:
         build_model(cfg, params.weights)  # the file is a state dict that fits the model (seconds: imports torch)
+    if params.data:
+        from .accuracy import check_data
+
+        check_data(cfg, params.data)  # an ImageFolder, and an image model with preprocessing (reads no pixels)
     onnx_precisions = sorted({c["precision"] for c in combos if _needs_onnx(c["backend"])} | {"fp32"})
-    key = export_key(cfg, params.weights or None) if (cfg.folder / "load.py").exists() else "given"
+    key = "given" if is_given_onnx(cfg) else export_key(cfg, params.weights or None)
     model_dir = reports_dir / cfg.name
     if run_id:
         run_dir = model_dir / run_id
@@ -305,7 +316,7 @@ def _drop_stale_stamp(plan: Plan, key: str, log) -> None:
     from .cache import valid_artifact
 
     stamp = _stamp(plan, key)
-    if not stamp.exists():
+    if not stamp.exists() or key == "given":  # a given ONNX: make's deps (model.onnx, config.yaml) decide
         return
     folders = [stamp.parent] + sorted(stamp.parent.glob("fp16-*"))
     for folder in folders:

@@ -678,7 +678,7 @@ def _lineplot(run: Run, y: str, mode: str, ylabel: str, title: str, logy: bool):
     if p.empty:
         return None
     pal = _palette(run)
-    shapes = sorted(p["shape"].unique())
+    shapes = [s for s in run.plan.get("shapes", []) if s in set(p["shape"])] or sorted(p["shape"].unique())
     fig, axes = plt.subplots(1, len(shapes), figsize=(6.4 * len(shapes), 3.8), squeeze=False)
     for ax, shape in zip(axes[0], shapes):
         sub = p[p["shape"] == shape]
@@ -705,6 +705,50 @@ def _lineplot(run: Run, y: str, mode: str, ylabel: str, title: str, logy: bool):
 def plot_latency_vs_batch(run: Run, mode: str = "device"):
     """Median latency per batch size (an orange ring marks an unstable point)."""
     return _lineplot(run, "median_ms", mode, "median latency (ms, log)", f"Latency, {MODE_SHORT.get(mode, mode)}", True)
+
+
+def _shape_dim_name(run: Run) -> str:
+    """The model's one shape dim (e.g. 'seq'), from its config; 'shape' when it cannot be read."""
+    try:
+        from .models import get_model
+
+        dims = get_model(run.params["model"], run.params.get("models_dir") or None).shape_dims
+        return dims[0] if len(dims) == 1 else "shape"
+    except Exception:
+        return "shape"
+
+
+def plot_latency_vs_shape(run: Run, mode: str = "device"):
+    """Median latency against the swept size (e.g. sequence length), one panel per batch size: for models
+    with a single shape dim (labels such as "128") and a run over two or more shapes; else None."""
+    p = run.points
+    if p.empty:
+        return None
+    p = p[p["mode"] == mode]
+    shapes = [s for s in run.plan.get("shapes", []) if s in set(p["shape"])]
+    if len(shapes) < 2 or not all(str(s).isdecimal() for s in shapes):
+        return None
+    dim = _shape_dim_name(run)
+    p = p.assign(series=lambda d: d["backend"] + "/" + d["precision"], size=p["shape"].astype(int))
+    pal = _palette(run)
+    batches = sorted(p["batch"].unique())
+    sizes = sorted(int(s) for s in shapes)
+    fig, axes = plt.subplots(1, len(batches), figsize=(5.2 * len(batches), 3.8), squeeze=False)
+    for ax, b in zip(axes[0], batches):
+        sub = p[p["batch"] == b]
+        for s in [s for s in _series_order(run) if s in set(sub["series"])]:
+            g = sub[sub["series"] == s].sort_values("size")
+            ax.plot(g["size"], g["median_ms"], "-o", color=pal.get(s), label=s, ms=5)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        _plain_log(ax)
+        ax.set_xticks(sizes, [str(v) for v in sizes])
+        ax.set_xlabel(dim)
+        ax.set_ylabel("median latency (ms, log)")
+        ax.set_title(f"Latency vs {dim}, {MODE_SHORT.get(mode, mode)} — batch {b}")
+        ax.legend()
+    fig.tight_layout()
+    return fig
 
 
 def plot_throughput_vs_batch(run: Run):
