@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["sha256_file", "sha256_bytes", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
+__all__ = ["new_folder", "sha256_file", "sha256_bytes", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
            "read_json", "valid_artifact", "write_manifest"]
 
 
@@ -97,3 +97,20 @@ def valid_artifact(folder: Path, artifact: str) -> tuple[dict | None, str]:
     if manifest.get("bytes") != path.stat().st_size or manifest.get("sha256") != sha256_file(path):
         return None, f"{path} does not match its recorded sha256 (truncated or corrupt)"
     return manifest, ""
+
+
+def new_folder(parent: Path, name: str) -> Path:
+    """Create and return ``parent/name``, or ``name-2``, ``name-3``... if taken: never an existing folder
+    (two runs started within the same second get different folders)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 1000):
+        folder = parent / (name if k == 1 else f"{name}-{k}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    from .errors import BenchbookError
+
+    raise BenchbookError(f"could not create a new folder named {name} under {parent}")

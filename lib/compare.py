@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .cache import new_folder
 from .errors import BenchbookError
 from .report import MODE_SHORT, _plain_log, fmt_num, fmt_x, relpath
 from .results import Run, check_run_dir, load_run
@@ -405,16 +406,7 @@ def plot_latency_throughput(cmp: Comparison, mode: str = "end_to_end"):
 
 def _new_out_dir(root: Path) -> Path:
     """<root>/<UTC timestamp>/, created here; a second comparison in the same second gets a suffix."""
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    for k in range(1, 1000):
-        out = root / (stamp if k == 1 else f"{stamp}-{k}")
-        try:
-            out.mkdir()
-            return out
-        except FileExistsError:
-            continue
-    raise BenchbookError(f"cannot create a new folder under {root}")
+    return new_folder(root, datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
 
 
 def run_compare(runs, outliers: str = "", reports_dir: str | Path = "reports", log=print) -> Path:

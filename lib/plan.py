@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .cache import atomic_write_json, atomic_write_text, read_json
+from .cache import atomic_write_json, atomic_write_text, new_folder, read_json
 from .device import resolve_device
 from .errors import BenchbookError, ConfigError, UnavailableError
 from .export import export_key, is_given_onnx
@@ -219,16 +219,7 @@ def _unfinished_run(model_dir: Path, params: RunParams) -> Path | None:
 
 def _new_run_dir(model_dir: Path, device: str) -> Path:
     """A run folder that did not exist before (two runs started within a second get different ids)."""
-    base = new_run_id(device)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    for i in range(1, 1000):
-        run_dir = model_dir / (base if i == 1 else f"{base}-{i}")
-        try:
-            run_dir.mkdir()
-            return run_dir
-        except FileExistsError:
-            continue
-    raise BenchbookError(f"could not create a new run folder under {model_dir}")
+    return new_folder(model_dir, new_run_id(device))
 
 
 def make_plan(params: RunParams, reports_dir: Path | str = "reports", run_id: str = "", log=print) -> Plan:
@@ -289,8 +280,8 @@ def make_plan(params: RunParams, reports_dir: Path | str = "reports", run_id: st
                               + "); give the same parameters to resume it, or leave RUN_ID empty for a new run")
         measured = sum(1 for _ in run_dir.glob("bench/*/points/*.json"))
         if measured:
-            log(f"[plan] resuming {run_dir}: the {measured} point{'s' if measured != 1 else ''} already measured "
-                f"{'are' if measured != 1 else 'is'} kept")
+            log(f"[plan] run {run_dir.name} exists: its {measured} point{'s' if measured != 1 else ''} already on disk "
+                f"{'are' if measured != 1 else 'is'} kept, not measured again")
     elif run_id and run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"RUN_ID={run_id}: {run_dir} exists but is not a run folder (no params.json); "
                           f"choose another RUN_ID or leave it empty")
