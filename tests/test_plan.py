@@ -239,7 +239,7 @@ def test_resume_keeps_params_and_refuses_other_parameters(tmp_path):
     again = _plan(tmp_path, run_id=first.run_dir.name, log=log)
     assert again.resumed and again.run_dir == first.run_dir
     assert (first.run_dir / "params.json").read_bytes() == params_before and point.exists()
-    assert "the 1 point already measured is kept" in log.text
+    assert "its 1 point already on disk is kept, not measured again" in log.text
     with pytest.raises(ConfigError) as e:
         _plan(tmp_path, run_id=first.run_dir.name, iters="5", batch_sizes="1")
     msg = str(e.value)
