@@ -301,7 +301,8 @@ def _notebook(args, run_dir: Path) -> int:
             _run_papermill("benchmark", out, {**base, "backend": backend, "precision": precision}, kernel)
         except KeyboardInterrupt:
             raise
-        except Exception as e:  # the kernel raised or died: record it, keep going
+        except Exception as e:
+            _reraise_if_interrupted(e)  # the kernel raised or died: record it, keep going
             summary, record = _describe_failure(e, kernel)
             out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(out_dir / "notebook.failed.json", {
@@ -327,6 +328,7 @@ def _notebook(args, run_dir: Path) -> int:
         except KeyboardInterrupt:
             raise
         except Exception as e:
+            _reraise_if_interrupted(e)
             summary, record = _describe_failure(e, kernel)
             atomic_write_json(run_dir / "export.failed.json", {"error": record, "summary": summary})
             if getattr(e, "ename", None) in ("ModelError", "WeightsError", "ConfigError"):
@@ -347,6 +349,7 @@ def _notebook(args, run_dir: Path) -> int:
     except KeyboardInterrupt:
         raise
     except Exception as e:
+        _reraise_if_interrupted(e)
         summary, _ = _describe_failure(e, kernel)
         raise StepFailed(f"the analysis notebook failed ({summary[:300]}); see {out}; the measurements in "
                          f"{run_dir} are kept") from None
@@ -433,18 +436,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models-dir", default="")
     p.set_defaults(fn=cmd_models)
     args = ap.parse_args(argv)
-    previous = None
+    previous = previous_int = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _terminate)  # `kill` is handled like Ctrl-C: clean up, say so
+        previous_int = signal.signal(signal.SIGINT, _terminate)
     try:
         return args.fn(args)
     except RunInterrupted as e:
+        _quiet_abandoned_tasks()
         print(f"\n{e}", file=sys.stderr)
         return e.exit_code
     except BenchbookError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
+        _quiet_abandoned_tasks()
         what = "no run was started" if args.cmd == "plan" else "nothing measured is lost"
         print(f"\ninterrupted ({args.cmd}): {what}", file=sys.stderr)
         return 130
@@ -459,10 +465,53 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
+
+
+# Set when Ctrl-C or `kill` reaches this process. The same signal reaches the kernel too (one process
+# group), and when the kernel's KeyboardInterrupt wins the race papermill reports it as a cell error:
+# that must still end the run as an interruption, never be recorded as a crashed backend.
+_SIGNALLED = threading.Event()
+
+
+_HARD_EXIT_AFTER_S = 15.0
 
 
 def _terminate(signum, frame):
+    if not _SIGNALLED.is_set():
+        _SIGNALLED.set()
+        # The exception raised below can land inside papermill's event loop, whose clean-up may then wait
+        # forever: if this process is still alive after a grace period, end it (and its kernels) hard.
+        # Every measured point is already on disk (atomic writes), so nothing is lost.
+        watchdog = threading.Timer(_HARD_EXIT_AFTER_S, _hard_exit)
+        watchdog.daemon = True
+        watchdog.start()
     raise KeyboardInterrupt
+
+
+def _quiet_abandoned_tasks() -> None:
+    """An interrupt leaves papermill's cell task unawaited; asyncio would print its traceback at exit."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
+def _hard_exit() -> None:
+    try:
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            child.kill()
+    except Exception:
+        pass
+    print(f"\ninterrupted: clean-up did not finish within {_HARD_EXIT_AFTER_S:.0f} s, stopped hard; every point "
+          f"measured so far is on disk (rerun with the same RUN_ID to resume)", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+def _reraise_if_interrupted(exc: BaseException) -> None:
+    if _SIGNALLED.is_set() or getattr(exc, "ename", None) == "KeyboardInterrupt":
+        raise KeyboardInterrupt from None
 
 
 if __name__ == "__main__":
