@@ -248,6 +248,17 @@ def _parse_input(where: _Where, i: int, raw: Any) -> InputSpec:
                      min=bounds["min"], opt=bounds["opt"], max=bounds["max"], data=dict(data))
 
 
+def _parse_shapes(where: _Where, cfg: ModelConfig, key: str, raw: Any) -> tuple[Shape, ...]:
+    """``defaults.<key>``: a non-empty list of shapes of ``cfg``; errors name the field."""
+    if not isinstance(raw, list) or not raw:
+        raise where.error(f"defaults.{key}", f"expected a list of shapes like "
+                          f"{'x'.join('<'+d+'>' for d in cfg.shape_dims) or 'static'}, got {raw!r}")
+    try:
+        return tuple(cfg.parse_shape(str(s)) for s in raw)
+    except ConfigError as e:
+        raise where.error(f"defaults.{key}", str(e)) from None
+
+
 def parse_model_config(raw: Any, path: Path | str) -> ModelConfig:
     """Validate a loaded ``config.yaml`` mapping; errors name ``path`` and the field."""
     where = _Where(path)
@@ -300,24 +311,10 @@ def parse_model_config(raw: Any, path: Path | str) -> ModelConfig:
     cfg = ModelConfig(name=name, path=Path(path), inputs=inputs, outputs=tuple(outputs), batch_sizes=batch_sizes,
                       cpu_batch_sizes=cpu_batch_sizes, shapes=(), description=str(raw.get("description", "")), task=str(raw.get("task", "other")),
                       preprocessing=preprocessing, top_k_output=top_k)
-    raw_shapes = defaults.get("shapes", ["static"] if not cfg.shape_dims else None)
-    if not isinstance(raw_shapes, list) or not raw_shapes:
-        raise where.error("defaults.shapes", f"expected a list of shapes like "
-                          f"{'x'.join('<'+d+'>' for d in cfg.shape_dims) or 'static'}, got {raw_shapes!r}")
-    try:
-        shapes = tuple(cfg.parse_shape(str(s)) for s in raw_shapes)
-    except ConfigError as e:
-        raise where.error("defaults.shapes", str(e)) from None
+    shapes = _parse_shapes(where, cfg, "shapes", defaults.get("shapes", ["static"] if not cfg.shape_dims else None))
     cpu_shapes: tuple[Shape, ...] = ()
     if "cpu_shapes" in defaults:
-        raw_cpu = defaults["cpu_shapes"]
-        if not isinstance(raw_cpu, list) or not raw_cpu:
-            raise where.error("defaults.cpu_shapes", f"expected a list of shapes like "
-                              f"{'x'.join('<'+d+'>' for d in cfg.shape_dims) or 'static'}, got {raw_cpu!r}")
-        try:
-            cpu_shapes = tuple(cfg.parse_shape(str(s)) for s in raw_cpu)
-        except ConfigError as e:
-            raise where.error("defaults.cpu_shapes", str(e)) from None
+        cpu_shapes = _parse_shapes(where, cfg, "cpu_shapes", defaults["cpu_shapes"])
     for key, sizes in (("batch_sizes", batch_sizes), ("cpu_batch_sizes", cpu_batch_sizes)):
         try:
             for b in sizes:
