@@ -958,6 +958,17 @@ def _line(ax, t: pd.DataFrame, col: str, color: str, lw: float = 1.2) -> np.ndar
     return y[np.isfinite(y)]
 
 
+def _limit_line(ax, value, label: str, color: str, series, headroom: float) -> None:
+    """A dotted line at a device limit (max clock, power limit), labelled at the right; y from 0 to above
+    both the limit and the data."""
+    if value:
+        ax.axhline(value, color=color, ls=":", lw=1)
+        ax.annotate(label, (1, value), xycoords=("axes fraction", "data"), fontsize=7, ha="right", va="bottom",
+                    color=color)
+    top = max([v for v in (value, series.max() if len(series) else None) if v] or [1])
+    ax.set_ylim(0, top * headroom)
+
+
 def plot_health(run: Run) -> list:
     """Per backend/precision sweep, on one time axis: every timed iteration (log ms, coloured by batch
     and mode), then on a GPU the SM clock, temperature, power and the throttle reasons NVML reported;
@@ -993,12 +1004,7 @@ def plot_health(run: Run) -> list:
         if gpu:
             y = _line(axes[1], t, "sm_clock_mhz", "#2c7fb8")
             mx = env_gpu.get("sm_clock_max_mhz")
-            if mx:
-                axes[1].axhline(mx, color="#2c7fb8", ls=":", lw=1)
-                axes[1].annotate(f"max {fmt_num(mx)}", (1, mx), xycoords=("axes fraction", "data"), fontsize=7,
-                                 ha="right", va="bottom", color="#2c7fb8")
-            top = max([v for v in (mx, y.max() if len(y) else None) if v] or [1])
-            axes[1].set_ylim(0, top * 1.15)
+            _limit_line(axes[1], mx, f"max {fmt_num(mx)}", "#2c7fb8", y, 1.15)
             axes[1].set_ylabel("SM MHz")
             y = _line(axes[2], t, "temp_c", "#d95f0e")
             if len(y):
@@ -1006,12 +1012,7 @@ def plot_health(run: Run) -> list:
             axes[2].set_ylabel("temp °C")
             y = _line(axes[3], t, "power_w", "#636363")
             lim = env_gpu.get("power_limit_w")
-            if lim:
-                axes[3].axhline(lim, color="#636363", ls=":", lw=1)
-                axes[3].annotate(f"limit {fmt_num(lim)} W", (1, lim), xycoords=("axes fraction", "data"), fontsize=7,
-                                 ha="right", va="bottom", color="#636363")
-            top = max([v for v in (lim, y.max() if len(y) else None) if v] or [1])
-            axes[3].set_ylim(0, top * 1.2)
+            _limit_line(axes[3], lim, f"limit {fmt_num(lim)} W", "#636363", y, 1.2)
             axes[3].set_ylabel("power W")
             a3 = axes[4]
             if th_rows:
