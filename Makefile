@@ -70,7 +70,7 @@ help:
 	@echo "  DATA=<folder of labelled images, one sub-folder per class>: top-1/top-5 accuracy per backend"
 	@echo "  bad values are refused in seconds, before any work, with what is valid"
 	@echo "make compare RUNS=\"<run dir> <run dir> ...\"  one HTML page comparing runs (first = reference)"
-	@echo "make fidelity                   harness checks on a CUDA GPU (vs torch.utils.benchmark, sampler cost)"
+	@echo "make fidelity                   harness checks on a CUDA GPU (vs torch.utils.benchmark, sampler cost, GPU busy time)"
 	@echo "make models                     list the models"
 	@echo "make lab                        JupyterLab on the notebooks (localhost only, token required)"
 
@@ -138,10 +138,12 @@ index:
 clean-cache:
 	rm -rf $(CACHE_DIR)
 
-# --- figures about the harness itself (CUDA GPU): fidelity vs torch.utils.benchmark, sampler cost
+# --- figures about the harness itself (CUDA GPU): fidelity vs torch.utils.benchmark, sampler cost,
+# timed median vs the GPU's busy time (CUPTI)
+FIDELITY_BATCH ?= 32
 .PHONY: fidelity
 fidelity:
-	$(PYTHON) -m lib.fidelity --model $(MODEL) --batch 32
+	$(PYTHON) -m lib.fidelity --model $(call q,$(MODEL)) --batch $(call q,$(FIDELITY_BATCH)) --cache $(call q,$(CACHE_DIR))
 
 # --- compare runs: one HTML page across runs (two GPUs, two library versions, before/after) ----------
 # make compare RUNS="reports/<model>/<run A> reports/<model>/<run B> ..."  (the first run is the reference)

@@ -8,7 +8,8 @@ of memory, an engine error) is recorded with its reason and the sweep goes on.
 Files, under ``<run_dir>/bench/<backend>-<precision>/``:
 ``engine.json`` (load/build info, environment), ``points/<point>.json`` (status, timing metadata,
 memory, utilisation, parity), ``points/<point>.parquet`` (every timed sample), ``samples.parquet``
-(every sampler tick) and ``done.json`` when the sweep finished.
+(every sampler tick), on a GPU ``kernels.json`` (where the GPU time of a request goes, see
+``lib.kernels``) and ``done.json`` when the sweep finished.
 """
 
 from __future__ import annotations
@@ -139,6 +140,38 @@ def _measure_point(engine, inputs, policy: TimingPolicy, sampler: Sampler, tag: 
     return runs
 
 
+def _profile_kernels(engine, cfg: ModelConfig, shapes: list[Shape], seed: int, out: Path, label: str, log) -> None:
+    """``kernels.json``: a CUPTI profile of the smallest and the largest measured batch of each shape
+    (the launch-bound and the kernel-bound ends of the sweep), beside their timed device medians.
+    A profile that fails is recorded with its reason; it never fails the sweep."""
+    from .kernels import profile_requests
+
+    ok = [r for r in (read_json(p) for p in sorted((out / "points").glob("*.json"))) if r.get("status") == "ok"]
+    entries = []
+    for shape in shapes:
+        recs = sorted((r for r in ok if r["shape"] == shape.label), key=lambda r: r["batch"])
+        for rec in {id(r): r for r in recs[:1] + recs[-1:]}.values():
+            entry = {"batch": rec["batch"], "shape": rec["shape"],
+                     "device_median_ms": rec.get("modes", {}).get("device", {}).get("median_ms")}
+            try:
+                engine.bind(make_inputs(cfg, rec["batch"], shape, seed))
+                prof = profile_requests(engine.run_bound)
+                entry.update(prof.to_dict())
+                top = prof.kernels[0] if prof.kernels else {"short": "-", "ms": 0.0}
+                log(f"[{label}] kernels at batch {rec['batch']}, shape {shape.label}: GPU busy {prof.busy_ms:.3f} ms "
+                    f"per request over {prof.launches:.0f} launches; slowest: {top['short']} {top['ms']:.3f} ms")
+            except Exception as e:
+                entry["error"] = f"{type(e).__name__}: {e}"[:1000]
+                log(f"[{label}] kernel profile at batch {rec['batch']} not taken: {entry['error'][:300]}")
+                if is_oom(e):
+                    import torch
+
+                    torch.cuda.synchronize()
+                    torch.cuda.empty_cache()
+            entries.append(entry)
+    atomic_write_json(out / "kernels.json", {"points": entries})
+
+
 def run_backend(run_dir: Path | str, backend: str, precision: str, log=print) -> dict:
     """Measure every point of the run for one backend/precision; returns the combo's status."""
     run_dir = Path(run_dir)
@@ -226,6 +259,8 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, log=print) ->
                 from .accuracy import record as record_accuracy
 
                 record_accuracy(engine, cfg, params.data, batch=max(batches), combo_dir=out, log=log)
+            if gpu:  # last: CUPTI adds host overhead per launch, so nothing is timed after it
+                _profile_kernels(engine, cfg, shapes, params.seed, out, label, log)
         finally:
             engine.close()
             ticks = pd.DataFrame(sampler.ticks())

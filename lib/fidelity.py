@@ -6,8 +6,12 @@
    once; the harness's pipelined throughput mode is the like-for-like figure and both are shown.
 2. The sampler thread's cost: the same measurement with and without the background sampler,
    interleaved, median of the ratios.
+3. What the harness's device-resident median holds beyond the GPU's own work, per backend (PyTorch
+   eager and, where installed, ONNX Runtime's CUDA EP, FP32): the timed median against the GPU busy
+   time per request that CUPTI records (``lib.kernels``), and the kernels that take it. At a
+   kernel-bound batch the two agree; a gap is host time (launches, framework overhead).
 
-Usage: ``python -m lib.fidelity [--model efficientnet_b1] [--batch 32] [--rounds 3]``
+Usage: ``python -m lib.fidelity [--model efficientnet_b1] [--batch 32] [--rounds 3] [--cache build]``
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=2.0)
+    ap.add_argument("--cache", default="build", help="cache folder for the exported ONNX (check 3, ONNX Runtime)")
     args = ap.parse_args(argv)
     import torch
 
@@ -77,7 +82,37 @@ def main(argv=None) -> int:
             ratios.append(sampled / base)
         print(f"2. sampler cost: median with/without = {statistics.median(ratios):.4f} "
               f"(per round: {', '.join(f'{x:.4f}' for x in ratios)}; target < 1.01)")
+    _busy_check(cfg, inputs, policy, args.cache)
     return 0
+
+
+def _busy_check(cfg, inputs, policy, cache: str) -> None:
+    """Check 3: timed device median vs CUPTI GPU busy time, per backend."""
+    import importlib.util
+    from pathlib import Path
+
+    from .engines import Artifacts
+    from .kernels import profile_requests
+
+    print("3. timed device median vs GPU busy time per request (CUPTI):")
+    specs = [("torch", {})]
+    if importlib.util.find_spec("onnxruntime") is not None:
+        from .export import ensure_onnx
+
+        onnx = {p: r.path for p, r in ensure_onnx(cfg, Path(cache) / "onnx", precisions=("fp32",)).items()}
+        specs.append(("ort", onnx))
+    else:
+        print("   ort: skipped (onnxruntime is not installed)")
+    for backend, onnx in specs:
+        with make_engine(backend, EngineSpec(model=cfg, precision="fp32", device="cuda",
+                                             artifacts=Artifacts(onnx=onnx))) as engine:
+            engine.bind(inputs)
+            median = float(np.median(measure_latency(engine.run_bound, engine.timer(), policy, "device").ms))
+            prof = profile_requests(engine.run_bound, iters=20)  # after the timing: CUPTI slows launches
+        print(f"   {backend + '/fp32':11s} timed {median:8.3f} ms, GPU busy {prof.busy_ms:8.3f} ms "
+              f"({prof.busy_ms / median:.1%} of the request; {prof.launches:.0f} launches)")
+        for k in prof.kernels[:4]:
+            print(f"      {k['ms']:7.3f} ms  x{k['calls']:4.0f}  {k['category']:26s} {k['short']}")
 
 
 if __name__ == "__main__":

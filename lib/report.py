@@ -150,7 +150,8 @@ def table(frame: pd.DataFrame, formats: dict | None = None, highlight: str | Non
             fmt[c] = _fmt_bool
         elif pd.api.types.is_numeric_dtype(col):
             fmt[c] = fmt_num
-    st = frame.style.format(fmt, na_rep="–").hide(axis="index")
+    # escape: cells are data (kernel names like "f<float>", error messages), never markup
+    st = frame.style.format(fmt, na_rep="–", escape="html").hide(axis="index")
     st = st.set_table_attributes('class="bb-table"')
     text = [c for c in frame.columns if c not in fmt or fmt[c] is _fmt_bool]
     numeric = [c for c in frame.columns if c not in text]
@@ -1066,11 +1067,13 @@ def data_markdown(run: Run, written: list[str]) -> str:
             "wall_ms, t_s, requests).\n"
             "- `samples.parquet`: a row per resource-sampler tick (backend, precision, t_s, label, rss_mib, "
             "cpu_percent and on a GPU gpu_util, sm_clock_mhz, mem_clock_mhz, temp_c, power_w, throttle_reasons, ...).\n"
-            "- `points.parquet`: a row per point and mode with its statistics, resources and parity.\n\n"
+            "- `points.parquet`: a row per point and mode with its statistics, resources and parity.\n"
+            "- `kernel_points.parquet`, `kernels.parquet` (GPU runs): a row per kernel-profiled point (GPU busy ms "
+            "per request beside the timed median), and a row per kernel name there (category, launches, ms).\n\n"
             "The schema is in `reports/README.md` and `lib/results.py`. Load: "
             "`pandas.read_parquet('<run>/iterations.parquet')`, or everything with "
             "`import lib; run = lib.load_run('<run>')` (`run.iterations`, `run.samples`, `run.points`, "
-            "`run.failures`).")
+            "`run.failures`, `run.kernel_points`, `run.kernels`).")
 
 
 def notebooks_markdown(run: Run) -> str:

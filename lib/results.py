@@ -31,6 +31,13 @@ Schema (one row each; times in milliseconds unless the name says otherwise):
   res_throttle = comma-separated throttle reasons seen, ...); torch_max_allocated_mib,
   framework_mem_mib, nvml_process_mib; parity_passed, parity_cosine, parity_rel_err,
   parity_max_abs_err, parity_top1; compile_s.
+* ``run.kernel_points`` / ``kernel_points.parquet`` (GPU runs): one CUPTI-profiled point (the smallest
+  and largest measured batch of each shape, profiled after the sweep's timing, see ``lib.kernels``).
+  backend, precision, batch, shape, device_median_ms (the timed, un-profiled median), busy_ms (GPU busy
+  time per request: union of kernel and copy intervals), kernel_ms (sum of their durations),
+  launches (GPU activities per request), busy_share (busy_ms / device_median_ms), iters, error.
+* ``run.kernels`` / ``kernels.parquet``: one kernel name at one profiled point. backend, precision,
+  batch, shape, kernel (full name), short (readable name), category, calls (per request), ms (per request).
 * ``run.failures``: every backend/point that produced no numbers, or whose parity failed: backend,
   precision, batch, shape (None for a whole backend), status ("unavailable", "skipped",
   "export failed", "crashed", "not run", "oom", "error", "parity failed") and reason.
@@ -59,7 +66,11 @@ POINT_COLUMNS = ["backend", "precision", "device", "batch", "shape", "mode", "ti
                  "parity_rel_err", "parity_max_abs_err", "parity_top1", "compile_s"]
 
 # Files ``Run.to_parquet`` writes, and the table each holds.
-PARQUET_FILES = {"iterations": "iterations.parquet", "samples": "samples.parquet", "points": "points.parquet"}
+PARQUET_FILES = {"iterations": "iterations.parquet", "samples": "samples.parquet", "points": "points.parquet",
+                 "kernel_points": "kernel_points.parquet", "kernels": "kernels.parquet"}
+KERNEL_POINT_COLUMNS = ["backend", "precision", "batch", "shape", "device_median_ms", "busy_ms", "kernel_ms", "launches",
+                        "busy_share", "iters", "error"]
+KERNEL_COLUMNS = ["backend", "precision", "batch", "shape", "kernel", "short", "category", "calls", "ms"]
 
 
 @dataclass
@@ -73,6 +84,8 @@ class Run:
     samples: pd.DataFrame = field(default_factory=pd.DataFrame)
     points: pd.DataFrame = field(default_factory=pd.DataFrame)
     failures: pd.DataFrame = field(default_factory=pd.DataFrame)
+    kernel_points: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=KERNEL_POINT_COLUMNS))
+    kernels: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=KERNEL_COLUMNS))
     export: dict = field(default_factory=dict)
 
     @property
@@ -157,6 +170,19 @@ def _point_rows(rec: dict, iters: pd.DataFrame, rule: OutlierRule, unstable_cv: 
     return rows
 
 
+def _kernel_rows(record: dict, backend: str, precision: str, kpoints: list, krows: list) -> None:
+    from .kernels import category, short_name  # from the full name at load time: a run read later gets today's rules
+
+    for e in record.get("points", []):
+        key = {"backend": backend, "precision": precision, "batch": e.get("batch"), "shape": e.get("shape")}
+        median, busy = e.get("device_median_ms"), e.get("busy_ms")
+        kpoints.append({**key, "device_median_ms": median, "busy_ms": busy, "kernel_ms": e.get("kernel_ms"),
+                        "launches": e.get("launches"), "iters": e.get("iters"), "error": e.get("error"),
+                        "busy_share": busy / median if busy is not None and median else None})
+        krows.extend({**key, "kernel": k["name"], "short": short_name(k["name"]), "category": category(k["name"]),
+                      "calls": k["calls"], "ms": k["ms"]} for k in e.get("kernels", []))
+
+
 def check_run_dir(path: Path | str, what: str = "run folder") -> Path:
     """``path`` as a Path when it is a run folder (params.json and plan.json), else a BenchbookError
     naming the value and what is missing."""
@@ -186,7 +212,7 @@ def load_run(path: Path | str, outliers: str | None = None) -> Run:
     rule = parse_outlier_rule(outliers or params.get("outliers", "tukey"))
     unstable_cv = float(params.get("unstable_cv", 0.05))
     run = Run(path=path, params=params, plan=plan, rule=rule)
-    iters, ticks, points, failures = [], [], [], []
+    iters, ticks, points, failures, kpoints, krows = [], [], [], [], [], []
     for s in plan.get("skipped", []):
         failures.append({"backend": s["backend"], "precision": s["precision"], "batch": None, "shape": None,
                          "status": _skip_status(s["reason"]), "reason": s["reason"]})
@@ -232,10 +258,14 @@ def load_run(path: Path | str, outliers: str | None = None) -> Run:
                                                "rerun with the same RUN_ID to resume"})
         if (d / "samples.parquet").exists():
             ticks.append(pd.read_parquet(d / "samples.parquet").assign(backend=b, precision=p))
+        if (d / "kernels.json").exists():
+            _kernel_rows(read_json(d / "kernels.json"), b, p, kpoints, krows)
     run.iterations = pd.concat(iters, ignore_index=True) if iters else pd.DataFrame(columns=ITERATION_COLUMNS)
     run.samples = pd.concat(ticks, ignore_index=True) if ticks else pd.DataFrame(columns=SAMPLE_COLUMNS)
     run.points = pd.DataFrame(points) if points else pd.DataFrame(columns=POINT_COLUMNS)
     run.failures = pd.DataFrame(failures, columns=["backend", "precision", "batch", "shape", "status", "reason"])
+    run.kernel_points = pd.DataFrame(kpoints, columns=KERNEL_POINT_COLUMNS)
+    run.kernels = pd.DataFrame(krows, columns=KERNEL_COLUMNS)
     if (path / "export.json").exists():
         run.export = read_json(path / "export.json")
     return run

@@ -36,3 +36,26 @@ def test_oom_is_recorded_and_sweep_goes_on(tmp_path, backend):
     assert points[128]["status"] == "oom", points[128].get("error")
     assert points[1]["status"] == "ok" and points[8]["status"] == "ok"
     assert status == {"points": 3, "ok": 2, "oom": 1, "error": 0}
+
+
+@pytest.mark.parametrize("backend", ["torch", "ort"])
+def test_kernel_profile_explains_the_timed_median(tmp_path, backend):
+    """After the sweep, CUPTI profiles of the smallest and largest batch: GPU busy time per request is
+    positive, never (much) above the timed median, and a larger batch keeps the GPU busier."""
+    params = RunParams.from_strings(model="efficientnet_b1", backends=backend, precisions="fp32",
+                                    batch_sizes="1,32", device="cuda", iters=10, duration=0.2, warmup=0.05,
+                                    cache_dir=str(tmp_path / "cache"))
+    plan = make_plan(params, tmp_path / "reports")
+    assert run_backend(plan.run_dir, backend, "fp32", log=print)["ok"] == 2
+    prof = json.loads((combo_dir(plan.run_dir, backend, "fp32") / "kernels.json").read_text())["points"]
+    by_batch = {p["batch"]: p for p in prof}
+    assert sorted(by_batch) == [1, 32], prof
+    for p in prof:
+        assert "error" not in p, p.get("error")
+        assert p["launches"] > 50  # efficientnet_b1: hundreds of kernels per request
+        assert 0 < p["busy_ms"] <= p["device_median_ms"] * 1.1, p
+        assert p["kernel_ms"] >= p["busy_ms"] * 0.999
+        cats = {k["category"] for k in p["kernels"]}
+        assert "convolution / matmul" in cats, cats
+    share = {b: p["busy_ms"] / p["device_median_ms"] for b, p in by_batch.items()}
+    assert share[32] > share[1] and share[32] > 0.8, share

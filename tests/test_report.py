@@ -77,7 +77,7 @@ def make_fake_run(root: Path, gpu: bool = True, run_id: str | None = None, speed
                                    "load_s": 1.5, "info": {}, "baseline": {"rss_mib": 500.0}, "timer":
                                    "cuda_event" if gpu else "perf_counter", "reference": "PyTorch FP32 (CPU)",
                                    "environment": env})
-        t, ticks = 0.5, []
+        t, ticks, medians = 0.5, [], {}
         for shape, batch in [(sh, bt) for sh in shapes for bt in batches]:
             key = f"bs{batch}_{shape}"
             pixels = np.prod([int(v) for v in shape.split("x")]) / 1024
@@ -127,6 +127,11 @@ def make_fake_run(root: Path, gpu: bool = True, run_id: str | None = None, speed
                                                   "memory": {}, "nvml_process_mib": 1200.0 if gpu else None,
                                                   "compile_s": None, "modes": meta})
             pd.concat(frames).to_parquet(d / "points" / f"{key}.parquet", index=False)
+            medians[(batch, shape)] = meta["device"]["median_ms"]
+        if gpu:  # lib.bench's kernel profiles: smallest batch launch-bound (40% busy), largest kernel-bound (95%)
+            _write(d / "kernels.json", {"points": [_fake_profile(bt, sh, med, b, small=bt == min(batches))
+                                                   for (bt, sh), med in medians.items()
+                                                   if bt in (min(batches), max(bt2 for bt2, _ in medians))]})
         if samples:
             pd.DataFrame(ticks).to_parquet(d / "samples.parquet", index=False)
         _write(d / "done.json", {"points": 3})
@@ -134,6 +139,20 @@ def make_fake_run(root: Path, gpu: bool = True, run_id: str | None = None, speed
     if failures and gpu:
         _write(run / "export.failed.json", {"error": "torch.onnx.export failed: UnsupportedOperatorError: aten::foo"})
     return run
+
+
+def _fake_profile(batch: int, shape: str, median: float, backend: str, small: bool) -> dict:
+    if backend == "trt" and not small:
+        return {"batch": batch, "shape": shape, "device_median_ms": median,
+                "error": "RuntimeError: CUPTI recorded no GPU activity"}
+    busy = median * (0.4 if small else 0.95)
+    kernels = [("void cudnn::conv_kernel<float>(int)", "cudnn::conv_kernel<float>", "convolution / matmul", 20, 0.6),
+               ("void op_generic_tensor_kernel<4, float>(int)", "op_generic_tensor_kernel<4, float>",
+                "elementwise / activation", 30, 0.3),
+               ("Memset (Device)", "Memset (Device)", "copy/memset", 2, 0.1)]
+    return {"batch": batch, "shape": shape, "device_median_ms": median, "iters": 10, "busy_ms": busy,
+            "kernel_ms": busy, "launches": 52.0,
+            "kernels": [{"name": n, "short": sh, "category": c, "calls": k, "ms": f * busy} for n, sh, c, k, f in kernels]}
 
 
 @pytest.fixture
@@ -381,7 +400,10 @@ def test_unstable_points_listed(gpu_run):
 
 def test_to_parquet_round_trip(gpu_run, tmp_path):
     written = gpu_run.to_parquet(tmp_path / "out")
-    assert sorted(p.name for p in written) == ["iterations.parquet", "points.parquet", "samples.parquet"]
+    assert sorted(p.name for p in written) == ["iterations.parquet", "kernel_points.parquet", "kernels.parquet",
+                                               "points.parquet", "samples.parquet"]
+    kp = pd.read_parquet(tmp_path / "out" / "kernel_points.parquet")
+    assert len(kp) == len(gpu_run.kernel_points) and kp["busy_share"].dtype.kind == "f"
     it = pd.read_parquet(tmp_path / "out" / "iterations.parquet")
     assert len(it) == len(gpu_run.iterations)
     assert {"backend", "precision", "batch", "shape", "mode", "iter", "ms", "wall_ms", "t_s", "requests"} <= set(it)
