@@ -1,5 +1,5 @@
 """The ``ort`` backend (ONNX Runtime, CPU execution provider) on the exported tiny model, for real: life
-cycle, contract checks, the provider it really runs on, and outputs that match PyTorch FP32."""
+cycle (the Engine contract: test_base.py), the provider it really runs on, and outputs that match PyTorch FP32."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from lib.engines import Artifacts, EngineSpec, make_engine
 from lib.engines.ort_engine import OrtEngine
-from lib.errors import BenchbookError, UnavailableError
+from lib.errors import UnavailableError
 from lib.inputs import make_inputs
 from lib.parity import compare_outputs
 from lib.timing import CpuTimer
@@ -71,19 +71,6 @@ def test_inputs_of_another_dtype_are_converted(tiny, tiny_module, spec):
     with make_engine("ort", spec) as engine:
         out = engine.infer(as64)
     assert compare_outputs(out, _reference(tiny_module, inputs), "fp32", "logits")["passed"]
-
-
-def test_contract_checks(tiny, spec):
-    inputs = make_inputs(tiny, 2, tiny.shapes[0])
-    engine = make_engine("ort", spec)
-    with pytest.raises(BenchbookError, match="load"):
-        engine.bind(inputs)
-    engine.load()
-    with pytest.raises(BenchbookError, match=r"run_bound\(\) before bind\(\)"):
-        engine.run_bound()
-    with pytest.raises(BenchbookError, match="do not match"):
-        engine.bind({**inputs, "extra": inputs["image"]})
-    engine.close()
 
 
 def test_missing_onnx_for_the_precision(tiny, tiny_onnx):
