@@ -115,8 +115,10 @@ class KernelProfile:
     kernels: list[dict] = field(default_factory=list)  # name, short, category, calls, ms; slowest first
 
     def to_dict(self) -> dict:
+        """What ``kernels.json`` keeps: names and figures only. ``short`` and ``category`` are derived from the
+        name whenever a run is loaded (``lib.results``), so a record never disagrees with today's rules."""
         return {"iters": self.iters, "busy_ms": self.busy_ms, "kernel_ms": self.kernel_ms, "launches": self.launches,
-                "kernels": self.kernels}
+                "kernels": [{"name": k["name"], "calls": k["calls"], "ms": k["ms"]} for k in self.kernels]}
 
 
 def aggregate(events: Iterable[tuple[str, float, float]], iters: int) -> KernelProfile:

@@ -56,6 +56,18 @@ def _ends(kp: pd.DataFrame, which: str) -> pd.DataFrame:
     return kp.loc[kp.index.isin(idx)]
 
 
+def _kernels_at(k: pd.DataFrame, point) -> pd.DataFrame:
+    """The rows of ``run.kernels`` recorded at one profiled point (a row of ``run.kernel_points``), slowest first."""
+    m = ((k["backend"] == point["backend"]) & (k["precision"] == point["precision"]) & (k["batch"] == point["batch"])
+         & (k["shape"] == point["shape"]))
+    return k[m].sort_values("ms", ascending=False)
+
+
+def _by_category(rows: pd.DataFrame) -> pd.Series:
+    """ms per request by category, largest first."""
+    return rows.groupby("category")["ms"].sum().sort_values(ascending=False)
+
+
 def _regime(share) -> str:
     if share is None or not np.isfinite(share):
         return "–"
@@ -90,12 +102,10 @@ def kernels_markdown(run: Run) -> str:
     if len(bound):
         k = run.kernels
         for _, r in bound.iterrows():
-            rows = k[(k["backend"] == r["backend"]) & (k["precision"] == r["precision"]) & (k["batch"] == r["batch"])
-                     & (k["shape"] == r["shape"])]
+            rows = _kernels_at(k, r)
             if rows.empty:
                 continue
-            top = rows.sort_values("ms", ascending=False).iloc[0]
-            cats = rows.groupby("category")["ms"].sum().sort_values(ascending=False)
+            top, cats = rows.iloc[0], _by_category(rows)
             lines.append(f"- **{r['series']}** at batch {r['batch']}: GPU busy {fmt_num(r['busy_ms'])} ms of "
                          f"{fmt_num(r['device_median_ms'])} ms; most of it {cats.index[0]} "
                          f"({fmt_num(cats.iloc[0])} ms); slowest kernel `{top['short']}` "
@@ -119,10 +129,8 @@ def kernel_points_table(run: Run) -> pd.DataFrame:
     k = run.kernels
     rows = []
     for _, r in kp.iterrows():
-        sub = k[(k["backend"] == r["backend"]) & (k["precision"] == r["precision"]) & (k["batch"] == r["batch"])
-                & (k["shape"] == r["shape"])]
-        cats = sub.groupby("category")["ms"].sum().sort_values(ascending=False)
-        top = sub.sort_values("ms", ascending=False).head(1)
+        sub = _kernels_at(k, r)
+        cats, top = _by_category(sub), sub.head(1)
         rows.append({
             "backend/precision": r["series"], "batch": r["batch"], "shape": r["shape"],
             "device median ms": r["device_median_ms"], "GPU busy ms": r["busy_ms"], "share busy": r["busy_share"],
@@ -143,9 +151,7 @@ def top_kernels_table(run: Run, n: int = 5) -> pd.DataFrame:
     k = run.kernels
     rows = []
     for _, r in big.iterrows():
-        sub = k[(k["backend"] == r["backend"]) & (k["precision"] == r["precision"]) & (k["batch"] == r["batch"])
-                & (k["shape"] == r["shape"])].sort_values("ms", ascending=False).head(n)
-        for _, x in sub.iterrows():
+        for _, x in _kernels_at(k, r).head(n).iterrows():
             rows.append({"backend/precision": r["series"], "batch": r["batch"], "shape": r["shape"],
                          "kernel": x["short"], "category": x["category"], "launches": x["calls"], "ms": x["ms"],
                          "share of busy": x["ms"] / r["busy_ms"] if r["busy_ms"] else None})
@@ -170,13 +176,9 @@ def plot_kernel_categories(run: Run):
             sel = sel.set_index("series").loc[order]
             y = np.arange(len(sel))
             left = np.zeros(len(sel))
+            per_series = [_by_category(_kernels_at(k, r)) for _, r in sel.iterrows()]
             for cat in _STACK:
-                vals = []
-                for s, r in sel.iterrows():
-                    m = ((k["backend"] == r["backend"]) & (k["precision"] == r["precision"]) & (k["batch"] == r["batch"])
-                         & (k["shape"] == shape) & (k["category"] == cat))
-                    vals.append(float(k.loc[m, "ms"].sum()))
-                vals = np.array(vals)
+                vals = np.array([float(c.get(cat, 0.0)) for c in per_series])
                 if vals.sum() <= 0:
                     continue
                 ax.barh(y, vals, left=left, color=_COLOURS.get(cat, "#999999"),

@@ -40,7 +40,8 @@ def test_aggregate_per_request_and_sorted():
     assert p.kernels[2]["ms"] == pytest.approx(0.5) and p.kernels[2]["calls"] == 0.5
     assert p.kernel_ms == pytest.approx(4.5)
     assert p.busy_ms == pytest.approx(4.0)  # the gaps are not busy; the overlapping copy adds nothing
-    assert p.to_dict()["kernels"][0]["short"] == "cudnn_conv_kernel<float>"
+    assert p.kernels[0]["short"] == "cudnn_conv_kernel<float>"
+    assert p.to_dict()["kernels"][0] == {"name": conv, "calls": 1.0, "ms": pytest.approx(3.0)}
 
 
 def test_aggregate_refuses_nonsense():
