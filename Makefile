@@ -16,8 +16,13 @@ PRECISIONS ?= auto
 BATCH_SIZES ?= auto
 SHAPES ?= auto
 WARMUP ?= 0.2
-ITERS ?= 20
-DURATION ?= 1.0
+ITERS ?= 5
+DURATION ?= 0.25
+ROUNDS ?= 4
+POINT_CAP ?= 2.0
+CI_TARGET ?= 0.01
+NOISE_SPREAD ?= 0.05
+HOST_SLOW ?= 0.10
 DEVICE ?= auto
 OUTLIERS ?= tukey
 WEIGHTS ?=
@@ -38,7 +43,8 @@ EXTRAS ?= test,tensorrt-rtx,transformers
 
 # Every parameter above that `make report` reads; a variable given on the command line that is not one of
 # these (or of PYTHON VENV EXTRAS) is refused with a did-you-mean, so BATCH_SIZE=8 is not silently ignored.
-PARAMS := MODEL BACKENDS PRECISIONS BATCH_SIZES SHAPES WARMUP ITERS DURATION DEVICE OUTLIERS WEIGHTS SEED \
+PARAMS := MODEL BACKENDS PRECISIONS BATCH_SIZES SHAPES WARMUP ITERS DURATION ROUNDS POINT_CAP CI_TARGET NOISE_SPREAD \
+  HOST_SLOW DEVICE OUTLIERS WEIGHTS SEED \
   UNSTABLE_CV CHANNELS_LAST TF32 COMPILE_MODE TRT_WORKSPACE TRT_OPT_LEVEL RUN_ID REPORTS_DIR MODELS_DIR CACHE_DIR \
   DATA
 OTHER_VARS := PYTHON VENV EXTRAS PLAN RUNS PYTHONPATH SHELL
@@ -51,7 +57,9 @@ q = '$(subst ','\'',$(1))'
 PLAN_SETS = --set model=$(call q,$(MODEL)) --set backends=$(call q,$(BACKENDS)) \
   --set precisions=$(call q,$(PRECISIONS)) --set batch_sizes=$(call q,$(BATCH_SIZES)) \
   --set shapes=$(call q,$(SHAPES)) --set warmup=$(call q,$(WARMUP)) --set iters=$(call q,$(ITERS)) \
-  --set duration=$(call q,$(DURATION)) --set device=$(call q,$(DEVICE)) --set outliers=$(call q,$(OUTLIERS)) \
+  --set duration=$(call q,$(DURATION)) --set rounds=$(call q,$(ROUNDS)) --set point_cap=$(call q,$(POINT_CAP)) \
+  --set ci_target=$(call q,$(CI_TARGET)) --set noise_spread=$(call q,$(NOISE_SPREAD)) \
+  --set host_slow=$(call q,$(HOST_SLOW)) --set device=$(call q,$(DEVICE)) --set outliers=$(call q,$(OUTLIERS)) \
   --set weights=$(call q,$(WEIGHTS)) --set seed=$(call q,$(SEED)) --set unstable_cv=$(call q,$(UNSTABLE_CV)) \
   --set channels_last=$(call q,$(CHANNELS_LAST)) --set tf32=$(call q,$(TF32)) \
   --set compile_mode=$(call q,$(COMPILE_MODE)) --set trt_workspace_gib=$(call q,$(TRT_WORKSPACE)) \
@@ -65,7 +73,9 @@ help:
 	@echo "make test                       run the test suite"
 	@echo "make report MODEL=name [...]    export, benchmark every backend, render reports/<model>/<run>/report.html"
 	@echo "  BACKENDS=$(BACKENDS) PRECISIONS=$(PRECISIONS) BATCH_SIZES=$(BATCH_SIZES) SHAPES=$(SHAPES) DEVICE=$(DEVICE)"
-	@echo "  WARMUP=$(WARMUP)s ITERS=$(ITERS) DURATION=$(DURATION)s OUTLIERS=$(OUTLIERS) WEIGHTS=<state_dict.pth>"
+	@echo "  WARMUP=$(WARMUP)s (a point's first warm-up) ITERS=$(ITERS) DURATION=$(DURATION)s (per round) OUTLIERS=$(OUTLIERS)"
+	@echo "  ROUNDS=$(ROUNDS) (minimum, interleaved, half per pass) POINT_CAP=$(POINT_CAP)s CI_TARGET=$(CI_TARGET) (adaptive stop)"
+	@echo "  NOISE_SPREAD=$(NOISE_SPREAD) (noisy flag) HOST_SLOW=$(HOST_SLOW) (slow-host rounds) WEIGHTS=<state_dict.pth>"
 	@echo "  RUN_ID=<existing run id> resumes an interrupted run (Ctrl-C keeps every measured point and prints the id); empty = a new run"
 	@echo "  DATA=<folder of labelled images, one sub-folder per class>: top-1/top-5 accuracy per backend"
 	@echo "  bad values are refused in seconds, before any work, with what is valid"
@@ -108,7 +118,11 @@ report:
 
 ifdef PLAN
 include $(PLAN)
-BENCH_DONE := $(foreach c,$(COMBOS),$(RUN_DIR)/bench/$(subst @,-,$(c))/notebook.done)
+# Two passes over the backends: pass 1 in plan order, pass 2 in reverse (lib/bench.py says why).
+BENCH_PASS1 := $(foreach c,$(COMBOS),$(RUN_DIR)/bench/$(subst @,-,$(c))/pass1.done)
+BENCH_DONE := $(foreach c,$(COMBOS_REVERSED),$(RUN_DIR)/bench/$(subst @,-,$(c))/notebook.done)
+# Chained pattern targets: make would delete them as intermediate files at the end; they are records.
+.SECONDARY: $(BENCH_PASS1) $(BENCH_DONE)
 
 execute: $(RUN_DIR)/report.html
 	@$(PYTHON) -m lib.cli index $(call q,$(REPORTS_DIR))
@@ -121,9 +135,13 @@ $(ONNX_STAMP): $(ONNX_DEPS) notebooks/00_export.ipynb lib/export.py
 $(RUN_DIR)/export.json: $(ONNX_STAMP)
 	@$(PYTHON) -m lib.cli export-record --run-dir $(RUN_DIR)
 
-# One kernel per backend/precision: a crash takes down only its own notebook (recorded, sweep goes on).
-$(RUN_DIR)/bench/%/notebook.done: $(RUN_DIR)/export.json notebooks/10_benchmark.ipynb
-	@$(PYTHON) -m lib.cli notebook benchmark --run-dir $(RUN_DIR) --combo $*
+# One kernel per backend/precision and pass: a crash takes down only its own notebook (recorded, sweep
+# goes on). Every pass 2 waits for every pass 1.
+$(RUN_DIR)/bench/%/pass1.done: $(RUN_DIR)/export.json notebooks/10_benchmark.ipynb
+	@$(PYTHON) -m lib.cli notebook benchmark --run-dir $(RUN_DIR) --combo $* --pass 1
+
+$(RUN_DIR)/bench/%/notebook.done: $(BENCH_PASS1)
+	@$(PYTHON) -m lib.cli notebook benchmark --run-dir $(RUN_DIR) --combo $* --pass 2
 
 $(RUN_DIR)/analysis.ipynb: $(BENCH_DONE) $(RUN_DIR)/export.json notebooks/20_analysis.ipynb
 	@$(PYTHON) -m lib.cli notebook analysis --run-dir $(RUN_DIR)

@@ -1,21 +1,47 @@
-"""Benchmark one backend at one precision over the run's points (batch size x shape).
+"""Benchmark one backend at one precision over the run's points (batch size x shape), in rounds.
 
-Called by the benchmark notebook, one kernel per backend/precision (a crash takes down only that
-kernel). Each point is written to disk atomically as soon as it is measured, so an interrupted
-run keeps what it measured and a rerun of the same run resumes after it. A point that fails (out
-of memory, an engine error) is recorded with its reason and the sweep goes on.
+Called by the benchmark notebook, one kernel per backend/precision and pass (a crash takes down only
+that kernel). How a point is measured, and why:
+
+* **Rounds, interleaved.** Every point and mode (device-resident, end-to-end, pipelined throughput)
+  is measured in several short rounds; each round visits every unfinished point and mode once, in
+  a seeded random order, so a slow minute of the host lands on many points a little instead of on
+  one point entirely (Google Benchmark's random interleaving). A point keeps its binding (device
+  buffers, CUDA graph) across rounds; a switch costs a short same-shape warm-up.
+* **Two passes, backends apart in time.** The Makefile runs every backend's pass 1 (the first half of
+  the minimum rounds) in order, then every backend's pass 2 in reverse order; the second load is
+  cheap (engine, ONNX and compile caches). A backend is thus measured at two moments of the run,
+  and the rounds of its two processes show whether they agree. ``bench_pass=0`` does both halves
+  in one process (a notebook run by hand).
+* **Adaptive stopping.** After the minimum rounds (pass 2), a point and mode gets more rounds while
+  its 95 % interval (from its round medians, ``lib.stats.round_interval``) is wider than
+  ``CI_TARGET`` of its median, until ``POINT_CAP`` timed seconds: quiet points stop early, noisy
+  ones get more rounds.
+* **Host sentinel.** Before every round of every point and mode, ``lib.timing.HostSentinel`` times a
+  fixed tiny workload; its value is stored with the round, so the analysis can mark rounds taken
+  while the host was slow.
+* **Characterisation, once per point** (first pass): with no other binding kept, the point is
+  bound, warmed up for ``WARMUP`` seconds, checked for parity against the reference, and its
+  memory read (framework allocator and NVML per-process), so those figures are the point's own.
+
+A point's JSON and Parquet are rewritten atomically after every round, so an interrupted run keeps
+every round it measured and a rerun of the same run adds only the missing rounds. A point that fails
+(out of memory, an engine error) is recorded with its reason and the sweep goes on.
 
 Files, under ``<run_dir>/bench/<backend>-<precision>/``:
-``engine.json`` (load/build info, environment), ``points/<point>.json`` (status, timing metadata,
-memory, utilisation, parity), ``points/<point>.parquet`` (every timed sample), ``samples.parquet``
-(every sampler tick), on a GPU ``kernels.json`` (where the GPU time of a request goes, see
-``lib.kernels``) and ``done.json`` when the sweep finished.
+``engine.json`` (load/build info per pass, environment), ``points/<point>.json`` (status, parity,
+memory, one entry per round with its median, sentinel and resources), ``points/<point>.parquet``
+(every timed sample, with its round and pass), ``samples.parquet`` (every sampler tick), on a GPU
+``kernels.json`` (where the GPU time of a request goes, see ``lib.kernels``) and ``done.json`` when
+the last pass finished.
 """
 
 from __future__ import annotations
 
 import time
 import traceback
+import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +50,7 @@ import pandas as pd
 from .cache import atomic_write_bytes, atomic_write_json, read_json
 from .engines import Artifacts, EngineSpec, make_engine
 from .environment import collect_environment
+from .errors import BenchbookError
 from .export import ensure_onnx
 from .inputs import make_inputs
 from .model_config import ModelConfig, Shape
@@ -31,14 +58,20 @@ from .models import build_model, get_model
 from .parity import compare_outputs
 from .plan import load_plan, resolve_points
 from .sampler import Sampler
-from .stats import summarize
-from .timing import TimingPolicy, measure_latency, measure_throughput
+from .stats import round_interval
+from .timing import HostSentinel, TimingPolicy, measure_latency, measure_throughput, throughput_window, warm_up
 
-__all__ = ["run_backend", "combo_dir", "point_key", "is_oom"]
+__all__ = ["run_backend", "combo_dir", "point_key", "is_oom", "pass_targets", "SWITCH_WARMUP_S"]
 
 _OOM_MARKERS = ("out of memory", "failed to allocate", "cudaerrormemoryallocation", "cublas_status_alloc_failed",
                 "outofmemory", "bad_alloc", "can't allocate memory", "cannot allocate memory", "unable to allocate",
                 "is smaller than requested bytes")
+
+
+# Warm-up after switching to a point that is already bound (same shape as before: clocks, caches and
+# allocator come back to it in a few iterations; the first warm-up of a point uses WARMUP).
+SWITCH_WARMUP_S = 0.03
+MAX_ROUNDS = 50  # lib.params.MAX_ROUNDS
 
 
 def combo_dir(run_dir: Path, backend: str, precision: str) -> Path:
@@ -123,57 +156,196 @@ def _nvml_process_mib() -> float:
         return float("nan")
 
 
-def _measure_point(engine, inputs, policy: TimingPolicy, sampler: Sampler, tag: str, gpu: bool):
-    """Device-resident latency, end-to-end latency and (GPU) pipelined throughput of one point."""
-    engine.bind(inputs)
-    timer = engine.timer()
-    runs = {}
-    sampler.mark(f"{tag} device")
-    runs["device"] = measure_latency(engine.run_bound, timer, policy, "device")
-    sampler.mark(f"{tag} end_to_end")
-    runs["end_to_end"] = measure_latency(lambda: engine.infer(inputs), timer, policy, "end_to_end")
-    if gpu:
-        sampler.mark(f"{tag} throughput")
-        est = float(np.median(runs["device"].ms))
-        runs["throughput"] = measure_throughput(engine.run_bound, timer, policy, est)
-    sampler.mark("")
-    return runs
-
-
-def _profile_kernels(engine, cfg: ModelConfig, shapes: list[Shape], seed: int, out: Path, label: str, log) -> None:
+def _profile_kernels(engine, points: list, shapes: list[Shape], out: Path, label: str, log) -> None:
     """``kernels.json``: a CUPTI profile of the smallest and the largest measured batch of each shape
     (the launch-bound and the kernel-bound ends of the sweep), beside their timed device medians.
     A profile that fails is recorded with its reason; it never fails the sweep."""
     from .kernels import profile_requests
 
-    ok = [r for r in (read_json(p) for p in sorted((out / "points").glob("*.json"))) if r.get("status") == "ok"]
     entries = []
     for shape in shapes:
-        recs = sorted((r for r in ok if r["shape"] == shape.label), key=lambda r: r["batch"])
-        for rec in {id(r): r for r in recs[:1] + recs[-1:]}.values():
-            entry = {"batch": rec["batch"], "shape": rec["shape"],
-                     "device_median_ms": rec.get("modes", {}).get("device", {}).get("median_ms")}
+        recs = sorted((p for p in points if p.ok and p.shape.label == shape.label and p.frames), key=lambda p: p.batch)
+        for point in {id(p): p for p in recs[:1] + recs[-1:]}.values():
+            frame = pd.concat(point.frames)
+            entry = {"batch": point.batch, "shape": shape.label,
+                     "device_median_ms": float(np.median(frame.loc[frame["mode"] == "device", "ms"]))}
             try:
-                engine.bind(make_inputs(cfg, rec["batch"], shape, seed))
+                engine.bind(point.inputs)
                 prof = profile_requests(engine.run_bound)
                 entry.update(prof.to_dict())
                 top = prof.kernels[0] if prof.kernels else {"short": "-", "ms": 0.0}
-                log(f"[{label}] kernels at batch {rec['batch']}, shape {shape.label}: GPU busy {prof.busy_ms:.3f} ms "
+                log(f"[{label}] kernels at batch {point.batch}, shape {shape.label}: GPU busy {prof.busy_ms:.3f} ms "
                     f"per request over {prof.launches:.0f} launches; slowest: {top['short']} {top['ms']:.3f} ms")
             except Exception as e:
                 entry["error"] = f"{type(e).__name__}: {e}"[:1000]
-                log(f"[{label}] kernel profile at batch {rec['batch']} not taken: {entry['error'][:300]}")
+                log(f"[{label}] kernel profile at batch {point.batch} not taken: {entry['error'][:300]}")
                 if is_oom(e):
-                    import torch
-
-                    torch.cuda.synchronize()
-                    torch.cuda.empty_cache()
+                    _free_gpu(True)
             entries.append(entry)
     atomic_write_json(out / "kernels.json", {"points": entries})
 
 
-def run_backend(run_dir: Path | str, backend: str, precision: str, log=print) -> dict:
-    """Measure every point of the run for one backend/precision; returns the combo's status."""
+def pass_targets(rounds: int, bench_pass: int) -> tuple[int, bool]:
+    """(rounds every point and mode must have after this pass, whether adaptive rounds follow)."""
+    if bench_pass == 1:
+        return (rounds + 1) // 2, False
+    return rounds, True
+
+
+def _modes(gpu: bool) -> list[str]:
+    return ["device", "end_to_end", "throughput"] if gpu else ["device", "end_to_end"]
+
+
+class _Point:
+    """One point's state in a sweep: its record (the JSON), its samples and its inputs."""
+
+    def __init__(self, out: Path, cfg: ModelConfig, batch: int, shape: Shape, seed: int, record: dict,
+                 frames: list[pd.DataFrame]):
+        self.out, self.cfg, self.batch, self.shape, self.seed = out, cfg, batch, shape, seed
+        self.key = point_key(batch, shape)
+        self.record = record
+        self.frames = frames
+        self._inputs = None
+
+    @property
+    def inputs(self) -> dict[str, np.ndarray]:
+        if self._inputs is None:
+            self._inputs = make_inputs(self.cfg, self.batch, self.shape, self.seed)
+        return self._inputs
+
+    @property
+    def ok(self) -> bool:
+        return self.record.get("status") == "ok"
+
+    def rounds(self, mode: str) -> list[dict]:
+        return [r for r in self.record.get("rounds", []) if r["mode"] == mode]
+
+    def timed_s(self, mode: str) -> float:
+        return sum(r["t1"] - r["t0"] for r in self.rounds(mode))
+
+    def converged(self, mode: str, target: float) -> bool:
+        rs = self.rounds(mode)
+        med = float(np.median(np.concatenate([f.loc[f["mode"] == mode, "ms"].to_numpy() for f in self.frames])))
+        lo, hi = round_interval([r["median_ms"] for r in rs], med, groups=[r["pass"] for r in rs])
+        return hi == hi and (hi - lo) / 2 <= target * med
+
+    def save(self) -> None:
+        atomic_write_json(self.out / "points" / f"{self.key}.json", self.record)
+        if self.frames:
+            _to_parquet(self.out / "points" / f"{self.key}.parquet", pd.concat(self.frames, ignore_index=True))
+
+
+def _load_points(out: Path, cfg: ModelConfig, points: list[tuple[int, Shape]], seed: int, base: dict) -> list[_Point]:
+    loaded = []
+    for batch, shape in points:
+        key = point_key(batch, shape)
+        pj = out / "points" / f"{key}.json"
+        record = read_json(pj) if pj.exists() else {**base, "batch": batch, "shape": shape.label, "point": key}
+        pq = pj.with_suffix(".parquet")
+        frames = [pd.read_parquet(pq)] if record.get("status") == "ok" and pq.exists() else []
+        loaded.append(_Point(out, cfg, batch, shape, seed, record, frames))
+    return loaded
+
+
+def _free_gpu(gpu: bool) -> None:
+    if gpu:
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def _fail(point: _Point, e: BaseException, label: str, log, gpu: bool) -> None:
+    oom = is_oom(e)
+    point.record.update(status="oom" if oom else "error", error=f"{type(e).__name__}: {e}"[:2000],
+                        traceback="".join(traceback.format_exception(e))[-4000:])
+    log(f"[{label}] batch {point.batch}, shape {point.shape.label}: {'OUT OF MEMORY' if oom else 'FAILED'}: "
+        f"{type(e).__name__}: {str(e)[:300]}")
+    point.frames = []
+    point.save()
+    _free_gpu(gpu)
+
+
+def _characterise(engine, point: _Point, policy: TimingPolicy, reference, precision: str, sampler: Sampler,
+                  gpu: bool, label: str, log) -> None:
+    """First visit of a point: bound alone (no other binding kept, so memory figures are its own), warmed
+    up for WARMUP seconds (cuDNN autotuning, compilation and lazy initialisation happen here, untimed),
+    parity checked, memory read. Raises on failure (the caller records it)."""
+    engine.release_bindings()
+    _free_gpu(gpu)
+    engine.reset_memory_stats()
+    t0 = time.perf_counter()
+    sampler.mark(f"{label} bs={point.batch} shape={point.shape.label} characterise")
+    engine.bind(point.inputs, key=point.key)
+    bind_s = time.perf_counter() - t0
+    compile_s = engine.info.get("compile_s") if engine.backend == "torch-compile" else None
+    n, secs = warm_up(engine.run_bound, engine.timer(), policy.warmup_s)
+    parity = compare_outputs(engine.infer(point.inputs), reference.get(point.key, point.inputs), precision,
+                             point.cfg.top_k_output)
+    t1 = time.perf_counter()
+    sampler.mark("")
+    point.record.update(
+        status="ok", parity=parity, memory=engine.memory_stats(),
+        nvml_process_mib=_nvml_process_mib() if gpu else None, compile_s=compile_s, bind_s=bind_s,
+        est_ms=secs * 1e3 / n, first_warmup_iters=n, first_warmup_s=secs,
+        memory_window=Sampler.summarize_window(sampler.window(t0, t1)), rounds=[])
+
+
+def _measure_round(engine, point: _Point, mode: str, policy: TimingPolicy, sentinel: HostSentinel,
+                   sampler: Sampler, round_no: int, bench_pass: int, t_origin: float, label: str) -> dict:
+    """One round of one point and mode: sentinel, switch, short warm-up, timed block; returns the round."""
+    sentinel_us = sentinel.measure()
+    switched = engine.bound_key != point.key
+    engine.bind(point.inputs, key=point.key)  # a pointer swap when the binding is kept
+    timer = engine.timer()
+    quick = replace(policy, warmup_s=min(policy.warmup_s, SWITCH_WARMUP_S))
+    sampler.mark(f"{label} bs={point.batch} shape={point.shape.label} {mode}")
+    if mode == "device":
+        t = measure_latency(engine.run_bound, timer, quick, "device")
+    elif mode == "end_to_end":
+        inputs = point.inputs
+        t = measure_latency(lambda: engine.infer(inputs), timer, quick, "end_to_end")
+    else:
+        window = point.record.setdefault("throughput_window", throughput_window(policy, point.record["est_ms"]))
+        t = measure_throughput(engine.run_bound, timer, quick, point.record["est_ms"], window=window)
+    sampler.mark("")
+    t0, t1 = t.window
+    entry = {"mode": mode, "round": round_no, "pass": bench_pass, "timer": t.timer, "n": len(t.ms),
+             "median_ms": float(np.median(t.ms)), "t0": t0 - t_origin, "t1": t1 - t_origin,
+             "sentinel_us": sentinel_us, "switched": switched, "warmup_iters": t.warmup_iters,
+             "warmup_s": t.warmup_s, "requests_per_sample": t.requests_per_sample,
+             "resources": Sampler.summarize_window(sampler.window(t0, t1))}
+    point.record["rounds"].append(entry)
+    point.frames.append(pd.DataFrame({
+        "mode": mode, "round": round_no, "pass": bench_pass, "iter": np.arange(len(t.ms)), "ms": t.ms,
+        "wall_ms": t.wall_ms, "t_s": t.t_start - t_origin, "requests": t.requests_per_sample}))
+    return entry
+
+
+def _point_line(point: _Point, modes: list[str], target: float) -> str:
+    parts = []
+    for mode in modes:
+        rs = point.rounds(mode)
+        if not rs:
+            continue
+        ms = np.concatenate([f.loc[f["mode"] == mode, "ms"].to_numpy() for f in point.frames])
+        med = float(np.median(ms))
+        lo, hi = round_interval([r["median_ms"] for r in rs], med, groups=[r["pass"] for r in rs])
+        rel = (hi - lo) / 2 / med if hi == hi else float("nan")
+        half = "" if rel != rel else f" ±{rel:.1%}" if rel < 1 else " ±>100% (noisy)"
+        parts.append(f"{ {'device': 'device', 'end_to_end': 'end-to-end', 'throughput': 'pipelined'}[mode]} "
+                     f"{med:.4g} ms{half} ({len(rs)} rounds)")
+    return "; ".join(parts)
+
+
+def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: int = 0, log=print) -> dict:
+    """Measure every point of the run for one backend/precision in rounds (see the module docstring).
+
+    ``bench_pass``: 1 = characterise every point and measure the first half of the minimum rounds;
+    2 = the remaining rounds, then adaptive ones, then (GPU) the kernel profile and ``done.json``;
+    0 = all of it in this process. Returns the combo's status counts."""
+    if bench_pass not in (0, 1, 2):
+        raise BenchbookError(f"bench_pass={bench_pass!r} is not valid; expected 0 (both passes), 1 or 2")
     run_dir = Path(run_dir)
     params, plan = load_plan(run_dir)
     cfg = get_model(params.model, params.models_path)
@@ -184,10 +356,11 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, log=print) ->
     out = combo_dir(run_dir, backend, precision)
     (out / "points").mkdir(parents=True, exist_ok=True)
     label = f"{backend}/{precision}"
-    points = [(b, s) for s in shapes for b in batches]
-    todo = [(b, s) for b, s in points if not (out / "points" / f"{point_key(b, s)}.json").exists()]
-    if len(todo) < len(points):
-        log(f"[{label}] resuming: {len(points) - len(todo)} of {len(points)} points already on disk")
+    modes = _modes(gpu)
+    base = {"backend": backend, "precision": precision, "device": device}
+    points = _load_points(out, cfg, [(b, s) for s in shapes for b in batches], params.seed, base)
+    target, adaptive = pass_targets(params.rounds, bench_pass)
+    pass_no = bench_pass or 1
     env = collect_environment()
     from .engines import engine_class
 
@@ -203,76 +376,104 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, log=print) ->
                       options={**params.engine_options(), "log": log})
     with Sampler(gpu=gpu) as sampler:
         baseline = dict(sampler.baseline)
-        t0 = time.perf_counter()
-        log(f"[{label}] loading on {device} ...")
+        t_origin = time.perf_counter()
+        log(f"[{label}] pass {bench_pass or '1+2'}: loading on {device} ...")
         engine = make_engine(backend, spec)
         engine.load()
-        load_s = time.perf_counter() - t0
+        load_s = time.perf_counter() - t_origin
         after_load = sampler.rebaseline()
-        log(f"[{label}] loaded in {load_s:.1f} s; {len(todo)} points to measure")
+        sentinel = HostSentinel(gpu)
+        prev = read_json(out / "engine.json") if (out / "engine.json").exists() else {}
+        passes = {**prev.get("passes", {}), str(pass_no): {"load_s": load_s, "t_origin_unix": time.time()}}
         atomic_write_json(out / "engine.json", {
-            "backend": backend, "precision": precision, "device": device, "summary": engine.summary,
-            "load_s": load_s, "info": engine.info, "baseline": baseline, "after_load": after_load,
-            "timer": engine.timer().name, "reference": reference.source(), "environment": env})
+            **prev, "backend": backend, "precision": precision, "device": device, "summary": engine.summary,
+            "load_s": prev.get("load_s", load_s), "info": {**prev.get("info", {}), **engine.info},
+            "baseline": prev.get("baseline", baseline), "after_load": prev.get("after_load", after_load),
+            "timer": engine.timer().name, "reference": reference.source(), "environment": prev.get("environment", env),
+            "sentinel": sentinel.kind, "passes": passes})
         try:
-            for i, (batch, shape) in enumerate(todo, 1):
-                key = point_key(batch, shape)
-                tag = f"{label} bs={batch} shape={shape.label}"
-                log(f"[{label}] point {i}/{len(todo)}: batch {batch}, shape {shape.label} ...")
-                record = {"backend": backend, "precision": precision, "device": device, "batch": batch,
-                          "shape": shape.label, "point": key}
+            new = [p for p in points if "status" not in p.record]
+            if new:
+                log(f"[{label}] loaded in {load_s:.1f} s; characterising {len(new)} point(s) "
+                    f"(warm-up {policy.warmup_s:g} s, parity, memory)")
+            for point in new:
                 try:
-                    inputs = make_inputs(cfg, batch, shape, params.seed)
-                    engine.reset_memory_stats()
-                    runs = _measure_point(engine, inputs, policy, sampler, tag, gpu)
-                    parity = compare_outputs(engine.infer(inputs), reference.get(key, inputs), precision,
-                                             cfg.top_k_output)
-                    record.update(status="ok", parity=parity, memory=engine.memory_stats(),
-                                  nvml_process_mib=_nvml_process_mib() if gpu else None,
-                                  compile_s=engine.info.get("compile_s"),
-                                  modes={m: {"timer": r.timer, "n": len(r.ms), "warmup_iters": r.warmup_iters,
-                                             "warmup_s": r.warmup_s, "requests_per_sample": r.requests_per_sample,
-                                             "window": r.window, "median_ms": float(np.median(r.ms)),
-                                             "resources": Sampler.summarize_window(sampler.window(*r.window))}
-                                         for m, r in runs.items()})
-                    rows = pd.concat([pd.DataFrame({
-                        "mode": m, "iter": np.arange(len(r.ms)), "ms": r.ms, "wall_ms": r.wall_ms,
-                        "t_s": r.t_start - t0, "requests": r.requests_per_sample}) for m, r in runs.items()])
-                    _to_parquet(out / "points" / f"{key}.parquet", rows)
-                    s = summarize(runs["device"].ms)
-                    log(f"[{label}] point {i}/{len(todo)}: batch {batch}: device median {s['median_ms']:.3f} ms, "
-                        f"end-to-end {np.median(runs['end_to_end'].ms):.3f} ms, parity "
-                        f"{'ok' if parity['passed'] else 'FAILED: ' + parity['problems']}")
+                    _characterise(engine, point, policy, reference, precision, sampler, gpu, label, log)
+                    par = point.record["parity"]
+                    if not par["passed"]:
+                        log(f"[{label}] batch {point.batch}, shape {point.shape.label}: parity FAILED: {par['problems']}")
+                    point.save()
                 except Exception as e:  # recorded, and the sweep goes on
-                    oom = is_oom(e)
-                    record.update(status="oom" if oom else "error", error=f"{type(e).__name__}: {e}"[:2000],
-                                  traceback="".join(traceback.format_exception(e))[-4000:])
-                    log(f"[{label}] point {i}/{len(todo)}: batch {batch}: {'OUT OF MEMORY' if oom else 'FAILED'}: "
-                        f"{type(e).__name__}: {str(e)[:300]}")
-                    if gpu:
-                        import torch
+                    _fail(point, e, label, log, gpu)
+            engine.release_bindings()
+            _free_gpu(gpu)
+            rng = np.random.default_rng(zlib.crc32(f"{params.seed}|{label}|{pass_no}".encode()))
+            for r_idx in range(MAX_ROUNDS):
+                todo = []
+                for point in points:
+                    if not point.ok:
+                        continue
+                    for mode in modes:
+                        have = len(point.rounds(mode))
+                        if have >= MAX_ROUNDS:
+                            continue
+                        if have < target or (adaptive and point.timed_s(mode) < params.point_cap
+                                             and not point.converged(mode, params.ci_target)):
+                            todo.append((point, mode))
+                if not todo:
+                    break
+                extra = all(len(p.rounds(m)) >= target for p, m in todo)
+                order = rng.permutation(len(todo))
+                t_round = time.perf_counter()
+                sent = []
+                for i in order:
+                    point, mode = todo[i]
+                    if not point.ok:
+                        continue
+                    for attempt in (1, 2):
+                        try:
+                            entry = _measure_round(engine, point, mode, policy, sentinel, sampler,
+                                                   len(point.rounds(mode)) + 1, pass_no, t_origin, label)
+                            sent.append(entry["sentinel_us"])
+                            point.save()
+                            break
+                        except Exception as e:
+                            engine.release_bindings()  # kept bindings hold memory: free them before judging
+                            if attempt == 1 and is_oom(e):
+                                _free_gpu(gpu)
+                                log(f"[{label}] batch {point.batch}: out of memory with other points' buffers "
+                                    f"kept; retrying with this point alone")
+                                continue
+                            _fail(point, e, label, log, gpu)
+                log(f"[{label}] pass {pass_no} round {r_idx + 1}{' (adaptive: points not yet within ±' + format(params.ci_target, '.0%') + ')' if extra else ''}: "
+                    f"{len(todo)} measurements in {time.perf_counter() - t_round:.1f} s; host sentinel "
+                    f"{np.median(sent) if sent else float('nan'):.3g} µs")
+            engine.release_bindings()
+            for point in points:
+                if point.ok and point.record.get("rounds"):
+                    log(f"[{label}] batch {point.batch}, shape {point.shape.label}: {_point_line(point, modes, params.ci_target)}")
+            if bench_pass != 1:
+                if params.data:  # labelled images: top-1/top-5 of this very engine -> accuracy.json (never raises)
+                    from .accuracy import record as record_accuracy
 
-                        torch.cuda.synchronize()
-                        torch.cuda.empty_cache()
-                atomic_write_json(out / "points" / f"{key}.json", record)
-            if params.data:  # labelled images: top-1/top-5 of this very engine -> accuracy.json (never raises)
-                from .accuracy import record as record_accuracy
-
-                record_accuracy(engine, cfg, params.data, batch=max(batches), combo_dir=out, log=log)
-            if gpu:  # last: CUPTI adds host overhead per launch, so nothing is timed after it
-                _profile_kernels(engine, cfg, shapes, params.seed, out, label, log)
+                    record_accuracy(engine, cfg, params.data, batch=max(batches), combo_dir=out, log=log)
+                if gpu:  # last: CUPTI adds host overhead per launch, so nothing is timed after it
+                    _profile_kernels(engine, points, shapes, out, label, log)
         finally:
             engine.close()
             ticks = pd.DataFrame(sampler.ticks())
             if len(ticks):
-                ticks["t_s"] = ticks.pop("t") - t0
-                prev = out / "samples.parquet"
-                if prev.exists():  # a resumed sweep appends to the ticks of the interrupted one
-                    ticks = pd.concat([pd.read_parquet(prev), ticks.assign(resumed=True)])
-                _to_parquet(prev, ticks)
-    statuses = [read_json(p).get("status") for p in sorted((out / "points").glob("*.json"))]
+                ticks["t_s"] = ticks.pop("t") - t_origin
+                ticks["pass"] = pass_no
+                prev_ticks = out / "samples.parquet"
+                if prev_ticks.exists():  # another pass, or a resumed one, appends to the earlier ticks
+                    ticks = pd.concat([pd.read_parquet(prev_ticks), ticks])
+                _to_parquet(prev_ticks, ticks)
+    statuses = [p.record.get("status") for p in points]
     done = {"points": len(points), "ok": statuses.count("ok"), "oom": statuses.count("oom"),
             "error": statuses.count("error")}
-    atomic_write_json(out / "done.json", done)
-    log(f"[{label}] done: {done}")
+    if bench_pass != 1:
+        atomic_write_json(out / "done.json", done)
+    log(f"[{label}] pass {bench_pass or '1+2'} done: {done['ok']} of {done['points']} points measured"
+        + (f", {done['oom']} out of memory" if done["oom"] else "") + (f", {done['error']} failed" if done["error"] else ""))
     return done

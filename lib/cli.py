@@ -293,12 +293,20 @@ def _notebook(args, run_dir: Path) -> int:
         if not backend:
             raise BenchbookError(f"--combo {args.combo!r}: expected <backend>-<precision>, e.g. torch-fp32")
         out_dir = run_dir / "bench" / args.combo
-        out = out_dir / "benchmark.ipynb"
-        kernel = _Kernel(out_dir / "kernel.log")
-        _log(f"[make] benchmark {backend}/{precision}: executing notebooks/{NOTEBOOKS['benchmark']} -> {out}")
+        bench_pass = args.bench_pass
+        # pass 2 writes the notebook the report links to; pass 1's copy sits beside it
+        out = out_dir / ("benchmark-pass1.ipynb" if bench_pass == 1 else "benchmark.ipynb")
+        done = out_dir / ("pass1.done" if bench_pass == 1 else "notebook.done")
+        kernel = _Kernel(out_dir / ("kernel-pass1.log" if bench_pass == 1 else "kernel.log"))
+        if bench_pass == 2 and (out_dir / "notebook.failed.json").exists():
+            _log(f"[make] benchmark {backend}/{precision} pass 2: skipped, its pass 1 crashed (recorded)")
+            return 0
+        _log(f"[make] benchmark {backend}/{precision} pass {bench_pass}: executing notebooks/{NOTEBOOKS['benchmark']} "
+             f"-> {out}")
         (out_dir / "notebook.failed.json").unlink(missing_ok=True)
         try:
-            _run_papermill("benchmark", out, {**base, "backend": backend, "precision": precision}, kernel)
+            _run_papermill("benchmark", out, {**base, "backend": backend, "precision": precision,
+                                              "bench_pass": bench_pass}, kernel)
         except KeyboardInterrupt:
             raise
         except Exception as e:
@@ -307,12 +315,12 @@ def _notebook(args, run_dir: Path) -> int:
             out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(out_dir / "notebook.failed.json", {
                 "error": record, "summary": summary, "exception": type(e).__name__, "notebook": str(out),
-                "kernel_log": str(kernel.log_path), "seconds": time.perf_counter() - t0})
-            _log(f"[make] benchmark {backend}/{precision} FAILED after {time.perf_counter() - t0:.0f} s "
-                 f"(recorded; the sweep goes on): {summary[:400]}")
+                "kernel_log": str(kernel.log_path), "seconds": time.perf_counter() - t0, "pass": bench_pass})
+            _log(f"[make] benchmark {backend}/{precision} pass {bench_pass} FAILED after "
+                 f"{time.perf_counter() - t0:.0f} s (recorded; the sweep goes on): {summary[:400]}")
             return 0
-        atomic_write_text(out_dir / "notebook.done", f"{time.perf_counter() - t0:.1f}\n")
-        _log(f"[make] benchmark {backend}/{precision} finished in {time.perf_counter() - t0:.0f} s")
+        atomic_write_text(done, f"{time.perf_counter() - t0:.1f}\n")
+        _log(f"[make] benchmark {backend}/{precision} pass {bench_pass} finished in {time.perf_counter() - t0:.0f} s")
         return 0
     if args.name == "export":
         out = run_dir / "export.ipynb"
@@ -421,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", choices=sorted(NOTEBOOKS))
     p.add_argument("--run-dir", required=True)
     p.add_argument("--combo", default="", help="<backend>-<precision>, for the benchmark notebook")
+    p.add_argument("--pass", dest="bench_pass", type=int, choices=(1, 2), default=2,
+                   help="benchmark pass: 1 = characterise + first half of the rounds, 2 = the rest")
     p.add_argument("--stamp", default="", help="file to write when the export succeeded")
     p.set_defaults(fn=cmd_notebook)
     p = sub.add_parser("export-record")

@@ -7,8 +7,9 @@ self-contained page with the runs side by side.
 
 The first run is the reference ("A"); every other run ("B", "C", ...) is compared with it, per
 backend/precision/batch/shape/mode that both measured: the ratio median(B) / median(A) of the raw
-samples with a 95% percentile-bootstrap interval (``lib.stats.bootstrap_ratio_ci``). A ratio below 1
-means B is faster. Only paths relative to each run folder are used, so runs copied from other
+samples, with a 95% interval from both runs' round medians (``lib.stats.ratio_interval``: rounds, not
+iterations, are the independent units). A ratio below 1 means B is faster; a change is called only when
+the whole interval lies beyond ±1 % (``lib.stats.verdict``). Only paths relative to each run folder are used, so runs copied from other
 machines into ``reports/`` compare the same.
 """
 
@@ -31,7 +32,7 @@ from .cache import new_folder
 from .errors import BenchbookError
 from .report import MODE_SHORT, _plain_log, fmt_num, fmt_x, relpath
 from .results import Run, check_run_dir, load_run
-from .stats import bootstrap_ratio_ci
+from .stats import ratio_interval, verdict
 
 __all__ = ["Comparison", "parse_runs", "load_comparison", "ratios", "ratio_table", "summary_markdown",
            "runs_table", "differences_table", "failures_table", "plot_ratios", "plot_overlay",
@@ -81,13 +82,12 @@ def parse_runs(value, what: str = "RUNS") -> list[Path]:
     return paths
 
 
-def _n_boot(n: int) -> int:
-    return 2000 if n <= 1000 else 1000 if n <= 4000 else 500
-
-
 def ratios(runs: list[Run], labels: list[str]) -> pd.DataFrame:
-    """median(B) / median(A) per backend/precision/batch/shape/mode measured by both, for every run B after A."""
-    cols = ["run", "vs", *KEY, "median_a_ms", "median_b_ms", "ratio", "ci_low", "ci_high", "verdict", "n_a", "n_b"]
+    """median(B) / median(A) per backend/precision/batch/shape/mode measured by both, for every run B after A,
+    with a 95 % interval from both runs' round medians (``lib.stats.ratio_interval``; each run's passes are
+    its processes) and a verdict that calls a change only beyond ±1 % (``lib.stats.verdict``)."""
+    cols = ["run", "vs", *KEY, "median_a_ms", "median_b_ms", "ratio", "ci_low", "ci_high", "verdict", "rounds_a",
+            "rounds_b"]
     a = runs[0]
     rows = []
     if a.points.empty:
@@ -96,16 +96,18 @@ def ratios(runs: list[Run], labels: list[str]) -> pd.DataFrame:
         if b.points.empty:
             continue
         common = a.points[KEY].merge(b.points[KEY], on=KEY).drop_duplicates()
+        ma = a.points.set_index(KEY)["median_ms"]
+        mb = b.points.set_index(KEY)["median_ms"]
         for r in common.itertuples(index=False):
-            xa = a.raw_ms(r.backend, r.precision, r.batch, r.shape, r.mode)
-            xb = b.raw_ms(r.backend, r.precision, r.batch, r.shape, r.mode)
-            if len(xa) == 0 or len(xb) == 0:
-                continue
-            ratio, lo, hi = bootstrap_ratio_ci(xb, xa, n_boot=_n_boot(max(len(xa), len(xb))))
-            verdict = "B faster" if hi < 1 else "B slower" if lo > 1 else "no clear change"
-            rows.append({"run": lab, "vs": labels[0], **r._asdict(), "median_a_ms": float(np.median(xa)),
-                         "median_b_ms": float(np.median(xb)), "ratio": ratio, "ci_low": lo, "ci_high": hi,
-                         "verdict": verdict.replace("B", lab), "n_a": len(xa), "n_b": len(xb)})
+            key = tuple(r)
+            ra, rb = a.point_rounds(*key), b.point_rounds(*key)
+            med_a, med_b = float(ma.loc[key]), float(mb.loc[key])
+            ratio = med_b / med_a
+            lo, hi = ratio_interval(rb["median_ms"], ra["median_ms"], ratio, rb["pass"], ra["pass"])
+            v = {"lower": f"{lab} faster", "higher": f"{lab} slower"}.get(verdict(lo, hi), "no clear change")
+            rows.append({"run": lab, "vs": labels[0], **r._asdict(), "median_a_ms": med_a, "median_b_ms": med_b,
+                         "ratio": ratio, "ci_low": lo, "ci_high": hi, "verdict": v, "rounds_a": len(ra),
+                         "rounds_b": len(rb)})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -269,8 +271,9 @@ def method_markdown(cmp: Comparison) -> str:
     return "\n".join([
         f"- Reference: run {cmp.labels[0]}. For every backend/precision/batch/shape/mode measured by both runs, the "
         f"ratio is median(run) / median({cmp.labels[0]}) over the raw samples (no outlier filtering), with a 95% "
-        "percentile-bootstrap interval (each side resampled, `lib.stats.bootstrap_ratio_ci`).",
-        "- Verdict: *faster* when the whole interval is below 1, *slower* when above 1, else *no clear change*.",
+        "interval from both runs' round medians (Welch's t on their logarithms; `lib.stats.ratio_interval`).",
+        "- Verdict: *faster* when the whole interval is below 1/1.01, *slower* when above 1.01, else *no clear "
+        "change* (a difference within ±1% is not called: separate processes of one configuration differ that much).",
         f"- Curves show each run's medians under its outlier rule ({', '.join(sorted({r.rule.name for r in cmp.runs}))}).",
         "- Ratios as data: `ratios.csv` beside this page.",
     ])
@@ -324,7 +327,7 @@ def plot_ratios(cmp: Comparison, mode: str | None = None):
         ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(-0.7, len(d) - 0.3)
     ax.set_xlabel(f"median(run) / median({cmp.labels[0]}), {MODE_SHORT.get(mode, mode)} latency (< 1 = faster)")
-    ax.set_title(f"Latency ratio with 95% bootstrap interval — {MODE_SHORT.get(mode, mode)}", loc="left")
+    ax.set_title(f"Latency ratio with 95% interval from rounds — {MODE_SHORT.get(mode, mode)}", loc="left")
     fig.tight_layout()
     return fig
 
@@ -367,7 +370,7 @@ def plot_overlay(cmp: Comparison, modes: tuple[str, ...] = ("device", "end_to_en
 
 
 def plot_latency_throughput(cmp: Comparison, mode: str = "end_to_end"):
-    """p99 latency vs items/s over batch sizes, every run overlaid (up and left is better)."""
+    """Tail latency (p99, or p95 under 100 samples) vs items/s over batch sizes, every run overlaid."""
     p = _all_points(cmp)
     if p.empty:
         return None
@@ -385,16 +388,16 @@ def plot_latency_throughput(cmp: Comparison, mode: str = "end_to_end"):
             for s in pal:
                 g = sub[(sub["run"] == lab) & (sub["series"] == s)].sort_values("batch")
                 if len(g):
-                    ax.plot(g["p99_raw_ms"], g["items_per_s"], LINESTYLES[i % 4], marker=MARKERS[i % 6],
+                    ax.plot(g["tail_ms"], g["items_per_s"], LINESTYLES[i % 4], marker=MARKERS[i % 6],
                             color=pal[s], ms=5, label=f"{lab}: {s}")
                     for r in g.itertuples(index=False):
-                        ax.annotate(f"{r.batch}", (r.p99_raw_ms, r.items_per_s), textcoords="offset points",
+                        ax.annotate(f"{r.batch}", (r.tail_ms, r.items_per_s), textcoords="offset points",
                                     xytext=(3, 3), fontsize=6, color=pal[s])
         ax.set_xscale("log")
         ax.set_yscale("log")
         _plain_log(ax, "x")
         _plain_log(ax, "y")
-        ax.set_xlabel(f"p99 {MODE_SHORT.get(mode, mode)} latency (ms, log)")
+        ax.set_xlabel(f"tail (p99/p95) {MODE_SHORT.get(mode, mode)} latency (ms, log)")
         ax.set_ylabel("items / s (log)")
         ax.set_title("Latency–throughput, batch sizes labelled" + (f" — shape {shape}" if len(shapes) > 1 else ""))
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))

@@ -11,7 +11,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 __all__ = ["RunParams", "parse_int_list", "parse_float", "parse_int", "parse_list", "check_make_path", "show", "show_item",
-           "PRECISIONS", "COMPILE_MODES", "MAX_ITERS"]
+           "PRECISIONS", "COMPILE_MODES", "MAX_ITERS", "MAX_ROUNDS"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 NOT_YET = {"int8": "INT8 (explicit Q/DQ quantization) is not supported yet",
@@ -19,6 +19,8 @@ NOT_YET = {"int8": "INT8 (explicit Q/DQ quantization) is not supported yet",
 # torch.compile's modes (torch._inductor.list_mode_options()), listed here so checking needs no torch import.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "lite")
 MAX_ITERS = 100_000  # lib.timing.TimingPolicy.max_iters: the timed loop's cap
+MAX_ROUNDS = 50      # lib.bench: no point and mode is measured in more rounds than this
+MAX_POINT_CAP_S = 600.0
 # Characters that break make (targets and recipes are built from these paths) or the shell.
 _MAKE_UNSAFE = set(" \t\n\r#$%:;*?\"'\\|&<>`")
 
@@ -123,9 +125,14 @@ class RunParams:
     precisions: str = "auto"
     batch_sizes: str = "auto"
     shapes: str = "auto"
-    warmup: float = 0.2        # seconds (and at least 2 iterations)
-    iters: int = 20            # minimum timed iterations per measurement
-    duration: float = 1.0      # minimum timed seconds per measurement
+    warmup: float = 0.2        # seconds of a point's first warm-up in a process (and at least 2 iterations)
+    iters: int = 5             # minimum timed iterations per round of a point and mode
+    duration: float = 0.25     # minimum timed seconds per round of a point and mode
+    rounds: int = 4            # minimum rounds per point and mode (half in each of the two passes)
+    point_cap: float = 2.0     # timed seconds per point and mode after which no more rounds are added
+    ci_target: float = 0.01    # a point stops adding rounds once its 95 % interval is within +-this of its median
+    noise_spread: float = 0.05  # a point is noisy when its round medians span more than this fraction
+    host_slow: float = 0.10    # a round ran on a slow host when the sentinel is this much above the run's best
     device: str = "auto"
     outliers: str = "tukey"
     weights: str = ""
@@ -178,6 +185,20 @@ class RunParams:
             p.duration = parse_float("DURATION", raw["duration"], positive=True)
         if "iters" in raw:
             p.iters = parse_int("ITERS", raw["iters"], maximum=MAX_ITERS)
+        if "rounds" in raw:
+            p.rounds = parse_int("ROUNDS", raw["rounds"], minimum=2, maximum=MAX_ROUNDS)
+        if "point_cap" in raw:
+            p.point_cap = parse_float("POINT_CAP", raw["point_cap"], positive=True)
+            if p.point_cap > MAX_POINT_CAP_S:
+                raise ConfigError(f"{show('POINT_CAP', raw['point_cap'])} is not valid; expected seconds > 0 and "
+                                  f"<= {MAX_POINT_CAP_S:g}")
+        for key, name in (("ci_target", "CI_TARGET"), ("noise_spread", "NOISE_SPREAD"), ("host_slow", "HOST_SLOW")):
+            if key in raw:
+                value = parse_float(name, raw[key], unit="a fraction", positive=True)
+                if value >= 1:
+                    raise ConfigError(f"{show(name, raw[key])} is not valid; expected a fraction > 0 and < 1 "
+                                      f"(e.g. 0.05 = 5 %)")
+                setattr(p, key, value)
         if "seed" in raw:
             p.seed = parse_int("SEED", raw["seed"], minimum=0)
         if "unstable_cv" in raw:

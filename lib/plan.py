@@ -30,7 +30,8 @@ __all__ = ["Plan", "make_plan", "new_run_id", "check_run_id", "load_plan", "pars
 
 # Parameters whose change makes a different run (a resume must keep them).
 _RUN_DEFINING = ("model", "backends", "precisions", "batch_sizes", "shapes", "device", "weights", "seed",
-                 "warmup", "iters", "duration", "channels_last", "tf32", "compile_mode", "data")
+                 "warmup", "iters", "duration", "rounds", "point_cap", "ci_target", "channels_last", "tf32",
+                 "compile_mode", "data")
 
 
 @dataclass
@@ -331,6 +332,8 @@ def _plan_mk(plan: Plan, key: str, cfg: ModelConfig) -> str:
     combos = " ".join(f"{c['backend']}@{c['precision']}" for c in plan.combos)
     return (f"# written by the plan step; read by the Makefile\n"
             f"RUN_DIR := {plan.run_dir}\nCOMBOS := {combos}\n"
+            f"# pass 2 runs the backends in reverse order, so no backend is measured only early or only late\n"
+            f"COMBOS_REVERSED := {' '.join(reversed(combos.split()))}\n"
             f"ONNX_STAMP := {_stamp(plan, key)}\n"
             f"ONNX_PRECISIONS := {','.join(plan.onnx_precisions)}\n"
             f"ONNX_DEPS := {' '.join(str(p) for p in deps)}\n")

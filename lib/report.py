@@ -5,8 +5,10 @@
 Conventions: every table goes through ``table()`` (index hidden, numbers rounded for reading, a
 missing value shown as "–"); every figure through ``show()`` (embedded PNG); a backend/precision is
 called a *series* ("ort/fp32") and keeps one colour in every figure. Decisions use the parity-passing
-points only, and p99 over *every* sample (``p99_raw_ms``): a latency budget has to cover the tail
-that outlier filtering would hide.
+points only, and the tail percentile over *every* raw sample (``tail_ms``: p99 where a point has at
+least 100 samples, else p95): a latency budget has to cover the tail that outlier filtering would hide.
+Every comparison (speedups, "lowest latency") is judged with the round-based intervals of
+``lib.stats``: one that falls within the noise is called inconclusive, never quoted as a win.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .results import Run
-from .stats import bootstrap_ratio_ci
+from .stats import ratio_interval, verdict
 
 __all__ = ["show", "table", "fmt_num", "MODE_LABELS", "BASELINE", "title_markdown", "summary_markdown",
            "decision_table", "speedups", "speedup_table", "plot_speedups", "budget_table", "budget_markdown",
@@ -30,7 +32,8 @@ __all__ = ["show", "table", "fmt_num", "MODE_LABELS", "BASELINE", "title_markdow
            "summary_table", "best_per_batch", "parity_table", "environment_table", "params_table",
            "engines_table", "plot_latency_vs_batch", "plot_throughput_vs_batch", "plot_distributions",
            "plot_resources", "plot_timeline", "plot_health", "health_table", "health_markdown", "unstable_table",
-           "failures_table", "outlier_note", "write_tables", "data_markdown", "notebooks_markdown"]
+           "failures_table", "outlier_note", "write_tables", "data_markdown", "notebooks_markdown",
+           "host_noise_markdown", "plot_host_sentinel", "tail_label"]
 
 MODE_LABELS = {
     "device": "device-resident latency (inputs already on the device, outputs left there)",
@@ -201,34 +204,72 @@ def _multi_shape(run: Run) -> bool:
 
 # --- summary: decisions ---------------------------------------------------------------------
 
+def _rounds_of(run: Run, backend: str, precision: str, batch, shape, mode) -> tuple[np.ndarray, np.ndarray]:
+    r = run.point_rounds(backend, precision, batch, shape, mode)
+    return r["median_ms"].to_numpy(dtype=float), r["pass"].to_numpy()
+
+
+def compare_points(run: Run, a: tuple, b: tuple, mode: str, shape) -> tuple[float, float, float, str]:
+    """Per-item latency of a over b, a and b being (backend, precision, batch) at one shape and mode:
+    (median_a / batch_a) / (median_b / batch_b) (for one batch size, the ratio of medians), its 95 %
+    interval from both sides' rounds (``lib.stats.ratio_interval``) and the verdict ('lower', 'higher',
+    'no clear difference')."""
+    p = run.points
+    sel = (p["shape"] == shape) & (p["mode"] == mode)
+
+    def side(backend, precision, batch):
+        m = p[sel & (p["backend"] == backend) & (p["precision"] == precision) & (p["batch"] == batch)]["median_ms"]
+        r, g = _rounds_of(run, backend, precision, batch, shape, mode)
+        return (float(m.iloc[0]) / batch if len(m) else float("nan")), r / batch, g
+
+    ma, ra, ga = side(*a)
+    mb, rb, gb = side(*b)
+    if not (ma == ma and mb == mb):
+        return float("nan"), float("nan"), float("nan"), "no clear difference"
+    ratio = ma / mb
+    lo, hi = ratio_interval(ra, rb, ratio, ga, gb)
+    return ratio, lo, hi, verdict(lo, hi)
+
+
 def speedups(run: Run) -> pd.DataFrame:
     """Speedup of every point over PyTorch eager FP32 at the same batch, shape and mode:
-    median(baseline ms) / median(ms) on the raw samples, with a 95% percentile-bootstrap CI
-    (``lib.stats.bootstrap_ratio_ci``). Empty when the run has no torch/fp32 points."""
+    median(baseline ms) / median(ms), each the median over every raw sample (the tables' figure), with a
+    95 % interval from both sides' round medians (``lib.stats.ratio_interval``: rounds, not single
+    iterations, are the independent units). ``verdict``: 'faster' / 'slower' only when the interval lies
+    beyond ±1 % of 1, else 'no clear difference' (``significant`` False). Empty when the run has no
+    torch/fp32 points."""
     cols = ["backend", "precision", "batch", "shape", "mode", "median_ms", "baseline_median_ms", "speedup",
-            "ci_low", "ci_high", "significant", "n", "baseline_n"]
+            "ci_low", "ci_high", "significant", "verdict", "rounds", "baseline_rounds"]
     p = run.points
     if p.empty or not ((p["backend"] == BASELINE[0]) & (p["precision"] == BASELINE[1])).any():
         return pd.DataFrame(columns=cols)
+    base = p[(p["backend"] == BASELINE[0]) & (p["precision"] == BASELINE[1])].set_index(["batch", "shape", "mode"])
     rows = []
-    cache: dict = {}
     for r in p.itertuples(index=False):
         key = (r.batch, r.shape, r.mode)
-        if key not in cache:
-            cache[key] = run.raw_ms(BASELINE[0], BASELINE[1], r.batch, r.shape, r.mode)
-        base = cache[key]
-        x = run.raw_ms(r.backend, r.precision, r.batch, r.shape, r.mode)
-        if len(base) == 0 or len(x) == 0:
+        if key not in base.index:
             continue
-        n = max(len(base), len(x))
-        n_boot = 2000 if n <= 1000 else 1000 if n <= 4000 else 500  # bounded cost on long GPU runs
-        ratio, lo, hi = bootstrap_ratio_ci(base, x, n_boot=n_boot)
+        b = base.loc[key]
+        ratio = float(b["median_ms"]) / r.median_ms
+        rb, gb = _rounds_of(run, *BASELINE, *key)
+        rx, gx = _rounds_of(run, r.backend, r.precision, *key)
+        lo, hi = ratio_interval(rb, rx, ratio, gb, gx)
         is_base = (r.backend, r.precision) == BASELINE
+        v = "baseline" if is_base else {"lower": "slower", "higher": "faster"}.get(verdict(lo, hi), "no clear difference")
         rows.append({"backend": r.backend, "precision": r.precision, "batch": r.batch, "shape": r.shape,
-                     "mode": r.mode, "median_ms": float(np.median(x)), "baseline_median_ms": float(np.median(base)),
-                     "speedup": ratio, "ci_low": lo, "ci_high": hi,
-                     "significant": (not is_base) and (lo > 1 or hi < 1), "n": len(x), "baseline_n": len(base)})
+                     "mode": r.mode, "median_ms": r.median_ms, "baseline_median_ms": float(b["median_ms"]),
+                     "speedup": ratio, "ci_low": lo, "ci_high": hi, "significant": v in ("faster", "slower"),
+                     "verdict": v, "rounds": len(rx), "baseline_rounds": len(rb)})
     return pd.DataFrame(rows, columns=cols)
+
+
+def tail_label(run: Run) -> str:
+    """What ``tail_ms`` is in this run: 'p99' where every point has >= 100 samples, else 'p99/p95'."""
+    p = run.points
+    if p.empty or "tail_q" not in p:
+        return "p99"
+    qs = sorted({int(q) for q in p["tail_q"].dropna() if q}, reverse=True)
+    return "/".join(f"p{q}" for q in qs) or "max"
 
 
 def _speedup_of(sp: pd.DataFrame, series: str, batch, shape, mode) -> str:
@@ -241,7 +282,28 @@ def _speedup_of(sp: pd.DataFrame, series: str, batch, shape, mode) -> str:
     r = m.iloc[0]
     if series == "/".join(BASELINE):
         return " (the baseline)"
+    if not r["significant"]:
+        return (f" ({_x(r['speedup'])} [{fmt_num(r['ci_low'])}–{fmt_num(r['ci_high'])}] vs torch/fp32: "
+                f"inconclusive, within the noise)")
     return f" ({_x(r['speedup'])} [{fmt_num(r['ci_low'])}–{fmt_num(r['ci_high'])}] vs torch/fp32)"
+
+
+def _runner_up_note(run: Run, ranked: pd.DataFrame, mode: str, higher_is_better: bool = False) -> str:
+    """' — within the noise of X (inconclusive)' when the best of ``ranked`` (sorted best first) cannot
+    be told apart from the next configuration by their rounds; '' when it is clearly ahead."""
+    if len(ranked) < 2:
+        return ""
+    a, b = ranked.iloc[0], ranked.iloc[1]
+    if a["shape"] != b["shape"]:
+        return ""
+    pa = (*a["series"].split("/"), a["batch"])
+    pb = (*b["series"].split("/"), b["batch"])
+    _, lo, hi, v = compare_points(run, pa, pb, mode, a["shape"])
+    if v == "no clear difference":
+        other = b["series"] + (f" at batch {b['batch']}" if a["batch"] != b["batch"] else "")
+        what = "time per item" if higher_is_better else "latency"
+        return f" — **inconclusive**: within the noise of {other} ({fmt_num(lo)}–{fmt_num(hi)}× its {what})"
+    return ""
 
 
 def decision_table(run: Run, sp: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -254,9 +316,10 @@ def decision_table(run: Run, sp: pd.DataFrame | None = None) -> pd.DataFrame:
     rows = []
     for (shape, batch), g in ok.groupby(["shape", "batch"], sort=True):
         row = {"shape": shape, "batch": batch}
-        for mode, col in (("end_to_end", "lowest p99, end-to-end"), ("device", "lowest p99, device-resident")):
-            m = g[g["mode"] == mode].sort_values("p99_raw_ms")
-            row[col] = (f"{m.iloc[0]['series']}: {fmt_num(m.iloc[0]['p99_raw_ms'])} ms"
+        for mode, col in (("end_to_end", f"lowest {tail_label(run)}, end-to-end"),
+                          ("device", f"lowest {tail_label(run)}, device-resident")):
+            m = g[g["mode"] == mode].sort_values("tail_ms")
+            row[col] = (f"{m.iloc[0]['series']}: {fmt_num(m.iloc[0]['tail_ms'])} ms"
                         f"{_speedup_of(sp, m.iloc[0]['series'], batch, shape, mode)}") if len(m) else "–"
         t = g[g["mode"] == rate_mode].sort_values("items_per_s", ascending=False)
         row[f"highest throughput ({MODE_SHORT[rate_mode]})"] = (
@@ -276,21 +339,21 @@ def budget_table(run: Run, budget_ms: float = 10.0, mode: str = "end_to_end", to
     ok = _usable(run)
     if ok.empty:
         return pd.DataFrame()
-    m = ok[(ok["mode"] == mode) & (ok["p99_raw_ms"] <= budget_ms)].sort_values("items_per_s", ascending=False)
+    m = ok[(ok["mode"] == mode) & (ok["tail_ms"] <= budget_ms)].sort_values("items_per_s", ascending=False)
     if m.empty:
-        lat = ok[ok["mode"] == mode].sort_values("p99_raw_ms")
+        lat = ok[ok["mode"] == mode].sort_values("tail_ms")
         best = (f"; the lowest is {lat.iloc[0]['series']} at batch {lat.iloc[0]['batch']}: "
-                f"{fmt_num(lat.iloc[0]['p99_raw_ms'])} ms") if len(lat) else ""
+                f"{fmt_num(lat.iloc[0]['tail_ms'])} ms") if len(lat) else ""
         return pd.DataFrame({"within the budget": [f"none: every configuration's p99 {MODE_SHORT.get(mode, mode)} "
                                                    f"latency is above {_g(budget_ms)} ms{best}"]})
     pipelined = ok[ok["mode"] == "throughput"].set_index(["series", "batch", "shape"])["items_per_s"]
     rows = []
     for r in m.head(top).itertuples(index=False):
-        row = {"configuration": r.series, "batch": r.batch, "shape": r.shape, "p99 ms": r.p99_raw_ms,
+        row = {"configuration": r.series, "batch": r.batch, "shape": r.shape, f"{tail_label(run)} ms": r.tail_ms,
                "median ms": r.median_ms, "items/s": r.items_per_s}
         if len(pipelined):
             row["items/s pipelined"] = pipelined.get((r.series, r.batch, r.shape), np.nan)
-        row["unstable"] = r.unstable
+        row["flag"] = ", ".join(f for f, on in (("unstable", r.unstable), ("noisy", r.noisy)) if on) or "–"
         rows.append(row)
     out = pd.DataFrame(rows)
     if not out.empty and not _multi_shape(run):
@@ -300,20 +363,20 @@ def budget_table(run: Run, budget_ms: float = 10.0, mode: str = "end_to_end", to
 
 def budget_markdown(run: Run, budget_ms: float = 10.0, mode: str = "end_to_end") -> str:
     ok = _usable(run)
-    what = f"p99 {MODE_SHORT.get(mode, mode)} latency ≤ {_g(budget_ms)} ms"
+    what = f"{tail_label(run)} {MODE_SHORT.get(mode, mode)} latency ≤ {_g(budget_ms)} ms"
     if ok.empty:
         return f"**Latency budget ({what})**: no measurements."
     m = ok[ok["mode"] == mode]
-    within = m[m["p99_raw_ms"] <= budget_ms].sort_values("items_per_s", ascending=False)
+    within = m[m["tail_ms"] <= budget_ms].sort_values("items_per_s", ascending=False)
     if within.empty:
-        best = m.sort_values("p99_raw_ms").iloc[0]
-        return (f"**Latency budget ({what})**: no configuration meets it. The lowest p99 is "
-                f"**{best['series']}** at batch {best['batch']}: {fmt_num(best['p99_raw_ms'])} ms.")
+        best = m.sort_values("tail_ms").iloc[0]
+        return (f"**Latency budget ({what})**: no configuration meets it. The lowest tail is "
+                f"**{best['series']}** at batch {best['batch']}: {fmt_num(best['tail_ms'])} ms.")
     b = within.iloc[0]
-    n_over = int((m["p99_raw_ms"] > budget_ms).sum())
+    n_over = int((m["tail_ms"] > budget_ms).sum())
     return (f"**Latency budget ({what})**: the highest throughput within it is **{b['series']} at batch "
             f"{b['batch']}**{'' if not _multi_shape(run) else f' (shape {b.shape})'}: "
-            f"{fmt_num(b['items_per_s'])} items/s at p99 {fmt_num(b['p99_raw_ms'])} ms. "
+            f"{fmt_num(b['items_per_s'])} items/s at {tail_label(run)} {fmt_num(b['tail_ms'])} ms. "
             f"{len(within)} configurations meet the budget, {n_over} do not. "
             f"(Budget: the analysis notebook's `budget_ms` parameter; throughput = batch / median latency, "
             f"one batch at a time.)")
@@ -331,7 +394,7 @@ def speedup_table(sp: pd.DataFrame, run: Run | None = None) -> pd.DataFrame:
         return pd.DataFrame({"speedup": ["only the baseline (torch/fp32) ran"]})
 
     def cell(r):
-        mark = "" if r["significant"] else " ="
+        mark = "" if r["significant"] else " = (within the noise)"
         return f"{_x(r['speedup'])} ({fmt_num(r['ci_low'])}–{fmt_num(r['ci_high'])}){mark}"
 
     d = d.assign(cell=d.apply(cell, axis=1), mode_label=d["mode"].map(MODE_SHORT))
@@ -379,14 +442,14 @@ def plot_speedups(run: Run, sp: pd.DataFrame, mode: str = "end_to_end"):
             _plain_log(ax)
         ax.set_xticks(np.arange(len(batches)), [f"batch {b}" for b in batches])
         ax.set_ylabel("speedup over torch/fp32 (×)")
-        ax.set_title(f"Speedup, {MODE_SHORT.get(mode, mode)} median, 95% bootstrap CI"
+        ax.set_title(f"Speedup, {MODE_SHORT.get(mode, mode)} median, 95% interval from rounds"
                      + (f" — shape {shape}" if len(shapes) > 1 else ""))
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
 
 
-def plot_latency_throughput(run: Run, budget_ms: float | None = 10.0, stat: str = "p99_raw_ms",
+def plot_latency_throughput(run: Run, budget_ms: float | None = 10.0, stat: str = "tail_ms",
                             modes: tuple[str, ...] = ("end_to_end", "device")):
     """Latency–throughput trade-off: x = p99 latency (every sample), y = items/s (batch / median
     latency); one curve per series over its batch sizes (labelled). The dashed line is the budget."""
@@ -417,7 +480,7 @@ def plot_latency_throughput(run: Run, budget_ms: float | None = 10.0, stat: str 
             ax.set_yscale("log")
             _plain_log(ax, "x")
             _plain_log(ax, "y")
-            ax.set_xlabel(f"p99 {MODE_SHORT[mode]} latency (ms, log)")
+            ax.set_xlabel(f"{tail_label(run)} {MODE_SHORT[mode]} latency (ms, log)")
             ax.set_ylabel("items / s (log)")
             ax.set_title(f"{MODE_SHORT[mode]}" + (f" — shape {shape}" if len(shapes) > 1 else "")
                          + ": up and left is better")
@@ -453,37 +516,39 @@ def summary_markdown(run: Run, sp: pd.DataFrame | None = None, budget_ms: float 
     if p.empty:
         return ("**No backend produced numbers.** See *Failures and skips* for why.")
     ok = _usable(run)
-    lines = []
+    lines = [host_noise_markdown(run)]
     lat_mode = "end_to_end" if (ok["mode"] == "end_to_end").any() else "device"
-    winners = {g.sort_values("p99_raw_ms").iloc[0]["series"]
+    winners = {g.sort_values("tail_ms").iloc[0]["series"]
                for _, g in ok[ok["mode"] == lat_mode].groupby(["shape", "batch"])}
     if len(winners) == 1 and ok["series"].nunique() > 1:
-        lines.append(f"- **{winners.pop()} has the lowest p99 {MODE_SHORT[lat_mode]} latency at every batch size "
+        lines.append(f"- **{winners.pop()} has the lowest {tail_label(run)} {MODE_SHORT[lat_mode]} latency at every batch size "
                      f"and shape measured.**")
     for shape in sorted(ok["shape"].unique()):
         tag = f" (shape {shape})" if _multi_shape(run) else ""
         m = ok[(ok["mode"] == lat_mode) & (ok["shape"] == shape)]
-        b1 = m[m["batch"] == m["batch"].min()].sort_values("p99_raw_ms")
+        b1 = m[m["batch"] == m["batch"].min()].sort_values("median_ms")
         if len(b1):
             r = b1.iloc[0]
-            lines.append(f"- **Lowest latency at batch {r['batch']}{tag}**: **{r['series']}**, p99 "
-                         f"{fmt_num(r['p99_raw_ms'])} ms, median {fmt_num(r['median_ms'])} ms "
-                         f"({MODE_SHORT[lat_mode]}){_speedup_of(sp, r['series'], r['batch'], shape, lat_mode)}.")
+            lines.append(f"- **Lowest latency at batch {r['batch']}{tag}**: **{r['series']}**, median "
+                         f"{fmt_num(r['median_ms'])} ms, {tail_label(run)} {fmt_num(r['tail_ms'])} ms "
+                         f"({MODE_SHORT[lat_mode]}){_speedup_of(sp, r['series'], r['batch'], shape, lat_mode)}"
+                         f"{_runner_up_note(run, b1, lat_mode)}.")
         rm = _rate_mode(run)
         t = ok[(ok["mode"] == rm) & (ok["shape"] == shape)].sort_values("items_per_s", ascending=False)
         if len(t):
             r = t.iloc[0]
             lines.append(f"- **Highest throughput{tag}**: **{r['series']} at batch {r['batch']}**, "
                          f"{fmt_num(r['items_per_s'])} items/s ({MODE_SHORT[rm]})"
-                         f"{_speedup_of(sp, r['series'], r['batch'], shape, rm)}.")
+                         f"{_speedup_of(sp, r['series'], r['batch'], shape, rm)}"
+                         f"{_runner_up_note(run, t, rm, higher_is_better=True)}.")
     lines.append("- " + budget_markdown(run, budget_ms, lat_mode))
     if sp is not None and not sp.empty:
         d = sp[(sp["backend"] + "/" + sp["precision"] != "/".join(BASELINE)) & (sp["mode"] == lat_mode)]
         if len(d):
-            slower = d[d["ci_high"] < 1]
-            lines.append(f"- **Against PyTorch eager FP32** ({MODE_SHORT[lat_mode]}): {int((d['ci_low'] > 1).sum())} of "
-                         f"{len(d)} points are faster with 95% confidence, {len(slower)} slower, "
-                         f"{int((~d['significant']).sum())} indistinguishable; speedups range "
+            lines.append(f"- **Against PyTorch eager FP32** ({MODE_SHORT[lat_mode]}): "
+                         f"{int((d['verdict'] == 'faster').sum())} of {len(d)} points are faster with 95% confidence, "
+                         f"{int((d['verdict'] == 'slower').sum())} slower, {int((~d['significant']).sum())} within "
+                         f"the noise (inconclusive); speedups range "
                          f"{_x(d['speedup'].min())}–{_x(d['speedup'].max())}.")
     elif not ((p["backend"] == BASELINE[0]) & (p["precision"] == BASELINE[1])).any():
         lines.append("- No PyTorch eager FP32 (torch/fp32) points in this run: no speedups are computed.")
@@ -495,9 +560,11 @@ def summary_markdown(run: Run, sp: pd.DataFrame | None = None, budget_ms: float 
             lines.append(f"- **Efficiency**: best {fmt_num(r['achieved_tflops'])} TFLOP/s, {fmt_pct(r['peak_share'])} "
                          f"of {'a measured' if r['peak_source'] == 'measured' else 'the datasheet'} peak "
                          f"({r['backend']}/{r['precision']} at batch {r['batch']}){over}; see *Efficiency*.")
-    unstable = p[p["unstable"]]
-    lines.append(f"- **Stability**: {len(unstable)} of {len(p)} measurements have a CV above "
-                 f"{float(run.params.get('unstable_cv', 0.05)):.0%} (flagged in the tables)"
+    unstable, noisy = p[p["unstable"]], p[p["noisy"]]
+    lines.append(f"- **Stability**: {len(noisy)} of {len(p)} measurements are *noisy* (their round medians "
+                 f"span more than {float(run.params.get('noise_spread', 0.05)):.0%}, or most of their rounds ran on "
+                 f"a slow host) and {len(unstable)} *unstable* (CV above "
+                 f"{float(run.params.get('unstable_cv', 0.05)):.0%}); both are flagged in the tables"
                  + ("; " + health_markdown(run, short=True) if run.has_gpu_samples else "") + ".")
     f = run.failures
     if len(f):
@@ -586,17 +653,19 @@ def plot_efficiency(run: Run, eff: pd.DataFrame, mode: str | None = None):
 # --- the full tables ------------------------------------------------------------------------
 
 def summary_table(run: Run, mode: str | None = None) -> pd.DataFrame:
-    """One row per backend x precision x batch x shape x mode, statistics under the run's outlier rule."""
+    """One row per backend x precision x batch x shape x mode: statistics over every raw sample, the interval
+    from the rounds, flags; the outlier rule's figures only in the columns labelled presentation."""
     p = run.points
     if p.empty:
         return p
     if mode:
         p = p[p["mode"] == mode]
     cols = {"backend": "backend", "precision": "precision", "batch": "batch", "shape": "shape", "mode": "mode",
-            "median_ms": "median ms", "p99_raw_ms": "p99 raw ms", "items_per_s": "items/s", "cv": "CV",
-            "unstable": "unstable", "p90_ms": "p90 ms", "p95_ms": "p95 ms", "p99_ms": "p99 ms", "mean_ms": "mean ms",
-            "std_ms": "std ms", "min_ms": "min ms", "max_raw_ms": "max raw ms", "n": "samples",
-            "dropped": "outliers dropped"}
+            "median_ms": "median ms", "ci_low_ms": "95% low ms", "ci_high_ms": "95% high ms", "rounds": "rounds",
+            "items_per_s": "items/s", "cv": "CV", "noisy": "noisy", "unstable": "unstable", "p90_ms": "p90 ms",
+            "p95_ms": "p95 ms", "p99_ms": "p99 ms", "mean_ms": "mean ms", "std_ms": "std ms", "min_ms": "min ms",
+            "max_ms": "max ms", "n": "samples", "filtered_median_ms": "filtered median ms (presentation)",
+            "dropped": "outliers dropped (presentation)"}
     out = p[list(cols)].rename(columns=cols)
     extra = {"res_rss_mib_peak": "peak RSS MiB", "res_cpu_percent_mean": "CPU %·core", "res_gpu_util_mean": "GPU util",
              "res_sm_clock_mhz_mean": "SM MHz", "res_temp_c_mean": "temp °C", "res_power_w_mean": "power W",
@@ -667,9 +736,13 @@ def outlier_note(run: Run) -> str:
     p = run.points
     n = int(p["n"].sum()) if not p.empty else 0
     dropped = int(p["dropped"].sum()) if not p.empty else 0
-    return (f"Outlier rule for presentation: {run.rule.label}. Dropped {dropped} of {n} samples "
-            f"({(dropped / n * 100) if n else 0:.2f}%); every sample is kept on disk, and 'p99 raw ms' is over all of them. "
-            f"Points with CV > {float(run.params.get('unstable_cv', 0.05)):.0%} are flagged unstable (shaded).")
+    return (f"Outlier rule, for presentation only: {run.rule.label}. It would drop {dropped} of {n} samples "
+            f"({(dropped / n * 100) if n else 0:.2f}%); it affects only the distribution plots and the columns "
+            f"labelled *presentation*. Every other figure (median, percentiles, CV, flags, speedups) is over every "
+            f"raw sample, and every sample is kept on disk. Percentiles are shown only where the sample supports "
+            f"them (p99: ≥ 100 samples, p95: ≥ 20, p90: ≥ 10). Points with CV > "
+            f"{float(run.params.get('unstable_cv', 0.05)):.0%} are flagged unstable, points whose round medians "
+            f"span more than {float(run.params.get('noise_spread', 0.05)):.0%} noisy (shaded).")
 
 
 # --- figures: latency, throughput, distributions --------------------------------------------
@@ -686,8 +759,9 @@ def _lineplot(run: Run, y: str, mode: str, ylabel: str, title: str, logy: bool):
         for s in [s for s in _series_order(run) if s in set(sub["series"])]:
             g = sub[sub["series"] == s].sort_values("batch")
             ax.plot(g["batch"], g[y], "-o", color=pal.get(s), label=s, ms=5)
-            if "unstable" in g and g["unstable"].any():
-                u = g[g["unstable"]]
+            flagged = (g["unstable"] | g["noisy"]) if "noisy" in g else g.get("unstable")
+            if flagged is not None and flagged.any():
+                u = g[flagged]
                 ax.plot(u["batch"], u[y], "o", mfc="none", mec="#d35400", ms=11, mew=1.5)
         ax.set_xscale("log", base=2)
         if logy:
@@ -926,15 +1000,22 @@ def unstable_table(run: Run) -> pd.DataFrame:
     p = run.points
     if p.empty:
         return pd.DataFrame()
-    u = p[p["unstable"]].assign(series=_series_col(p))
+    u = p[p["unstable"] | p["noisy"]].assign(series=_series_col(p))
     if u.empty:
-        return pd.DataFrame({"unstable points": [f"none: every CV ≤ {float(run.params.get('unstable_cv', 0.05)):.0%}"]})
+        return pd.DataFrame({"flagged points": [
+            f"none: every CV ≤ {float(run.params.get('unstable_cv', 0.05)):.0%} and every point's round medians "
+            f"within {float(run.params.get('noise_spread', 0.05)):.0%} of each other"]})
     out = pd.DataFrame({"configuration": u["series"], "batch": u["batch"], "shape": u["shape"],
-                        "mode": u["mode"].map(MODE_SHORT), "CV": u["cv"], "median ms": u["median_ms"],
-                        "p99 raw ms": u["p99_raw_ms"], "max raw ms": u["max_raw_ms"], "samples": u["n"]})
+                        "mode": u["mode"].map(MODE_SHORT),
+                        "flag": [", ".join(f for f, on in (("noisy", a), ("unstable", b)) if on)
+                                 for a, b in zip(u["noisy"], u["unstable"])],
+                        "median ms": u["median_ms"], "95% interval ms": [f"{fmt_num(lo)}–{fmt_num(hi)}" for lo, hi in
+                                                                        zip(u["ci_low_ms"], u["ci_high_ms"])],
+                        "rounds": u["rounds"], "round spread": u["round_spread"],
+                        "slow-host rounds": u["host_slow_rounds"], "CV": u["cv"], "samples": u["n"]})
     if not _multi_shape(run):
         out = out.drop(columns="shape")
-    return out.sort_values("CV", ascending=False).reset_index(drop=True)
+    return out.sort_values("round spread", ascending=False).reset_index(drop=True)
 
 
 def _plain_log(ax, axis: str = "y") -> None:
@@ -1112,8 +1193,60 @@ def export_table(run: Run) -> pd.DataFrame:
 
 
 def styled(frame: pd.DataFrame):
-    """The full measurement table, unstable rows shaded (``table`` with the highlight)."""
-    return table(frame, highlight="unstable")
+    """The full measurement table, flagged rows shaded (``table`` with the highlight)."""
+    return table(frame.assign(flagged=frame["noisy"] | frame["unstable"]) if "noisy" in frame else frame,
+                 highlight="flagged" if "noisy" in frame else "unstable")
+
+
+def _sentinel_kind(run: Run) -> str:
+    return next((e.get("sentinel") for e in run.engines.values() if e.get("sentinel")), "a fixed tiny workload")
+
+
+def host_noise_markdown(run: Run) -> str:
+    """The summary's first line: was the host quiet, and how much of the run ran while it was slow."""
+    h = run.host_noise
+    if not h["rounds"]:
+        return "- **Host**: no rounds measured."
+    share = h["slow_rounds"] / h["rounds"]
+    p = run.points
+    noisy = int(p["noisy"].sum()) if not p.empty else 0
+    what = (f"the host sentinel ({_sentinel_kind(run)}) was {fmt_num(h['best_us'])}–{fmt_num(h['max_us'])} µs, "
+            f"median {fmt_num(h['median_us'])} µs")
+    if share >= 0.05 or noisy:
+        return (f"- **The host was noisy during this run**: {h['slow_rounds']} of {h['rounds']} rounds "
+                f"({share:.0%}) ran while the host was more than {h['threshold']:.0%} slower than its best "
+                f"({what}); {noisy} of {len(p)} measurements are flagged *noisy*. Conclusions whose intervals "
+                f"overlap are marked **inconclusive** below; rerun on a quieter host (or with more `ROUNDS`) to "
+                f"settle them.")
+    return (f"- **The host was quiet**: {h['slow_rounds']} of {h['rounds']} rounds ran while it was more than "
+            f"{h['threshold']:.0%} slower than its best ({what}).")
+
+
+def plot_host_sentinel(run: Run):
+    """The host sentinel over the run, one dot per round, by backend; slow-host rounds ringed."""
+    r = run.rounds
+    if r.empty or not r["sentinel_us"].notna().any():
+        return None
+    h = run.host_noise
+    pal = _palette(run)
+    d = r.assign(series=r["backend"] + "/" + r["precision"])
+    fig, ax = plt.subplots(figsize=(10, 3.0))
+    for s in [s for s in _series_order(run) if s in set(d["series"])]:
+        g = d[d["series"] == s]
+        ax.plot(g["run_t_s"], g["sentinel_us"], ".", ms=3, color=pal.get(s), label=s)
+    slow = d[d["host_slow"]]
+    if len(slow):
+        ax.plot(slow["run_t_s"], slow["sentinel_us"], "o", mfc="none", mec="#c0392b", ms=6, mew=0.8,
+                label="slow host")
+    ax.axhline(h["best_us"], color="#444", lw=1, ls="--")
+    ax.axhline(h["best_us"] * (1 + h["threshold"]), color="#c0392b", lw=1, ls=":")
+    ax.set_xlabel("seconds since the run's first measurement")
+    ax.set_ylabel("sentinel (µs)")
+    ax.set_title(f"Host sentinel before every round: {_sentinel_kind(run)} (dashed: best, dotted: slow threshold)",
+                 loc="left")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def method_markdown(run: Run) -> str:
@@ -1123,16 +1256,30 @@ def method_markdown(run: Run) -> str:
         "How these numbers were measured:",
         f"- Every backend is timed by one module (`lib/timing.py`) with timer(s): {', '.join(timers) or 'n/a'} "
         "(`cuda_event` = CUDA events on the engine's stream; `perf_counter` = host clock).",
-        f"- Warm-up on the benchmarked shape: {p['warmup']} s and at least 2 iterations; then at least "
-        f"{p['iters']} iterations and {p['duration']} s per measurement. Every timed iteration is kept raw "
-        "(`iterations.parquet`, `bench/*/points/*.parquet`).",
+        f"- **Rounds**: every point and mode is measured in at least {p.get('rounds', 1)} rounds. A round is a "
+        f"same-shape warm-up (the point's first: {p['warmup']} s and ≥ 2 iterations; after a switch from another "
+        f"point: 0.03 s) and then at least {p['iters']} iterations and {p['duration']} s. Each round visits every "
+        "point and mode once, in a seeded random order; the backends run in two passes (pass 1 in plan order, "
+        "pass 2 in reverse), half of the minimum rounds in each, so every backend is measured at two moments "
+        f"of the run. After the minimum, a point gets more rounds (pass 2) until its 95% interval is within "
+        f"±{float(p.get('ci_target', 0.01)):.0%} of its median or it reached {p.get('point_cap', '?')} timed "
+        "seconds. Every timed iteration is kept raw (`iterations.parquet`, `rounds.parquet`).",
+        "- **Figures and intervals**: a point's figure is the median over all its raw samples. Its 95% interval "
+        "comes from its round medians (Student t on their logarithms; where the two passes disagree more than the "
+        "rounds within them, the passes' spread is used), never from resampling single iterations, which share "
+        "the host's state of their round. Speedups use Welch's t on both sides' log round medians and are "
+        "called only beyond ±1%; anything else is *no clear difference* (inconclusive).",
+        f"- **Host sentinel**: before every round, {_sentinel_kind(run)} is timed; a round whose sentinel is more "
+        f"than {float(p.get('host_slow', 0.10)):.0%} above the run's best (5th percentile) ran on a slow host.",
         *[f"- **{k}**: {v}." for k, v in MODE_LABELS.items()],
         "- On a CPU nothing is asynchronous: the throughput figure is batch / median device-resident latency.",
         f"- {outlier_note(run)}",
-        "- Decisions (summary, budget) use p99 over *every* sample and leave out points that failed parity. "
-        "Speedups are median(torch/fp32) / median(configuration) on the raw samples at the same batch, shape and "
-        "mode, with a 95% percentile-bootstrap interval (each side resampled; `lib.stats.bootstrap_ratio_ci`); "
-        "'=' marks an interval that contains 1.",
+        f"- Decisions (summary, budget) use the tail ({tail_label(run)}) over *every* sample and leave out points "
+        "that failed parity. Speedups are median(torch/fp32) / median(configuration) at the same batch, shape and "
+        "mode; '=' marks one within the noise.",
+        "- Resource figures of a point are over its rounds' timed windows (after the first 0.25 s of a window, or "
+        "its second half when shorter: NVML averages utilisation over its last sample period); memory peaks are "
+        "from the point's characterisation, when it was bound alone.",
         "- Resources: psutil (process RSS, CPU %) and NVML (utilisation, memory, clocks, temperature, power, "
         "throttle reasons) sampled in a background thread at ~10 Hz.",
         "- Load the raw data: `import lib; run = lib.load_run('<this run folder>')` → `run.iterations`, "

@@ -9,11 +9,17 @@ Schema (one row each; times in milliseconds unless the name says otherwise):
 * ``run.iterations`` / ``iterations.parquet``: one timed sample.
   backend (str), precision (str: fp32, fp16, bf16), batch (int), shape (str, e.g. "240x240" or
   "static"), mode (str: "device" = inputs and outputs stay on the device; "end_to_end" = host arrays
-  in and out, copies included; "throughput" = pipelined back-to-back requests, GPU only), iter (int,
-  0-based within the point and mode), ms (float: CUDA-event time on a GPU, perf_counter on a CPU;
-  for "throughput" the window's time per request), wall_ms (float: host perf_counter of the same
-  sample), t_s (float: seconds since the backend's sweep began; restarts at 0 in a resumed sweep),
-  requests (int: requests per sample).
+  in and out, copies included; "throughput" = pipelined back-to-back requests, GPU only), round (int,
+  1-based per point and mode), pass (int: 1 or 2, the process that measured it), iter (int, 0-based
+  within the round), ms (float: CUDA-event time on a GPU, perf_counter on a CPU; for "throughput" the
+  window's time per request), wall_ms (float: host perf_counter of the same sample), t_s (float:
+  seconds since that pass's engine load began), requests (int: requests per sample).
+* ``run.rounds`` / ``rounds.parquet``: one round of one point and mode. backend, precision, batch,
+  shape, mode, round, pass, n (samples), median_ms (the round's median), run_t_s (seconds since the
+  run's first measured pass began, comparable across backends), sentinel_us (the host sentinel timed
+  just before the round, ``lib.timing.HostSentinel``: µs per empty kernel launch on a GPU, per fixed
+  loop on a CPU), host_slow (bool: sentinel above the run's best by more than ``HOST_SLOW``),
+  switched (bool: another point ran on the engine just before).
 * ``run.samples`` / ``samples.parquet``: one resource-sampler tick (about 10 Hz).
   backend, precision, t_s (same clock as ``iterations.t_s``), label (str: "<backend>/<precision>
   bs=<batch> shape=<shape> <mode>" while a measurement runs, "" between), rss_mib (process RSS),
@@ -22,15 +28,22 @@ Schema (one row each; times in milliseconds unless the name says otherwise):
   gpu_proc_mib (this process, NVML), sm_clock_mhz, mem_clock_mhz, temp_c, power_w, throttle_reasons
   (int NVML clock-event bit mask, -1 = unreadable; ``lib.sampler.throttle_names`` decodes it).
 * ``run.points`` / ``points.parquet``: one measured point and mode. backend, precision, device,
-  batch, shape, mode, timer; n (samples), dropped (outliers dropped for presentation); median_ms,
-  p90_ms, p95_ms, p99_ms, mean_ms, std_ms, cv, min_ms, max_ms (over the kept samples, see
-  ``lib.stats.summarize``), p99_raw_ms, max_raw_ms (over every sample); items_per_s (batch × 1000 /
-  median_ms); unstable (cv above the run's unstable_cv); warmup_iters, requests_per_sample;
-  res_* (resources over the steady window: res_cpu_percent_mean, res_rss_mib_peak, and on a GPU
-  res_gpu_util_mean, res_sm_clock_mhz_mean, res_temp_c_mean, res_power_w_mean, res_gpu_used_mib_peak,
-  res_throttle = comma-separated throttle reasons seen, ...); torch_max_allocated_mib,
-  framework_mem_mib, nvml_process_mib; parity_passed, parity_cosine, parity_rel_err,
-  parity_max_abs_err, parity_top1; compile_s.
+  batch, shape, mode, timer; n (samples over all rounds); median_ms, mean_ms, std_ms, cv, min_ms,
+  max_ms over *every* raw sample (``lib.stats.summarize``); p90_ms, p95_ms, p99_ms (NaN where the
+  sample is too small: p99 needs 100 samples, p95 20, p90 10), tail_q / tail_ms (the highest supported
+  percentile and its value); items_per_s (batch × 1000 / median_ms); rounds, passes, ci_low_ms,
+  ci_high_ms (95 % interval of the median from the round medians, ``lib.stats.round_interval``),
+  ci_half (its half-width relative to the median), round_spread ((max - min) of round medians /
+  median), host_slow_rounds (rounds taken while the host was slow); unstable (bool: cv above
+  ``UNSTABLE_CV``), noisy (bool: round_spread above ``NOISE_SPREAD``, or at least half the rounds on a
+  slow host), converged (bool: ci_half within ``CI_TARGET``); presentation-only figures after the
+  outlier rule: dropped, filtered_median_ms, filtered_mean_ms, filtered_std_ms; warmup_iters (the
+  point's first warm-up), requests_per_sample; res_* (resources over the rounds' steady windows:
+  res_cpu_percent_mean, and on a GPU res_gpu_util_mean, res_sm_clock_mhz_mean, res_temp_c_mean,
+  res_power_w_mean, res_throttle = comma-separated throttle reasons seen, ...; peaks res_rss_mib_peak,
+  res_gpu_used_mib_peak, res_gpu_proc_mib_peak from the point's characterisation, when it was bound
+  alone); torch_max_allocated_mib, framework_mem_mib, nvml_process_mib; parity_passed, parity_cosine,
+  parity_rel_err, parity_max_abs_err, parity_top1; compile_s.
 * ``run.kernel_points`` / ``kernel_points.parquet`` (GPU runs): one CUPTI-profiled point (the smallest
   and largest measured batch of each shape, profiled after the sweep's timing, see ``lib.kernels``).
   backend, precision, batch, shape, device_median_ms (the timed, un-profiled median), busy_ms (GPU busy
@@ -52,21 +65,28 @@ import numpy as np
 import pandas as pd
 
 from .cache import read_json
-from .stats import OutlierRule, parse_outlier_rule, summarize
+from .sampler import merge_summaries
+from .stats import OutlierRule, filtered_summary, parse_outlier_rule, round_interval, round_spread, summarize
 
 __all__ = ["Run", "load_run", "latest_run", "check_run_dir", "PARQUET_FILES"]
 
 # Columns every table has even when empty (a run where nothing ran still loads into the same shapes).
-ITERATION_COLUMNS = ["backend", "precision", "batch", "shape", "mode", "iter", "ms", "wall_ms", "t_s", "requests"]
+ITERATION_COLUMNS = ["backend", "precision", "batch", "shape", "mode", "round", "pass", "iter", "ms", "wall_ms", "t_s",
+                     "requests"]
+ROUND_COLUMNS = ["backend", "precision", "batch", "shape", "mode", "round", "pass", "n", "median_ms", "run_t_s",
+                 "sentinel_us", "host_slow", "switched"]
 SAMPLE_COLUMNS = ["backend", "precision", "t_s", "label", "rss_mib", "cpu_percent"]
-POINT_COLUMNS = ["backend", "precision", "device", "batch", "shape", "mode", "timer", "n", "dropped", "median_ms",
-                 "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "cv", "min_ms", "max_ms", "p99_raw_ms",
-                 "max_raw_ms", "items_per_s", "unstable", "warmup_iters", "requests_per_sample",
+POINT_COLUMNS = ["backend", "precision", "device", "batch", "shape", "mode", "timer", "n", "median_ms",
+                 "p90_ms", "p95_ms", "p99_ms", "tail_q", "tail_ms", "mean_ms", "std_ms", "cv", "min_ms", "max_ms",
+                 "items_per_s", "rounds", "passes", "ci_low_ms", "ci_high_ms", "ci_half", "round_spread",
+                 "host_slow_rounds", "unstable", "noisy", "converged", "dropped", "filtered_median_ms",
+                 "filtered_mean_ms", "filtered_std_ms", "warmup_iters", "requests_per_sample",
                  "torch_max_allocated_mib", "framework_mem_mib", "nvml_process_mib", "parity_passed", "parity_cosine",
                  "parity_rel_err", "parity_max_abs_err", "parity_top1", "compile_s"]
 
 # Files ``Run.to_parquet`` writes, and the table each holds.
-PARQUET_FILES = {"iterations": "iterations.parquet", "samples": "samples.parquet", "points": "points.parquet",
+PARQUET_FILES = {"iterations": "iterations.parquet", "rounds": "rounds.parquet", "samples": "samples.parquet",
+                 "points": "points.parquet",
                  "kernel_points": "kernel_points.parquet", "kernels": "kernels.parquet"}
 KERNEL_POINT_COLUMNS = ["backend", "precision", "batch", "shape", "device_median_ms", "busy_ms", "kernel_ms", "launches",
                         "busy_share", "iters", "error"]
@@ -81,6 +101,7 @@ class Run:
     rule: OutlierRule
     engines: dict = field(default_factory=dict)     # "backend/precision" -> engine.json
     iterations: pd.DataFrame = field(default_factory=pd.DataFrame)
+    rounds: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ROUND_COLUMNS))
     samples: pd.DataFrame = field(default_factory=pd.DataFrame)
     points: pd.DataFrame = field(default_factory=pd.DataFrame)
     failures: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -117,6 +138,29 @@ class Run:
              & (it["shape"] == shape) & (it["mode"] == mode))
         return it.loc[m, "ms"].to_numpy(dtype=float)
 
+    def point_rounds(self, backend: str, precision: str, batch: int, shape: str, mode: str) -> pd.DataFrame:
+        """The rounds of one point and mode (``run.rounds`` rows): their medians and passes give the
+        point's interval (``lib.stats.round_interval`` / ``ratio_interval``)."""
+        r = self.rounds
+        if r.empty:
+            return r
+        m = ((r["backend"] == backend) & (r["precision"] == precision) & (r["batch"] == batch)
+             & (r["shape"] == shape) & (r["mode"] == mode))
+        return r[m]
+
+    @property
+    def host_noise(self) -> dict:
+        """The host sentinel over the run: its best (5th percentile), the slow threshold, and how many
+        rounds ran on a slow host."""
+        r = self.rounds
+        slow = float(self.params.get("host_slow", 0.10))
+        if r.empty or not r["sentinel_us"].notna().any():
+            return {"rounds": 0, "slow_rounds": 0, "best_us": float("nan"), "median_us": float("nan"),
+                    "max_us": float("nan"), "threshold": slow}
+        v = r["sentinel_us"].dropna()
+        return {"rounds": int(len(r)), "slow_rounds": int(r["host_slow"].sum()), "best_us": float(np.percentile(v, 5)),
+                "median_us": float(v.median()), "max_us": float(v.max()), "threshold": slow}
+
     def to_parquet(self, directory: Path | str | None = None) -> list[Path]:
         """Write ``iterations.parquet``, ``samples.parquet`` and ``points.parquet`` (schema: this
         module's docstring) into ``directory`` (default: the run folder); returns the paths written."""
@@ -141,20 +185,40 @@ class Run:
         return written
 
 
-def _point_rows(rec: dict, iters: pd.DataFrame, rule: OutlierRule, unstable_cv: float) -> list[dict]:
+def _point_rows(rec: dict, iters: pd.DataFrame, rounds: pd.DataFrame, rule: OutlierRule, params: dict) -> list[dict]:
+    """One row per mode of a point record: statistics over every raw sample, the interval and flags from
+    its rounds, presentation-only filtered figures, resources, memory and parity."""
     rows = []
-    for mode, meta in rec.get("modes", {}).items():
+    unstable_cv = float(params.get("unstable_cv", 0.05))
+    spread_max = float(params.get("noise_spread", 0.05))
+    ci_target = float(params.get("ci_target", 0.01))
+    parity = rec.get("parity", {})
+    mem = rec.get("memory", {}) or {}
+    peaks = {k: v for k, v in (rec.get("memory_window") or {}).items() if k.endswith("_peak")}
+    for mode in dict.fromkeys(r["mode"] for r in rec.get("rounds", [])):
         ms = iters.loc[iters["mode"] == mode, "ms"].to_numpy()
-        s = summarize(ms, rule)
-        res = meta.get("resources", {})
-        parity = rec.get("parity", {})
-        mem = rec.get("memory", {}) or {}
+        if not len(ms):
+            continue
+        entries = [r for r in rec["rounds"] if r["mode"] == mode]
+        mine = rounds[rounds["mode"] == mode]
+        s = summarize(ms)
+        med = s["median_ms"]
+        lo, hi = round_interval(mine["median_ms"], med, groups=mine["pass"])
+        spread = round_spread(mine["median_ms"], med)
+        slow = int(mine["host_slow"].sum())
         row = {k: rec[k] for k in ("backend", "precision", "device", "batch", "shape")}
-        row.update(mode=mode, timer=meta["timer"], **s)
-        row["items_per_s"] = rec["batch"] * 1e3 / s["median_ms"] if s.get("median_ms") else np.nan
-        row["unstable"] = bool(s.get("cv", 0) > unstable_cv)
-        row["warmup_iters"] = meta.get("warmup_iters")
-        row["requests_per_sample"] = meta.get("requests_per_sample", 1)
+        row.update(mode=mode, timer=entries[0]["timer"], **s)
+        row["items_per_s"] = rec["batch"] * 1e3 / med if med else np.nan
+        row.update(rounds=len(mine), passes=int(mine["pass"].nunique()), ci_low_ms=lo, ci_high_ms=hi,
+                   ci_half=(hi - lo) / 2 / med if hi == hi else np.nan, round_spread=spread, host_slow_rounds=slow)
+        row["unstable"] = bool(s["cv"] > unstable_cv)
+        row["noisy"] = bool(spread > spread_max or (len(mine) and slow * 2 >= len(mine)))
+        row["converged"] = bool(row["ci_half"] <= ci_target) if hi == hi else False
+        row.update(filtered_summary(ms, rule))
+        row["warmup_iters"] = rec.get("first_warmup_iters")
+        row["requests_per_sample"] = entries[0].get("requests_per_sample", 1)
+        res = merge_summaries([r.get("resources", {}) for r in entries])
+        res.update(peaks)  # memory peaks from when the point was bound alone (rounds keep other points bound)
         for k, v in res.items():
             row[f"res_{k}"] = v
         row["torch_max_allocated_mib"] = mem.get("torch_max_allocated_bytes", np.nan) / (1 << 20)
@@ -168,6 +232,15 @@ def _point_rows(rec: dict, iters: pd.DataFrame, rule: OutlierRule, unstable_cv: 
         row["compile_s"] = rec.get("compile_s")
         rows.append(row)
     return rows
+
+
+def _round_rows(rec: dict, origins: dict) -> list[dict]:
+    """``run.rounds`` rows of one point record; ``origins`` maps a pass to its unix start time minus the
+    run's first (so ``run_t_s`` is one clock across backends and passes)."""
+    key = {k: rec[k] for k in ("backend", "precision", "batch", "shape")}
+    return [{**key, "mode": r["mode"], "round": r["round"], "pass": r["pass"], "n": r["n"], "median_ms": r["median_ms"],
+             "run_t_s": origins.get(str(r["pass"]), 0.0) + r["t0"], "sentinel_us": r.get("sentinel_us", np.nan),
+             "host_slow": False, "switched": bool(r.get("switched"))} for r in rec.get("rounds", [])]
 
 
 def _kernel_rows(record: dict, backend: str, precision: str, kpoints: list, krows: list) -> None:
@@ -210,9 +283,9 @@ def load_run(path: Path | str, outliers: str | None = None) -> Run:
     params = read_json(path / "params.json")
     plan = read_json(path / "plan.json")
     rule = parse_outlier_rule(outliers or params.get("outliers", "tukey"))
-    unstable_cv = float(params.get("unstable_cv", 0.05))
     run = Run(path=path, params=params, plan=plan, rule=rule)
-    iters, ticks, points, failures, kpoints, krows = [], [], [], [], [], []
+    iters, ticks, failures, kpoints, krows = [], [], [], [], []
+    measured = []  # (record, its samples, its rounds): point rows need the run-wide host baseline first
     for s in plan.get("skipped", []):
         failures.append({"backend": s["backend"], "precision": s["precision"], "batch": None, "shape": None,
                          "status": _skip_status(s["reason"]), "reason": s["reason"]})
@@ -221,6 +294,12 @@ def load_run(path: Path | str, outliers: str | None = None) -> Run:
         failures.append({"backend": "(export)", "precision": None, "batch": None, "shape": None,
                          "status": "export failed", "reason": str(err)[-1500:]})
     expected = [(int(b), str(s)) for s in plan.get("shapes", []) for b in plan.get("batch_sizes", [])]
+    starts = {}
+    for combo in plan.get("combos", []):
+        ej = path / "bench" / f"{combo['backend']}-{combo['precision']}" / "engine.json"
+        for k, v in (read_json(ej).get("passes", {}) if ej.exists() else {}).items():
+            starts[(combo["backend"], combo["precision"], k)] = v.get("t_origin_unix", 0.0)
+    run_start = min(starts.values(), default=0.0)
     for combo in plan.get("combos", []):
         b, p = combo["backend"], combo["precision"]
         d = path / "bench" / f"{b}-{p}"
@@ -245,7 +324,8 @@ def load_run(path: Path | str, outliers: str | None = None) -> Run:
             frame = pd.read_parquet(pj.with_suffix(".parquet"))
             frame = frame.assign(backend=b, precision=p, batch=rec["batch"], shape=rec["shape"])
             iters.append(frame)
-            points.extend(_point_rows(rec, frame, rule, unstable_cv))
+            origins = {k: t - run_start for (bb, pp, k), t in starts.items() if (bb, pp) == (b, p)}
+            measured.append((rec, frame, pd.DataFrame(_round_rows(rec, origins), columns=ROUND_COLUMNS)))
             par = rec.get("parity", {})
             if par and not par.get("passed", True):
                 failures.append({"backend": b, "precision": p, "batch": rec["batch"], "shape": rec["shape"],
@@ -260,6 +340,16 @@ def load_run(path: Path | str, outliers: str | None = None) -> Run:
             ticks.append(pd.read_parquet(d / "samples.parquet").assign(backend=b, precision=p))
         if (d / "kernels.json").exists():
             _kernel_rows(read_json(d / "kernels.json"), b, p, kpoints, krows)
+    all_rounds = [r for _, _, r in measured if len(r)]
+    rounds = pd.concat(all_rounds, ignore_index=True) if all_rounds else pd.DataFrame(columns=ROUND_COLUMNS)
+    if len(rounds) and rounds["sentinel_us"].notna().any():
+        best = float(np.nanpercentile(rounds["sentinel_us"], 5))
+        limit = best * (1 + float(params.get("host_slow", 0.10)))
+        for _, _, r in measured:
+            r["host_slow"] = r["sentinel_us"] > limit
+        rounds["host_slow"] = rounds["sentinel_us"] > limit
+    points = [row for rec, frame, r in measured for row in _point_rows(rec, frame, r, rule, params)]
+    run.rounds = rounds
     run.iterations = pd.concat(iters, ignore_index=True) if iters else pd.DataFrame(columns=ITERATION_COLUMNS)
     run.samples = pd.concat(ticks, ignore_index=True) if ticks else pd.DataFrame(columns=SAMPLE_COLUMNS)
     run.points = pd.DataFrame(points) if points else pd.DataFrame(columns=POINT_COLUMNS)

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-__all__ = ["Sampler", "STEADY_SKIP_S"]
+__all__ = ["Sampler", "STEADY_SKIP_S", "merge_summaries"]
 
 STEADY_SKIP_S = 0.25
 MIB = 1 << 20
@@ -154,3 +154,25 @@ class Sampler:
         seen = sorted({n for m in masks for n in throttle_names(m)} - {"gpu_idle", "app_clocks"})
         out["throttle"] = ",".join(seen)
         return out
+
+
+def merge_summaries(parts: list[dict]) -> dict:
+    """One summary from several windows' ``Sampler.summarize_window`` (a point's rounds): means weighted
+    by each window's ticks, peaks as the largest, throttle reasons as their union."""
+    parts = [p for p in parts if p and p.get("ticks")]
+    out = {"ticks": int(sum(p["ticks"] for p in parts))}
+    if not parts:
+        return out
+    keys = dict.fromkeys(k for p in parts for k in p if k not in ("ticks", "throttle"))
+    for k in keys:
+        vals = np.array([p.get(k, np.nan) for p in parts], dtype=float)
+        w = np.array([p["ticks"] for p in parts], dtype=float)
+        ok = np.isfinite(vals)
+        if not ok.any():
+            out[k] = np.nan
+        elif k.endswith("_peak"):
+            out[k] = float(vals[ok].max())
+        else:
+            out[k] = float(np.average(vals[ok], weights=w[ok]))
+    out["throttle"] = ",".join(sorted({n for p in parts for n in str(p.get("throttle", "")).split(",") if n}))
+    return out

@@ -15,7 +15,13 @@ Three measurements of one benchmark point:
 Both keep every timed iteration raw; warm-up runs on the same inputs (same shape)
 until ``warmup_s`` has passed and at least ``MIN_WARMUP_ITERS`` ran. The timed loop runs
 until at least ``min_iters`` iterations AND ``min_duration_s`` seconds (trtexec's rule),
-capped by ``max_iters`` so a microsecond kernel cannot fill memory.
+capped by ``max_iters`` so a microsecond kernel cannot fill memory. One call is one *round*
+of a point: ``lib.bench`` calls these several times per point, interleaved with other points.
+
+``HostSentinel`` times a fixed, tiny reference workload through ``measure_latency`` before
+every round, so the report can tell a slow host from a slow configuration: on a GPU the host
+cost of a burst of empty kernel launches (what every launch-bound configuration pays), on a
+CPU a fixed arithmetic loop.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["TimingPolicy", "Timings", "CpuTimer", "CudaEventTimer", "measure_latency", "measure_throughput"]
+__all__ = ["TimingPolicy", "Timings", "CpuTimer", "CudaEventTimer", "measure_latency", "measure_throughput",
+           "HostSentinel", "warm_up", "throughput_window"]
 
 MIN_WARMUP_ITERS = 2
 
@@ -133,15 +140,21 @@ class CudaEventTimer:
         return self._start.elapsed_time(self._end)
 
 
-def _warm_up(step: Callable[[], None], timer, policy: TimingPolicy) -> tuple[int, float]:
+def warm_up(step: Callable[[], None], timer, seconds: float) -> tuple[int, float]:
+    """Run ``step`` untimed until ``seconds`` passed and at least ``MIN_WARMUP_ITERS`` ran, each one
+    waited for (sync on the timer's stream); returns (iterations, seconds)."""
     t0 = time.perf_counter()
     n = 0
-    while n < MIN_WARMUP_ITERS or time.perf_counter() - t0 < policy.warmup_s:
+    while n < MIN_WARMUP_ITERS or time.perf_counter() - t0 < seconds:
         step()
         timer.stop()
         timer.sync()
         n += 1
     return n, time.perf_counter() - t0
+
+
+def _warm_up(step: Callable[[], None], timer, policy: TimingPolicy) -> tuple[int, float]:
+    return warm_up(step, timer, policy.warmup_s)
 
 
 def measure_latency(step: Callable[[], None], timer, policy: TimingPolicy, mode: str) -> Timings:
@@ -169,14 +182,21 @@ def measure_latency(step: Callable[[], None], timer, policy: TimingPolicy, mode:
                    warmup_iters=n_warm, warmup_s=warm_s)
 
 
-def measure_throughput(step: Callable[[], None], timer, policy: TimingPolicy, est_ms: float) -> Timings:
+def throughput_window(policy: TimingPolicy, est_ms: float) -> int:
+    """Requests per pipelined window: enough to last about ``policy.throughput_window_s``."""
+    return max(1, min(1000, int(policy.throughput_window_s * 1e3 / max(est_ms, 1e-3))))
+
+
+def measure_throughput(step: Callable[[], None], timer, policy: TimingPolicy, est_ms: float,
+                       window: int | None = None) -> Timings:
     """Pipelined: windows of back-to-back requests with one sync each; ``est_ms`` sizes the windows.
 
     ``est_ms`` is a per-request estimate (the device-resident median); a window holds enough
-    requests to last about ``policy.throughput_window_s``. Warm-up reuses the latency warm-up
-    rule. A sample is a window's time divided by its requests (ms per request).
+    requests to last about ``policy.throughput_window_s`` (``window`` fixes it instead, so every
+    round of a point uses the same). Warm-up reuses the latency warm-up rule. A sample is a
+    window's time divided by its requests (ms per request).
     """
-    window = max(1, min(1000, int(policy.throughput_window_s * 1e3 / max(est_ms, 1e-3))))
+    window = window or throughput_window(policy, est_ms)
     n_warm, warm_s = _warm_up(step, timer, policy)
     ms, wall, starts, ends = [], [], [], []
     clock = time.perf_counter
@@ -199,3 +219,54 @@ def measure_throughput(step: Callable[[], None], timer, policy: TimingPolicy, es
     return Timings(mode="throughput", timer=timer.name, ms=np.asarray(ms), wall_ms=np.asarray(wall),
                    t_start=np.asarray(starts), t_end=np.asarray(ends),
                    requests_per_sample=window, warmup_iters=n_warm, warmup_s=warm_s)
+
+
+class HostSentinel:
+    """A fixed reference workload whose time follows the host's speed, not the configuration's.
+
+    ``measure()`` returns the median time (microseconds) of one unit over a short block timed by
+    ``measure_latency``. On a GPU one unit is one empty kernel launch (``LAUNCHES`` of them on a
+    one-element tensor, then a sync): the host's launch cost, which every launch-bound configuration
+    pays. On a CPU one unit is ``CPU_ADDS`` element-wise additions of ``CPU_ELEMENTS`` floats, which
+    torch splits over all its intra-op threads like an inference does: a core taken by another
+    process stalls the whole parallel region, as it stalls the model (a single-threaded loop would
+    not see it; measured here: a contended 2-core host slowed a 2-thread model 200x while a Python
+    loop did not move). The block lasts about a millisecond, so timing it before every round costs
+    well under 1 % of the run.
+    """
+
+    LAUNCHES = 20
+    CPU_ADDS = 4
+    CPU_ELEMENTS = 1 << 18
+    POLICY = TimingPolicy(warmup_s=0.0, min_iters=9, min_duration_s=0.0)
+
+    def __init__(self, gpu: bool):
+        import torch
+
+        self.gpu = gpu
+        if gpu:
+            self.kind = f"{self.LAUNCHES} empty CUDA kernel launches + sync, µs per launch"
+            self._x = torch.zeros(1, device="cuda")
+            self._sync = torch.cuda.synchronize
+        else:
+            self.kind = (f"{self.CPU_ADDS} additions of {self.CPU_ELEMENTS} floats on {torch.get_num_threads()} "
+                         f"torch threads, µs")
+            self._x = torch.zeros(self.CPU_ELEMENTS)
+            self._y = torch.ones(self.CPU_ELEMENTS)
+            self._add = torch.add
+
+    def _gpu_step(self) -> None:
+        x = self._x
+        for _ in range(self.LAUNCHES):
+            x.add_(0.0)  # one tiny kernel: its cost is the host's launch path
+        self._sync()
+
+    def _cpu_step(self) -> None:
+        for _ in range(self.CPU_ADDS):
+            self._add(self._x, self._y, out=self._x)
+
+    def measure(self) -> float:
+        """Median microseconds per unit (per launch on a GPU, per block of additions on a CPU)."""
+        t = measure_latency(self._gpu_step if self.gpu else self._cpu_step, CpuTimer(), self.POLICY, "sentinel")
+        per = self.LAUNCHES if self.gpu else 1
+        return float(np.median(t.ms)) * 1e3 / per

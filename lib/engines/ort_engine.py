@@ -65,6 +65,7 @@ class OrtEngine(Engine):
         return [("CUDAExecutionProvider", opts)]
 
     _cuda_graph = False
+    _binding_attrs = ("_feeds", "_last", "_in_bufs", "_out_bufs", "_binding")
 
     def _load(self):
         import onnxruntime as ort
@@ -193,6 +194,8 @@ class OrtCudaGraph(OrtEngine):
     summary = "ONNX Runtime CUDA EP in CUDA-graph mode"
     devices = ("cuda",)
     _cuda_graph = True
+    # A session per bound shape (its graph is tied to it): a kept binding keeps its session.
+    _binding_attrs = OrtEngine._binding_attrs + ("session", "_run_options")
 
     @classmethod
     def precisions(cls, device):

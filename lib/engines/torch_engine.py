@@ -39,6 +39,7 @@ def as_output_list(out) -> list:
 
 class _TorchBase(Engine):
     summary = "PyTorch"
+    _binding_attrs = ("_inputs", "_outputs")
 
     @classmethod
     def precisions(cls, device):
@@ -159,6 +160,7 @@ class TorchCudaGraph(_TorchBase):
     backend = "torch-cudagraph"
     summary = "PyTorch eager in a CUDA graph"
     devices = ("cuda",)
+    _binding_attrs = ("_inputs", "_outputs", "_graph", "_static_out")  # one graph (and its memory pool) per key
 
     @classmethod
     def auto_precisions(cls, device):

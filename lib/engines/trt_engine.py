@@ -73,6 +73,10 @@ def trt_torch_dtypes(trt) -> dict:
 class TrtEngine(Engine):
     backend = "trt"
     summary = "TensorRT (strongly typed engine from the ONNX)"
+    # One execution context serves every shape: a bind sets its input shapes and tensor addresses (and
+    # trt-cudagraph captures with them), so a kept binding could replay against another shape's
+    # settings. Every switch binds afresh instead (the warm-up after a switch absorbs the cost).
+    keeps_bindings = False
     devices = ("cuda",)
     needs_onnx = True
 
