@@ -175,32 +175,40 @@ def log_mean_variance(round_medians, groups=None) -> tuple[float, float, int]:
     return var, df, k
 
 
+def _mean_log(round_medians) -> float:
+    r = np.log(np.asarray(round_medians, dtype=float))
+    return float(r[np.isfinite(r)].mean())
+
+
 def round_interval(round_medians, center: float, groups=None, level: float = LEVEL) -> tuple[float, float]:
     """A ``level`` interval for a point's figure ``center`` (the pooled median) from its round medians:
-    Student t on the log scale (latency is ratio-scale, so the interval is relative), with the variance
-    of ``log_mean_variance``. Fewer than two rounds: (NaN, NaN)."""
+    Student t on the log scale (latency is ratio-scale, so the interval is relative) around the mean log
+    round median, with the variance of ``log_mean_variance``; widened, where needed, to contain ``center``
+    (the median of all samples and the mean of round medians differ slightly). Fewer than two rounds:
+    (NaN, NaN)."""
     var, df, _ = log_mean_variance(round_medians, groups)
     if not var == var or not center > 0:
         return float("nan"), float("nan")
-    half = _t_quantile(df, level) * np.sqrt(var)
-    return float(center * np.exp(-half)), float(center * np.exp(half))
+    mid, half = _mean_log(round_medians), _t_quantile(df, level) * np.sqrt(var)
+    return float(min(center, np.exp(mid - half))), float(max(center, np.exp(mid + half)))
 
 
 def ratio_interval(rounds_a, rounds_b, center: float, groups_a=None, groups_b=None,
                    level: float = LEVEL) -> tuple[float, float]:
     """A ``level`` interval for ``center`` = figure(a) / figure(b), from both sides' round medians:
     Welch's t on the difference of mean log round medians (Welch-Satterthwaite degrees of freedom), each
-    side's variance from ``log_mean_variance``, applied around the log of ``center``."""
+    side's variance from ``log_mean_variance``; widened, where needed, to contain ``center``."""
     va, da, _ = log_mean_variance(rounds_a, groups_a)
     vb, db, _ = log_mean_variance(rounds_b, groups_b)
     if not (va == va and vb == vb) or not center > 0:
         return float("nan"), float("nan")
+    mid = _mean_log(rounds_a) - _mean_log(rounds_b)
     se = np.sqrt(va + vb)
     if se == 0:
-        return float(center), float(center)
+        return float(min(center, np.exp(mid))), float(max(center, np.exp(mid)))
     df = (va + vb) ** 2 / ((va ** 2 / da if va else 0.0) + (vb ** 2 / db if vb else 0.0))
     half = _t_quantile(df, level) * se
-    return float(center * np.exp(-half)), float(center * np.exp(half))
+    return float(min(center, np.exp(mid - half))), float(max(center, np.exp(mid + half)))
 
 
 def verdict(lo: float, hi: float, margin: float = SAME_MARGIN) -> str:

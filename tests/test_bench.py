@@ -1,23 +1,27 @@
 """lib.bench.run_backend on the CPU, for real (torch/fp32 and ort/fp32 on the tiny model, a plan made
-by lib.plan.make_plan): the files of a combo, every timed sample kept, parity recorded, resume after an
-interruption (only the missing point is measured again), and a failing point recorded while the sweep
+by lib.plan.make_plan, two passes as the Makefile runs them): the files of a combo, every timed sample
+kept with its round, rounds interleaved across points, parity recorded, resume after an interruption
+(only the missing rounds are measured), adaptive stopping, and a failing point recorded while the sweep
 goes on."""
 
 from __future__ import annotations
+
+import time
 
 import pandas as pd
 import pytest
 
 import lib.engines as engines
 from lib.bench import combo_dir, is_oom, point_key, run_backend
-from lib.cache import read_json
+from lib.cache import atomic_write_json, read_json
 from lib.engines import register_engine
 from lib.engines.torch_engine import TorchEager
 from lib.model_config import Shape
 
-from conftest import Log
+from conftest import Log, make_run
 
 POINTS = ["bs1_32x32", "bs4_32x32"]
+MODES = ("device", "end_to_end")
 
 
 @pytest.mark.parametrize("backend", ["torch", "ort"])
@@ -32,10 +36,12 @@ def test_combo_files(bench_run, backend):
     engine = read_json(out / "engine.json")
     assert engine["backend"] == backend and engine["device"] == "cpu" and engine["timer"] == "perf_counter"
     assert engine["reference"] == "PyTorch FP32 (CPU)" and engine["load_s"] >= 0 and engine["environment"]
+    assert set(engine["passes"]) == {"1", "2"} and "torch threads" in engine["sentinel"]
     if backend == "ort":
         assert engine["info"]["providers"][0] == "CPUExecutionProvider"
     assert sorted(p.stem for p in (bench_run["run_dir"] / "reference").glob("*.npz")) == POINTS
-    assert "points to measure" in bench_run["logs"][backend].text
+    text = bench_run["logs"][backend].text
+    assert "characterising 2 point(s)" in text and "pass 1 round 1" in text and "pass 2 round 1" in text
 
 
 @pytest.mark.parametrize("backend", ["torch", "ort"])
@@ -46,43 +52,72 @@ def test_point_record_and_every_sample_kept(bench_run, backend, key):
     assert rec["status"] == "ok" and rec["point"] == key and rec["shape"] == "32x32"
     assert rec["batch"] == int(key[2]) and (rec["backend"], rec["precision"], rec["device"]) == (backend, "fp32", "cpu")
     assert rec["parity"]["passed"] and rec["parity"]["top1_agree"] == 1.0
-    assert set(rec["modes"]) == {"device", "end_to_end"}  # pipelined throughput is for GPUs only
+    assert rec["first_warmup_iters"] >= 2 and rec["first_warmup_s"] >= 0.02
+    assert {r["mode"] for r in rec["rounds"]} == set(MODES)  # pipelined throughput is for GPUs only
     frame = pd.read_parquet(out / "points" / f"{key}.parquet")
-    assert list(frame.columns) == ["mode", "iter", "ms", "wall_ms", "t_s", "requests"]
-    for mode, meta in rec["modes"].items():
-        rows = frame[frame["mode"] == mode]
-        assert len(rows) == meta["n"] >= 3  # ITERS=3: every timed sample is on disk, none filtered
-        assert list(rows["iter"]) == list(range(meta["n"]))
-        assert (rows["ms"] > 0).all() and (rows["requests"] == 1).all()
-        assert meta["timer"] == "perf_counter" and meta["warmup_iters"] >= 2
-        # DURATION=0.05, less a slack for a preemption between the loop's clock start and the first sample
-        assert meta["window"][1] - meta["window"][0] >= 0.05 - 0.02
-        assert meta["median_ms"] == pytest.approx(rows["ms"].median())
-        assert rows["t_s"].is_monotonic_increasing
+    assert list(frame.columns) == ["mode", "round", "pass", "iter", "ms", "wall_ms", "t_s", "requests"]
+    for mode in MODES:
+        mine = [r for r in rec["rounds"] if r["mode"] == mode]
+        assert [r["round"] for r in mine] == list(range(1, len(mine) + 1))
+        assert len(mine) >= 2 and {r["pass"] for r in mine} == {1, 2}  # ROUNDS=2: one in each pass
+        assert len(mine) == 2 or sum(r["t1"] - r["t0"] for r in mine[:-1]) < 0.3  # POINT_CAP=0.3 s
+        for r in mine:
+            rows = frame[(frame["mode"] == mode) & (frame["round"] == r["round"])]
+            assert len(rows) == r["n"] >= 3  # ITERS=3 per round: every timed sample is on disk, none filtered
+            assert list(rows["iter"]) == list(range(r["n"])) and (rows["pass"] == r["pass"]).all()
+            assert (rows["ms"] > 0).all() and (rows["requests"] == 1).all()
+            assert r["timer"] == "perf_counter" and r["warmup_iters"] >= 2 and r["sentinel_us"] > 0
+            # DURATION=0.05, less a slack for a preemption between the loop's clock start and the first sample
+            assert r["t1"] - r["t0"] >= 0.05 - 0.02
+            assert r["median_ms"] == pytest.approx(rows["ms"].median())
+            assert rows["t_s"].is_monotonic_increasing
 
 
-def test_resume_measures_only_the_missing_point(copy_run):
+def test_rounds_interleave_points_and_modes(bench_run):
+    """Round 1 of pass 1 visits every point and mode once before any round 2 starts, so the points' rounds
+    overlap in time instead of one point being measured entirely first."""
+    from lib.results import load_run
+
+    r = load_run(bench_run["run_dir"]).rounds
+    r = r[(r["backend"] == "torch")]
+    first = r[r["round"] == 1]
+    assert sorted(zip(first["batch"], first["mode"])) == sorted((b, m) for b in (1, 4) for m in MODES)
+    assert first["run_t_s"].max() < r.loc[r["round"] == 2, "run_t_s"].min()
+    assert (first["pass"] == 1).all() and (r.loc[r["round"] == 2, "pass"] == 2).all()
+
+
+def _device_rounds(out, key):
+    return [r for r in read_json(out / "points" / f"{key}.json")["rounds"] if r["mode"] == "device"]
+
+
+def test_resume_measures_only_the_missing_rounds(copy_run):
+    """An interrupted pass 2 (a point lost its pass-2 device round, another its whole record): the rerun
+    measures the lost round and re-characterises the lost point; what is on disk stays as it is."""
     out = combo_dir(copy_run, "torch", "fp32")
-    kept = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "points").glob("bs1_*")}
-    old_ticks = len(pd.read_parquet(out / "samples.parquet"))
+    rec = read_json(out / "points" / "bs1_32x32.json")
+    kept = [r for r in rec["rounds"] if not (r["mode"] == "device" and r["pass"] == 2)]
+    atomic_write_json(out / "points" / "bs1_32x32.json", {**rec, "rounds": kept})
     (out / "points" / "bs4_32x32.json").unlink()
+    old_ticks = len(pd.read_parquet(out / "samples.parquet"))
     log = Log()
-    done = run_backend(copy_run, "torch", "fp32", log=log)
+    done = run_backend(copy_run, "torch", "fp32", bench_pass=2, log=log)
     assert done == {"points": 2, "ok": 2, "oom": 0, "error": 0}
-    assert "resuming: 1 of 2 points already on disk" in log.text and "1 points to measure" in log.text
-    assert "batch 4" in log.text and "batch 1," not in log.text
-    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in kept} == kept  # the measured point untouched
-    assert read_json(out / "points" / "bs4_32x32.json")["status"] == "ok"
-    ticks = pd.read_parquet(out / "samples.parquet")  # the resumed sweep's ticks are appended, marked
-    assert len(ticks) >= old_ticks and "resumed" in ticks.columns
+    assert "characterising 1 point(s)" in log.text
+    after = read_json(out / "points" / "bs1_32x32.json")["rounds"]
+    assert after[:len(kept)] == kept
+    assert [r["mode"] for r in after[len(kept):]][:1] == ["device"]
+    bs4 = read_json(out / "points" / "bs4_32x32.json")
+    assert bs4["status"] == "ok" and len(_device_rounds(out, "bs4_32x32")) >= 2
+    ticks = pd.read_parquet(out / "samples.parquet")  # this pass's ticks are appended, with their pass
+    assert len(ticks) > old_ticks and set(ticks["pass"]) == {1, 2}
 
 
 def test_rerun_of_a_finished_combo_measures_nothing(copy_run):
     out = combo_dir(copy_run, "ort", "fp32")
     before = {p: p.read_bytes() for p in (out / "points").iterdir()}
     log = Log()
-    assert run_backend(copy_run, "ort", "fp32", log=log)["ok"] == 2
-    assert "0 points to measure" in log.text
+    assert run_backend(copy_run, "ort", "fp32", bench_pass=2, log=log)["ok"] == 2
+    assert "characterising" not in log.text and " round " not in log.text
     assert {p: p.read_bytes() for p in (out / "points").iterdir()} == before
 
 
@@ -118,9 +153,51 @@ def test_a_failing_point_is_recorded_and_the_sweep_goes_on(copy_run, failing_bac
     assert read_json(out / "points" / "bs1_32x32.json")["status"] == "ok"
     assert ("OUT OF MEMORY" if status == "oom" else "FAILED") in log.text
     # a rerun retries nothing: the failure is on disk as this point's result
+    rounds = read_json(out / "points" / "bs1_32x32.json")["rounds"]
     again = Log()
     run_backend(copy_run, "failing-test", "fp32", log=again)
-    assert "0 points to measure" in again.text
+    assert "characterising" not in again.text
+    assert read_json(out / "points" / "bs1_32x32.json")["rounds"] == rounds
+    assert read_json(out / "points" / "bs4_32x32.json")["status"] == status
+
+
+@pytest.fixture
+def spinning_backend(monkeypatch):
+    """A torch engine with a fixed host-side cost per request: quiet (always 2 ms) or noisy (1 ms or 3 ms,
+    alternating from round to round: with one point, every round binds twice, once per mode)."""
+    monkeypatch.setattr(engines, "_REGISTRY", dict(engines._REGISTRY))
+
+    @register_engine
+    class Spinning(TorchEager):
+        backend = "spinning-test"
+        noisy = False
+        binds = 0
+
+        def bind(self, host_inputs, key=None):
+            type(self).binds += 1  # 1: characterisation; round r: 2r and 2r + 1
+            super().bind(host_inputs, key=key)
+
+        def _run_bound(self):
+            wait = (0.003 if (self.binds // 2) % 2 else 0.001) if self.noisy else 0.002
+            end = time.perf_counter() + wait
+            while time.perf_counter() < end:  # host work of a fixed length (not a sleep: no timer slack),
+                pass  # and no model: on a shared CPU the model's own time would wander
+
+    return Spinning
+
+
+@pytest.mark.parametrize("noisy", [False, True], ids=["quiet", "noisy"])
+def test_adaptive_rounds_stop_quiet_points_early_and_cap_noisy_ones(tmp_path, cache_dir, tiny_onnx,
+                                                                    spinning_backend, noisy):
+    spinning_backend.noisy = noisy
+    plan = make_run(tmp_path / "reports", cache_dir, backends="spinning-test", batch_sizes="1", rounds="3",
+                    point_cap="0.8", ci_target="0.2", iters="3", duration="0.03")
+    run_backend(plan.run_dir, "spinning-test", "fp32", log=Log())
+    device = _device_rounds(combo_dir(plan.run_dir, "spinning-test", "fp32"), "bs1_32x32")
+    if noisy:  # 1 vs 3 ms never settles within +-20 %: rounds until the 0.8 s cap
+        assert len(device) > 3 and sum(r["t1"] - r["t0"] for r in device) >= 0.8
+    else:  # 2 ms every round: the minimum is enough
+        assert len(device) == 3
 
 
 def test_helpers():
