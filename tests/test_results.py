@@ -12,11 +12,12 @@ from lib.errors import BenchbookError
 from lib.results import latest_run, load_run
 from lib.stats import summarize
 
-ITER_COLUMNS = {"backend", "precision", "batch", "shape", "mode", "iter", "ms", "wall_ms", "t_s", "requests"}
-POINT_COLUMNS = {"backend", "precision", "device", "batch", "shape", "mode", "timer", "n", "dropped", "median_ms",
-                 "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "cv", "min_ms", "max_ms", "p99_raw_ms",
-                 "max_raw_ms", "items_per_s", "unstable", "warmup_iters", "requests_per_sample", "parity_passed",
-                 "parity_cosine", "parity_rel_err", "parity_max_abs_err", "parity_top1", "compile_s"}
+ITER_COLUMNS = {"backend", "precision", "batch", "shape", "mode", "round", "pass", "iter", "ms", "wall_ms", "t_s", "requests"}
+POINT_COLUMNS = {"backend", "precision", "device", "batch", "shape", "mode", "timer", "n", "median_ms", "p90_ms",
+                 "p95_ms", "p99_ms", "tail_q", "tail_ms", "mean_ms", "std_ms", "cv", "min_ms", "max_ms", "items_per_s",
+                 "rounds", "passes", "ci_low_ms", "ci_high_ms", "ci_half", "round_spread", "host_slow_rounds",
+                 "unstable", "noisy", "converged", "dropped", "filtered_median_ms", "warmup_iters",
+                 "parity_passed", "parity_cosine", "parity_top1"}
 FAILURE_COLUMNS = ["backend", "precision", "batch", "shape", "status", "reason"]
 
 
@@ -53,25 +54,43 @@ def test_points_table(run):
 
 
 def test_point_statistics_come_from_every_raw_sample(run):
+    """Median, CV, percentiles and flags are over every raw sample (the outlier rule never touches them);
+    the interval and the round count come from the point's rounds."""
     it = run.iterations
     for row in run.points.itertuples():
         raw = it[(it["backend"] == row.backend) & (it["batch"] == row.batch) & (it["mode"] == row.mode)]["ms"]
-        assert row.n == len(raw) >= 3
-        expected = summarize(raw.to_numpy(), run.rule)
-        assert row.median_ms == pytest.approx(expected["median_ms"])
-        assert row.dropped == expected["dropped"]
-        assert row.max_raw_ms == pytest.approx(raw.max())
+        assert row.n == len(raw) >= 6  # 2 rounds of >= 3
+        expected = summarize(raw.to_numpy())
+        assert row.median_ms == pytest.approx(expected["median_ms"]) and row.cv == pytest.approx(expected["cv"])
+        assert row.max_ms == pytest.approx(raw.max())
+        assert row.unstable == (expected["cv"] > run.params["unstable_cv"])
+        rounds = run.point_rounds(row.backend, row.precision, row.batch, row.shape, row.mode)
+        assert row.rounds == len(rounds) >= 2 and row.passes == 2
+        assert row.ci_low_ms <= row.median_ms <= row.ci_high_ms
+        assert row.noisy == (row.round_spread > run.params["noise_spread"] or 2 * row.host_slow_rounds >= row.rounds)
 
 
 def test_outlier_rule_override(bench_run, run):
+    """Another rule changes only the presentation columns."""
     none = load_run(bench_run["run_dir"], "none")
     assert none.rule.name == "none" and (none.points["dropped"] == 0).all()
     assert list(none.points["n"]) == list(run.points["n"])
-    assert (none.points["max_ms"] == none.points["max_raw_ms"]).all()
+    for col in ("median_ms", "cv", "ci_low_ms", "unstable", "noisy"):
+        assert list(none.points[col]) == list(run.points[col])
+    assert (none.points["filtered_median_ms"] == none.points["median_ms"]).all()
     from lib.errors import ConfigError
 
     with pytest.raises(ConfigError, match="OUTLIERS='iqr'"):
         load_run(bench_run["run_dir"], "iqr")
+
+
+def test_rounds_table_and_host_noise(run):
+    r = run.rounds
+    assert len(r) == int(run.points["rounds"].sum())
+    assert r["sentinel_us"].gt(0).all() and r["run_t_s"].ge(0).all() and set(r["pass"]) == {1, 2}
+    h = run.host_noise
+    assert h["rounds"] == len(r) and h["best_us"] <= h["median_us"] <= h["max_us"]
+    assert h["slow_rounds"] == int((r["sentinel_us"] > h["best_us"] * (1 + h["threshold"])).sum())
 
 
 def test_samples_table(run):
