@@ -30,6 +30,7 @@ from lib import report  # noqa: E402
 # (backend, precision) -> latency per item-ish scale (ms at batch 1, device mode)
 GPU_COMBOS = {("torch", "fp32"): 2.0, ("torch", "fp16"): 1.2, ("trt", "fp16"): 0.5, ("ort", "fp32"): 1.5}
 CPU_COMBOS = {("torch", "fp32"): 20.0, ("ort", "fp32"): 15.0}
+ROUNDS = 4
 
 
 def _write(path: Path, obj) -> None:
@@ -52,7 +53,8 @@ def make_fake_run(root: Path, gpu: bool = True, run_id: str | None = None, speed
     combos = combos or (GPU_COMBOS if gpu else CPU_COMBOS)
     batches, shapes = list(batches), list(shapes)
     params = {"model": "tiny_cnn", "backends": "auto", "precisions": "auto",
-              "batch_sizes": ",".join(map(str, batches)), "shapes": ",".join(shapes), "warmup": 0.2, "iters": 20, "duration": 1.0, "device": device, "outliers": "tukey",
+              "batch_sizes": ",".join(map(str, batches)), "shapes": ",".join(shapes), "warmup": 0.2, "iters": 5, "duration": 0.25, "rounds": ROUNDS, "point_cap": 2.0, "ci_target": 0.01,
+              "noise_spread": 0.05, "host_slow": 0.10, "device": device, "outliers": "tukey",
               "weights": "", "seed": 0, "unstable_cv": 0.05, "channels_last": False, "tf32": True,
               "compile_mode": "default", "trt_workspace_gib": 4.0, "trt_opt_level": 3,
               "models_dir": str(FIXTURE_MODELS), "cache_dir": str(root / "build"), "options": {}}
@@ -76,7 +78,9 @@ def make_fake_run(root: Path, gpu: bool = True, run_id: str | None = None, speed
         _write(d / "engine.json", {"backend": b, "precision": p, "device": device, "summary": f"{b} engine",
                                    "load_s": 1.5, "info": {}, "baseline": {"rss_mib": 500.0}, "timer":
                                    "cuda_event" if gpu else "perf_counter", "reference": "PyTorch FP32 (CPU)",
-                                   "environment": env})
+                                   "environment": env, "sentinel": "a test sentinel",
+                                   "passes": {"1": {"load_s": 1.5, "t_origin_unix": 1000.0},
+                                              "2": {"load_s": 0.5, "t_origin_unix": 1100.0}}})
         t, ticks, medians = 0.5, [], {}
         for shape, batch in [(sh, bt) for sh in shapes for bt in batches]:
             key = f"bs{batch}_{shape}"
@@ -86,7 +90,7 @@ def make_fake_run(root: Path, gpu: bool = True, run_id: str | None = None, speed
                                                       "shape": shape, "point": key, "status": "oom",
                                                       "error": "OutOfMemoryError: CUDA out of memory"})
                 continue
-            frames, meta = [], {}
+            frames, rounds = [], []
             for mode in modes:
                 n = 20 if mode == "throughput" else 60
                 med = base * (0.4 + 0.6 * batch * pixels) / speed * (0.8 if mode == "throughput" else 1.0)
@@ -94,30 +98,39 @@ def make_fake_run(root: Path, gpu: bool = True, run_id: str | None = None, speed
                 ms = med * (1 + 0.01 * rng.standard_normal(n))
                 if (b, p) == ("torch", "fp32") and batch == 4:
                     ms = med * (1 + 0.2 * rng.standard_normal(n)).clip(0.5)  # an unstable point
-                start = t
-                ts = t + np.cumsum(ms) / 1e3
-                t = float(ts[-1]) + 0.3
-                frames.append(pd.DataFrame({"mode": mode, "iter": np.arange(n), "ms": ms, "wall_ms": ms + 0.01,
-                                            "t_s": ts, "requests": 8 if mode == "throughput" else 1}))
-                for tt in np.arange(start, t, 0.1):
-                    tick = {"t_s": tt, "label": f"{b}/{p} bs={batch} shape={shape} {mode}", "rss_mib": 900.0,
-                            "cpu_percent": 100.0 + rng.standard_normal()}
-                    if gpu:
-                        hot = throttle and (b, p) == ("trt", "fp16") and batch == 4
-                        tick.update(gpu_util=95.0, gpu_mem_util=40.0, gpu_used_mib=3000.0, gpu_proc_mib=1200.0,
-                                    sm_clock_mhz=1400.0 if hot else 1980.0, mem_clock_mhz=2619.0,
-                                    temp_c=88.0 if hot else 61.0, power_w=690.0 if hot else 420.0,
-                                    throttle_reasons=0x20 | 0x4 if hot else 0x0)
-                    ticks.append(tick)
-                res = {"ticks": 5, "cpu_percent_mean": 100.0, "rss_mib_peak": 900.0, "throttle": ""}
-                if not resources:
-                    res = {"ticks": 0}
-                elif gpu:
-                    res.update(gpu_util_mean=95.0, sm_clock_mhz_mean=1900.0, temp_c_mean=62.0, power_w_mean=420.0,
-                               gpu_used_mib_peak=3000.0)
-                meta[mode] = {"timer": "cuda_event" if gpu else "perf_counter", "n": n, "warmup_iters": 5,
-                              "warmup_s": 0.2, "requests_per_sample": 8 if mode == "throughput" else 1,
-                              "window": [start, t], "median_ms": float(np.median(ms)), "resources": res}
+                per = n // ROUNDS
+                for r in range(ROUNDS):  # lib.bench's rounds: half in each pass
+                    x = ms[r * per:(r + 1) * per]
+                    start = t
+                    ts = t + np.cumsum(x) / 1e3
+                    t = float(ts[-1]) + 0.3
+                    frames.append(pd.DataFrame({"mode": mode, "round": r + 1, "pass": 1 + r // 2,
+                                                "iter": np.arange(per), "ms": x, "wall_ms": x + 0.01, "t_s": ts,
+                                                "requests": 8 if mode == "throughput" else 1}))
+                    for tt in np.arange(start, t, 0.1):
+                        tick = {"t_s": tt, "label": f"{b}/{p} bs={batch} shape={shape} {mode}", "rss_mib": 900.0,
+                                "cpu_percent": 100.0 + rng.standard_normal()}
+                        if gpu:
+                            hot = throttle and (b, p) == ("trt", "fp16") and batch == 4
+                            tick.update(gpu_util=95.0, gpu_mem_util=40.0, gpu_used_mib=3000.0, gpu_proc_mib=1200.0,
+                                        sm_clock_mhz=1400.0 if hot else 1980.0, mem_clock_mhz=2619.0,
+                                        temp_c=88.0 if hot else 61.0, power_w=690.0 if hot else 420.0,
+                                        throttle_reasons=0x20 | 0x4 if hot else 0x0)
+                        ticks.append(tick)
+                    res = {"ticks": 5, "cpu_percent_mean": 100.0, "rss_mib_peak": 900.0, "throttle": ""}
+                    if not resources:
+                        res = {"ticks": 0}
+                    elif gpu:
+                        res.update(gpu_util_mean=95.0, sm_clock_mhz_mean=1900.0, temp_c_mean=62.0,
+                                   power_w_mean=420.0, gpu_used_mib_peak=3000.0)
+                    rounds.append({"mode": mode, "round": r + 1, "pass": 1 + r // 2,
+                                   "timer": "cuda_event" if gpu else "perf_counter", "n": per,
+                                   "median_ms": float(np.median(x)), "t0": start, "t1": t,
+                                   "sentinel_us": 6.0 + 0.05 * rng.standard_normal(), "switched": True,
+                                   "warmup_iters": 5, "warmup_s": 0.03,
+                                   "requests_per_sample": 8 if mode == "throughput" else 1, "resources": res})
+                if mode == "device":
+                    medians[(batch, shape)] = float(np.median(ms))
             bad = failures and gpu and (b, p) == ("torch", "fp16") and batch == 1
             parity = {"passed": not bad, "cosine": 0.98 if bad else 0.99999, "rel_err": 0.2 if bad else 1e-4,
                       "max_abs_err": 0.5 if bad else 1e-4, "top1_agree": 1.0,
@@ -125,9 +138,8 @@ def make_fake_run(root: Path, gpu: bool = True, run_id: str | None = None, speed
             _write(d / "points" / f"{key}.json", {"backend": b, "precision": p, "device": device, "batch": batch,
                                                   "shape": shape, "point": key, "status": "ok", "parity": parity,
                                                   "memory": {}, "nvml_process_mib": 1200.0 if gpu else None,
-                                                  "compile_s": None, "modes": meta})
+                                                  "compile_s": None, "first_warmup_iters": 5, "rounds": rounds})
             pd.concat(frames).to_parquet(d / "points" / f"{key}.parquet", index=False)
-            medians[(batch, shape)] = meta["device"]["median_ms"]
         if gpu:  # lib.bench's kernel profiles: smallest batch launch-bound (40% busy), largest kernel-bound (95%)
             _write(d / "kernels.json", {"points": [_fake_profile(bt, sh, med, b, small=bt == min(batches))
                                                    for (bt, sh), med in medians.items()
@@ -245,13 +257,18 @@ def test_load_run_rejects_a_folder_that_is_not_a_run(tmp_path):
 
 # --- decisions ---------------------------------------------------------------------------------------
 
-def test_speedups_have_bootstrap_intervals(gpu_run):
+def test_speedups_have_intervals_from_rounds(gpu_run):
     sp = report.speedups(gpu_run)
     base = sp[(sp["backend"] == "torch") & (sp["precision"] == "fp32")]
-    assert np.allclose(base["speedup"], 1.0) and not base["significant"].any()
+    assert np.allclose(base["speedup"], 1.0) and not base["significant"].any() and (base["verdict"] == "baseline").all()
     trt = sp[(sp["backend"] == "trt") & (sp["batch"] == 1) & (sp["mode"] == "device")].iloc[0]
     assert trt["ci_low"] <= trt["speedup"] <= trt["ci_high"]
-    assert 3.6 < trt["speedup"] < 4.4 and trt["significant"]  # 2.0 / 0.5 ms
+    assert 3.6 < trt["speedup"] < 4.4 and trt["significant"] and trt["verdict"] == "faster"  # 2.0 / 0.5 ms
+    assert trt["rounds"] == trt["baseline_rounds"] == ROUNDS
+    # the figure is the tables' median (over every raw sample), never a filtered one
+    p = gpu_run.points.set_index(["backend", "precision", "batch", "shape", "mode"])["median_ms"]
+    assert trt["median_ms"] == p[("trt", "fp16", 1, "32x32", "device")]
+    assert trt["speedup"] == pytest.approx(p[("torch", "fp32", 1, "32x32", "device")] / trt["median_ms"])
     assert set(sp["mode"]) == {"device", "end_to_end", "throughput"}
     grid = report.speedup_table(sp, gpu_run)
     assert "batch 1" in grid.columns and "configuration" in grid.columns
@@ -276,11 +293,13 @@ def test_decisions_skip_parity_failures_and_pick_the_fastest(gpu_run):
     d = report.decision_table(gpu_run, sp)
     assert list(d["batch"]) == [1, 4, 16]
     row1 = d[d["batch"] == 1].iloc[0]
-    assert row1["lowest p99, device-resident"].startswith("trt/fp16")
-    assert "vs torch/fp32" in row1["lowest p99, end-to-end"]
+    tail = report.tail_label(gpu_run)
+    assert tail == "p95"  # 15-30 samples per point: p99 would be the sample's maximum
+    assert row1[f"lowest {tail}, device-resident"].startswith("trt/fp16")
+    assert "vs torch/fp32" in row1[f"lowest {tail}, end-to-end"]
     assert "highest throughput (pipelined)" in d.columns
     # batch 16: trt ran out of memory there, torch/fp16 is next fastest
-    assert d[d["batch"] == 16].iloc[0]["lowest p99, device-resident"].startswith("torch/fp16")
+    assert d[d["batch"] == 16].iloc[0][f"lowest {tail}, device-resident"].startswith("torch/fp16")
     # torch/fp16 at batch 1 failed parity: never recommended
     ok = report._usable(gpu_run)
     assert not ((ok["series"] == "torch/fp16") & (ok["batch"] == 1)).any()
@@ -288,7 +307,7 @@ def test_decisions_skip_parity_failures_and_pick_the_fastest(gpu_run):
 
 def test_budget_picks_highest_throughput_within_budget(gpu_run):
     t = report.budget_table(gpu_run, budget_ms=5.0)
-    assert len(t) and (t["p99 ms"] <= 5.0).all()
+    assert len(t) and (t["p95 ms"] <= 5.0).all()
     assert list(t["items/s"]) == sorted(t["items/s"], reverse=True)
     assert "items/s pipelined" in t.columns
     md = report.budget_markdown(gpu_run, 5.0)
@@ -400,7 +419,7 @@ def test_unstable_points_listed(gpu_run):
 def test_to_parquet_round_trip(gpu_run, tmp_path):
     written = gpu_run.to_parquet(tmp_path / "out")
     assert sorted(p.name for p in written) == ["iterations.parquet", "kernel_points.parquet", "kernels.parquet",
-                                               "points.parquet", "samples.parquet"]
+                                               "points.parquet", "rounds.parquet", "samples.parquet"]
     kp = pd.read_parquet(tmp_path / "out" / "kernel_points.parquet")
     assert len(kp) == len(gpu_run.kernel_points) and kp["busy_share"].dtype.kind == "f"
     it = pd.read_parquet(tmp_path / "out" / "iterations.parquet")
