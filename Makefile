@@ -47,7 +47,7 @@ PARAMS := MODEL BACKENDS PRECISIONS BATCH_SIZES SHAPES WARMUP ITERS DURATION ROU
   HOST_SLOW DEVICE OUTLIERS WEIGHTS SEED \
   UNSTABLE_CV CHANNELS_LAST TF32 COMPILE_MODE TRT_WORKSPACE TRT_OPT_LEVEL RUN_ID REPORTS_DIR MODELS_DIR CACHE_DIR \
   DATA
-OTHER_VARS := PYTHON VENV EXTRAS PLAN RUNS PYTHONPATH SHELL
+OTHER_VARS := PYTHON VENV EXTRAS PLAN RUNS PYTHONPATH SHELL REPRO_TOL HOG FIDELITY_BATCH
 CMDLINE_VARS = $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v)))
 UNKNOWN_VARS = $(filter-out $(PARAMS) $(OTHER_VARS),$(CMDLINE_VARS))
 
@@ -81,6 +81,7 @@ help:
 	@echo "  bad values are refused in seconds, before any work, with what is valid"
 	@echo "make compare RUNS=\"<run dir> <run dir> ...\"  one HTML page comparing runs (first = reference)"
 	@echo "make fidelity                   harness checks on a CUDA GPU (vs torch.utils.benchmark, sampler cost, GPU busy time)"
+	@echo "make reproducibility [vars]     make report twice, compare point by point (HOG=1:2 adds a periodic CPU hog)"
 	@echo "make models                     list the models"
 	@echo "make lab                        JupyterLab on the notebooks (localhost only, token required)"
 
@@ -170,3 +171,13 @@ fidelity:
 compare:
 	@$(PYTHON) -m lib.compare --runs $(call q,$(RUNS)) --outliers $(call q,$(OUTLIERS)) \
 	  --reports-dir $(call q,$(REPORTS_DIR))
+
+# --- does a report reproduce? `make report` twice with the same variables, compared point by point:
+# agreement within REPRO_TOL, flags, silent disagreements, headlines, wall times (figures, not a test).
+# HOG=1:2 runs a periodic all-core CPU hog beside both runs (1 s on, 2 s off).
+REPRO_TOL ?= 0.05
+HOG ?=
+.PHONY: reproducibility
+reproducibility:
+	$(PYTHON) -m lib.reproducibility run --python $(call q,$(PYTHON)) --tol $(call q,$(REPRO_TOL)) \
+	  $(if $(HOG),--hog $(call q,$(HOG))) -- $(foreach v,$(filter $(PARAMS),$(CMDLINE_VARS)),$(v)=$(call q,$($(v))))

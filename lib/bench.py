@@ -392,6 +392,10 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
             "timer": engine.timer().name, "reference": reference.source(), "environment": prev.get("environment", env),
             "sentinel": sentinel.kind, "passes": passes})
         try:
+            on_disk = sum(len(p.record.get("rounds") or []) for p in points)
+            if on_disk:
+                log(f"[{label}] resuming: {on_disk} rounds of {sum(1 for p in points if p.record.get('rounds'))} "
+                    f"of {len(points)} points already on disk (kept; only missing rounds are measured)")
             new = [p for p in points if "status" not in p.record]
             if new:
                 log(f"[{label}] loaded in {load_s:.1f} s; characterising {len(new)} point(s) "

@@ -261,15 +261,25 @@ def _run_papermill(name: str, output: Path, parameters: dict, kernel: _Kernel, l
         kernel.remove_sockets()
 
 
-def _points_on_disk(run_dir: Path) -> int:
-    return sum(1 for _ in run_dir.glob("bench/*/points/*.json"))
+def _rounds_on_disk(run_dir: Path) -> tuple[int, int]:
+    """(rounds, points with at least one round) measured so far in the run folder."""
+    rounds = points = 0
+    for pj in run_dir.glob("bench/*/points/*.json"):
+        try:
+            n = len(read_json(pj).get("rounds") or [])
+        except Exception:  # a half-written or foreign file: counted as nothing
+            n = 0
+        rounds += n
+        points += n > 0
+    return rounds, points
 
 
 def _interrupted(run_dir: Path, step: str) -> RunInterrupted:
-    n = _points_on_disk(run_dir)
-    return RunInterrupted(f"interrupted during {step}: the {n} point{'s' if n != 1 else ''} measured so far "
-                          f"{'are' if n != 1 else 'is'} kept in {run_dir}; to resume, rerun the same command with "
-                          f"RUN_ID={run_dir.name} (points on disk are not measured again)")
+    rounds, points = _rounds_on_disk(run_dir)
+    what = (f"the {rounds} round{'s' if rounds != 1 else ''} ({points} point{'s' if points != 1 else ''}) "
+            f"measured so far {'are' if rounds != 1 else 'is'} kept")
+    return RunInterrupted(f"interrupted during {step}: {what} in {run_dir}; to resume, rerun the same command with "
+                          f"RUN_ID={run_dir.name} (rounds on disk are not measured again)")
 
 
 def cmd_notebook(args) -> int:
@@ -295,14 +305,14 @@ def _notebook(args, run_dir: Path) -> int:
         out_dir = run_dir / "bench" / args.combo
         bench_pass = args.bench_pass
         # pass 2 writes the notebook the report links to; pass 1's copy sits beside it
-        out = out_dir / ("benchmark-pass1.ipynb" if bench_pass == 1 else "benchmark.ipynb")
+        out = out_dir / ("benchmark-pass1.ipynb" if bench_pass == 1 else "benchmark.ipynb")  # the report links this
         done = out_dir / ("pass1.done" if bench_pass == 1 else "notebook.done")
         kernel = _Kernel(out_dir / ("kernel-pass1.log" if bench_pass == 1 else "kernel.log"))
         if bench_pass == 2 and (out_dir / "notebook.failed.json").exists():
             _log(f"[make] benchmark {backend}/{precision} pass 2: skipped, its pass 1 crashed (recorded)")
             return 0
-        _log(f"[make] benchmark {backend}/{precision} pass {bench_pass}: executing notebooks/{NOTEBOOKS['benchmark']} "
-             f"-> {out}")
+        what = f"pass {bench_pass}" if bench_pass else "both passes"
+        _log(f"[make] benchmark {backend}/{precision} {what}: executing notebooks/{NOTEBOOKS['benchmark']} -> {out}")
         (out_dir / "notebook.failed.json").unlink(missing_ok=True)
         try:
             _run_papermill("benchmark", out, {**base, "backend": backend, "precision": precision,
@@ -316,11 +326,11 @@ def _notebook(args, run_dir: Path) -> int:
             atomic_write_json(out_dir / "notebook.failed.json", {
                 "error": record, "summary": summary, "exception": type(e).__name__, "notebook": str(out),
                 "kernel_log": str(kernel.log_path), "seconds": time.perf_counter() - t0, "pass": bench_pass})
-            _log(f"[make] benchmark {backend}/{precision} pass {bench_pass} FAILED after "
+            _log(f"[make] benchmark {backend}/{precision} {what} FAILED after "
                  f"{time.perf_counter() - t0:.0f} s (recorded; the sweep goes on): {summary[:400]}")
             return 0
         atomic_write_text(done, f"{time.perf_counter() - t0:.1f}\n")
-        _log(f"[make] benchmark {backend}/{precision} pass {bench_pass} finished in {time.perf_counter() - t0:.0f} s")
+        _log(f"[make] benchmark {backend}/{precision} {what} finished in {time.perf_counter() - t0:.0f} s")
         return 0
     if args.name == "export":
         out = run_dir / "export.ipynb"
@@ -429,8 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", choices=sorted(NOTEBOOKS))
     p.add_argument("--run-dir", required=True)
     p.add_argument("--combo", default="", help="<backend>-<precision>, for the benchmark notebook")
-    p.add_argument("--pass", dest="bench_pass", type=int, choices=(1, 2), default=2,
-                   help="benchmark pass: 1 = characterise + first half of the rounds, 2 = the rest")
+    p.add_argument("--pass", dest="bench_pass", type=int, choices=(0, 1, 2), default=0,
+                   help="benchmark pass: 1 = characterise + first half of the rounds, 2 = the rest (make report "
+                        "runs both, in two processes); 0 = both in one")
     p.add_argument("--stamp", default="", help="file to write when the export succeeded")
     p.set_defaults(fn=cmd_notebook)
     p = sub.add_parser("export-record")

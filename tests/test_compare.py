@@ -62,7 +62,7 @@ def test_bad_runs_from_the_command_line(tmp_path):
 
 # --- ratios ---------------------------------------------------------------------------------------
 
-def test_ratios_with_bootstrap_intervals(two_gpu_runs):
+def test_ratios_with_intervals_from_rounds(two_gpu_runs):
     a, b = two_gpu_runs
     cmp = compare.load_comparison(f"{a} {b}")
     r = cmp.ratios
