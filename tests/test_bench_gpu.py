@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.gpu,
 @pytest.mark.parametrize("backend", ["torch", "ort"])
 def test_oom_is_recorded_and_sweep_goes_on(tmp_path, backend):
     params = RunParams.from_strings(model="efficientnet_b1", backends=backend, precisions="fp32",
-                                    batch_sizes="1,128,8", device="cuda", iters=3, duration=0.05, warmup=0.01,
+                                    batch_sizes="1,128,8", device="cuda", iters=3, duration=0.05, warmup=0.01, rounds=2,
                                     cache_dir=str(tmp_path / "cache"))
     plan = make_plan(params, tmp_path / "reports")
     torch.cuda.init()
@@ -42,9 +42,10 @@ def test_oom_is_recorded_and_sweep_goes_on(tmp_path, backend):
 @pytest.mark.parametrize("backend", ["torch", "ort"])
 def test_kernel_profile_explains_the_timed_median(tmp_path, backend):
     """After the sweep, CUPTI profiles of the smallest and largest batch: GPU busy time per request is
-    positive, never (much) above the timed median, and a larger batch keeps the GPU busier."""
+    positive, never (much) above the timed median, and grows with the batch. (Busy time is the GPU's own
+    work, which a slow host cannot change; the busy *share* of the timed median can, so it is not asserted.)"""
     params = RunParams.from_strings(model="efficientnet_b1", backends=backend, precisions="fp32",
-                                    batch_sizes="1,32", device="cuda", iters=10, duration=0.2, warmup=0.05,
+                                    batch_sizes="1,32", device="cuda", iters=10, duration=0.1, warmup=0.05, rounds=2,
                                     cache_dir=str(tmp_path / "cache"))
     plan = make_plan(params, tmp_path / "reports")
     assert run_backend(plan.run_dir, backend, "fp32", log=print)["ok"] == 2
@@ -58,5 +59,4 @@ def test_kernel_profile_explains_the_timed_median(tmp_path, backend):
         assert p["kernel_ms"] >= p["busy_ms"] * 0.999
         cats = {category(k["name"]) for k in p["kernels"]}
         assert "convolution / matmul" in cats, cats
-    share = {b: p["busy_ms"] / p["device_median_ms"] for b, p in by_batch.items()}
-    assert share[32] > share[1] and share[32] > 0.8, share
+    assert by_batch[32]["busy_ms"] > 4 * by_batch[1]["busy_ms"], prof  # 32x the images: several times the work

@@ -42,21 +42,35 @@ def test_backend_matches_reference_and_times(effnet, backend, precision):
     reason = engine_class(backend).unavailable_reason("cuda")
     if reason:
         pytest.skip(reason)
-    policy = TimingPolicy(warmup_s=0.1, min_iters=10, min_duration_s=0.2)
+    policy = TimingPolicy(warmup_s=0.05, min_iters=10, min_duration_s=0.05)
     with make_engine(backend, EngineSpec(model=cfg, precision=precision, device="cuda", artifacts=artifacts)) as eng:
         for batch in (1, 8):  # a second bind checks re-binding (new graph / new binding) too
             inputs = make_inputs(cfg, batch, cfg.shapes[0], seed=3)
-            eng.bind(inputs)
+            eng.bind(inputs, key=f"b{batch}")
             timer = eng.timer()
             assert timer.name == "cuda_event"
-            dev = measure_latency(eng.run_bound, timer, policy, "device")
-            e2e = measure_latency(lambda: eng.infer(inputs), timer, policy, "end_to_end")
-            thr = measure_throughput(eng.run_bound, timer, policy, float(np.median(dev.ms)))
-            assert len(dev.ms) >= 10 and np.all(dev.ms > 0)
-            # host copies can only add time: end-to-end must not beat device-resident
-            assert np.median(e2e.ms) >= 0.9 * np.median(dev.ms)
+            dev, e2e = [], []
+            for _ in range(4):  # interleaved rounds: a host that slows down for a while moves both alike
+                d = measure_latency(eng.run_bound, timer, policy, "device")
+                e = measure_latency(lambda: eng.infer(inputs), timer, policy, "end_to_end")
+                assert len(d.ms) >= 10 and np.all(d.ms > 0)
+                dev.append(float(np.median(d.ms)))
+                e2e.append(float(np.median(e.ms)))
+            thr = measure_throughput(eng.run_bound, timer, policy, min(dev))
+            # host copies can only add time: end-to-end must not beat device-resident (each at its best round)
+            assert min(e2e) >= 0.9 * min(dev), (dev, e2e)
             assert np.all(thr.ms > 0)
             result = compare_outputs(eng.infer(inputs), _reference(cfg, inputs), precision, "logits")
             assert result["passed"], result["problems"]
             fetched = eng.fetch()
             assert fetched["logits"].shape == (batch, 1000)
+        # back to the batch-1 binding (kept, or bound afresh where a backend does not keep bindings): the
+        # device path and the end-to-end path still give batch 1's outputs
+        inputs = make_inputs(cfg, 1, cfg.shapes[0], seed=3)
+        eng.bind(inputs, key="b1")
+        ref = _reference(cfg, inputs)
+        eng.run_bound()
+        for outputs in (eng.fetch(), eng.infer(inputs)):
+            assert outputs["logits"].shape == (1, 1000)
+            result = compare_outputs(outputs, ref, precision, "logits")
+            assert result["passed"], result["problems"]
