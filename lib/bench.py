@@ -30,6 +30,7 @@ from .model_config import ModelConfig, Shape
 from .models import build_model, get_model
 from .parity import compare_outputs
 from .plan import load_plan, resolve_points
+from .runstate import read_prior_ticks, valid_points
 from .sampler import Sampler
 from .stats import summarize
 from .timing import TimingPolicy, measure_latency, measure_throughput
@@ -185,7 +186,8 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, log=print) ->
     (out / "points").mkdir(parents=True, exist_ok=True)
     label = f"{backend}/{precision}"
     points = [(b, s) for s in shapes for b in batches]
-    todo = [(b, s) for b, s in points if not (out / "points" / f"{point_key(b, s)}.json").exists()]
+    on_disk = valid_points(out / "points", log)  # a corrupt point file is named, set aside and measured again
+    todo = [(b, s) for b, s in points if point_key(b, s) not in on_disk]
     if len(todo) < len(points):
         log(f"[{label}] resuming: {len(points) - len(todo)} of {len(points)} points already on disk")
     env = collect_environment()
@@ -201,9 +203,20 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, log=print) ->
                       artifacts=Artifacts(onnx=onnx, cache_dir=Path(params.cache_dir), weights=params.weights or None,
                                           models_dir=params.models_path),
                       options={**params.engine_options(), "log": log})
+    ticks_path = out / "samples.parquet"
+    prior_ticks = read_prior_ticks(ticks_path, log)  # a resumed sweep appends to the ticks of the interrupted one
     with Sampler(gpu=gpu) as sampler:
         baseline = dict(sampler.baseline)
         t0 = time.perf_counter()
+
+        def save_ticks():  # after every point: a killed backend keeps its timeline up to its last point
+            ticks = pd.DataFrame(sampler.ticks())
+            if len(ticks):
+                ticks["t_s"] = ticks.pop("t") - t0
+                if prior_ticks is not None:
+                    ticks = pd.concat([prior_ticks, ticks.assign(resumed=True)])
+                _to_parquet(ticks_path, ticks)
+
         log(f"[{label}] loading on {device} ...")
         engine = make_engine(backend, spec)
         engine.load()
@@ -255,6 +268,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, log=print) ->
                         torch.cuda.synchronize()
                         torch.cuda.empty_cache()
                 atomic_write_json(out / "points" / f"{key}.json", record)
+                save_ticks()
             if params.data:  # labelled images: top-1/top-5 of this very engine -> accuracy.json (never raises)
                 from .accuracy import record as record_accuracy
 
@@ -263,13 +277,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, log=print) ->
                 _profile_kernels(engine, cfg, shapes, params.seed, out, label, log)
         finally:
             engine.close()
-            ticks = pd.DataFrame(sampler.ticks())
-            if len(ticks):
-                ticks["t_s"] = ticks.pop("t") - t0
-                prev = out / "samples.parquet"
-                if prev.exists():  # a resumed sweep appends to the ticks of the interrupted one
-                    ticks = pd.concat([pd.read_parquet(prev), ticks.assign(resumed=True)])
-                _to_parquet(prev, ticks)
+            save_ticks()
     statuses = [read_json(p).get("status") for p in sorted((out / "points").glob("*.json"))]
     done = {"points": len(points), "ok": statuses.count("ok"), "oom": statuses.count("oom"),
             "error": statuses.count("error")}
