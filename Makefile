@@ -2,6 +2,8 @@
 SHELL := bash
 .DEFAULT_GOAL := help
 .SUFFIXES:
+# A recipe that fails leaves no half-made target behind for the next make to take as done.
+.DELETE_ON_ERROR:
 
 VENV ?= .venv
 # The project's venv when it exists; otherwise the host's python3 (e.g. a GPU host with its own stack).
@@ -101,14 +103,26 @@ lab:
 # The plan step validates every parameter (seconds, before any heavy work), creates the run folder
 # and writes plan.mk there; a second make then builds that run's files from it.
 # Ctrl-C or kill: every point measured so far stays on disk; RUN_ID=<the id printed> resumes.
+# The second make runs holding the run folder's lock (lib.cli locked): a second `make report` of the same
+# RUN_ID is refused, naming the live one.
 report:
 	@run_dir=$$($(PYTHON) -m lib.cli plan $(PLAN_SETS) --reports-dir $(call q,$(REPORTS_DIR)) \
 	  --run-id $(call q,$(RUN_ID)) --unknown-vars '$(UNKNOWN_VARS)' --known-vars '$(PARAMS)') && \
-	  $(MAKE) --no-print-directory execute PLAN=$$run_dir/plan.mk
+	  $(PYTHON) -m lib.cli locked --run-dir "$$run_dir" -- \
+	  $(MAKE) --no-print-directory execute PLAN=$$run_dir/plan.mk $(INTERRUPTED)
+
+# A step ended by Ctrl-C or kill exits 130; make would turn that into its own "Error 130" and exit 2.
+# Interrupting make itself instead makes it end as interrupted (exit status 130 in the shell), whichever
+# process saw the signal first.
+INTERRUPTED = || { rc=$$?; if [ $$rc -eq 130 ]; then kill -INT $$PPID; sleep 0.5; fi; exit $$rc; }
 
 ifdef PLAN
 include $(PLAN)
 BENCH_DONE := $(foreach c,$(COMBOS),$(RUN_DIR)/bench/$(subst @,-,$(c))/notebook.done)
+
+# Measurements never overlap: one step at a time whatever -j is given (and lib.runstate.device_lock keeps
+# separate runs on one host from measuring on the same device at once).
+.NOTPARALLEL:
 
 execute: $(RUN_DIR)/report.html
 	@$(PYTHON) -m lib.cli index $(call q,$(REPORTS_DIR))
@@ -116,20 +130,21 @@ execute: $(RUN_DIR)/report.html
 
 # Export (cached by content hash under $(CACHE_DIR)/onnx): redone only when the model's files change.
 $(ONNX_STAMP): $(ONNX_DEPS) notebooks/00_export.ipynb lib/export.py
-	@$(PYTHON) -m lib.cli notebook export --run-dir $(RUN_DIR) --stamp $@
+	@$(PYTHON) -m lib.cli notebook export --run-dir $(RUN_DIR) --stamp $@ $(INTERRUPTED)
 
 $(RUN_DIR)/export.json: $(ONNX_STAMP)
-	@$(PYTHON) -m lib.cli export-record --run-dir $(RUN_DIR)
+	@$(PYTHON) -m lib.cli export-record --run-dir $(RUN_DIR) $(INTERRUPTED)
 
 # One kernel per backend/precision: a crash takes down only its own notebook (recorded, sweep goes on).
 $(RUN_DIR)/bench/%/notebook.done: $(RUN_DIR)/export.json notebooks/10_benchmark.ipynb
-	@$(PYTHON) -m lib.cli notebook benchmark --run-dir $(RUN_DIR) --combo $*
+	@$(PYTHON) -m lib.cli notebook benchmark --run-dir $(RUN_DIR) --combo $* $(INTERRUPTED)
 
+# Both written under a temporary name and renamed when complete (lib/cli.py, lib/html_report.py).
 $(RUN_DIR)/analysis.ipynb: $(BENCH_DONE) $(RUN_DIR)/export.json notebooks/20_analysis.ipynb
-	@$(PYTHON) -m lib.cli notebook analysis --run-dir $(RUN_DIR)
+	@$(PYTHON) -m lib.cli notebook analysis --run-dir $(RUN_DIR) $(INTERRUPTED)
 
 $(RUN_DIR)/report.html: $(RUN_DIR)/analysis.ipynb
-	@$(PYTHON) -m lib.cli html $(RUN_DIR)
+	@$(PYTHON) -m lib.cli html $(RUN_DIR) $(INTERRUPTED)
 endif
 
 index:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import errno
 import html
 import logging
 import os
@@ -35,6 +36,8 @@ from .errors import BenchbookError, RunInterrupted, StepFailed
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = {"export": "00_export.ipynb", "benchmark": "10_benchmark.ipynb", "analysis": "20_analysis.ipynb"}
+# A write the disk refused (full, over quota, over the file size limit): one line naming the file, no traceback.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 RECORD_CHARS = 1500  # a failure record's length: the report shows the last 1500 characters (lib/results.py)
 
 
@@ -73,7 +76,7 @@ def cmd_plan(args) -> int:
     t0 = time.perf_counter()
     _check_make_vars(args.unknown_vars.split(), args.known_vars.split())
     params = RunParams.from_strings(**_parse_sets(args.set))
-    plan = make_plan(params, args.reports_dir, args.run_id or "", log=_log)
+    plan = make_plan(params, args.reports_dir, args.run_id or "", log=_log, strict_resume=True)
     _log(f"[plan] {params.model} on {plan.device}: batch sizes {plan.batch_sizes}, shapes {plan.shapes}; "
          f"{len(plan.combos)} backend/precision runs: "
          + ", ".join(f"{c['backend']}/{c['precision']}" for c in plan.combos))
@@ -272,6 +275,41 @@ def _interrupted(run_dir: Path, step: str) -> RunInterrupted:
                           f"RUN_ID={run_dir.name} (points on disk are not measured again)")
 
 
+def _user_command() -> str:
+    """The command the user typed (the outermost ``make`` above this process), for a lock's holder record."""
+    try:
+        import psutil
+
+        found = None
+        for proc in psutil.Process().parents():
+            cmd = proc.cmdline()
+            if cmd and os.path.basename(cmd[0]) in ("make", "gmake"):
+                found = cmd
+        if found:
+            return " ".join(found)
+    except Exception:  # the record is informative only
+        pass
+    return " ".join(sys.argv)
+
+
+def cmd_locked(args) -> int:
+    """Take the run folder's lock, then become ``args.command`` (the make that builds the run): the lock
+    is inherited, so it is held exactly as long as that make lives, and signals reach make directly."""
+    from .runstate import acquire_run_lock
+
+    command = [c for c in args.command if c != "--"]
+    if not command:
+        raise BenchbookError("locked: no command given")
+    fd = acquire_run_lock(Path(args.run_dir), _user_command())
+    os.set_inheritable(fd, True)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(command[0], command)
+    return 1  # not reached
+
+
 def cmd_notebook(args) -> int:
     run_dir = Path(args.run_dir).resolve()
     if not (run_dir / "params.json").exists():
@@ -284,7 +322,9 @@ def cmd_notebook(args) -> int:
 
 
 def _notebook(args, run_dir: Path) -> int:
-    params = read_json(run_dir / "params.json")
+    from .runstate import device_lock, read_run_json
+
+    params = read_run_json(run_dir / "params.json")
     base = {k: v for k, v in params.items() if k != "options"}
     base.update(reports_dir=str(run_dir.parent.parent), run_id=run_dir.name)
     t0 = time.perf_counter()
@@ -297,8 +337,12 @@ def _notebook(args, run_dir: Path) -> int:
         kernel = _Kernel(out_dir / "kernel.log")
         _log(f"[make] benchmark {backend}/{precision}: executing notebooks/{NOTEBOOKS['benchmark']} -> {out}")
         (out_dir / "notebook.failed.json").unlink(missing_ok=True)
+        device = read_run_json(run_dir / "plan.json").get("device", "cpu")
         try:
-            _run_papermill("benchmark", out, {**base, "backend": backend, "precision": precision}, kernel)
+            # one backend measures on a device at a time, whatever make's -j or other runs on this host
+            with device_lock(device, f"{run_dir.name} {backend}/{precision}", log=_log):
+                t0 = time.perf_counter()
+                _run_papermill("benchmark", out, {**base, "backend": backend, "precision": precision}, kernel)
         except KeyboardInterrupt:
             raise
         except Exception as e:
@@ -341,18 +385,28 @@ def _notebook(args, run_dir: Path) -> int:
         _log(f"[make] export finished in {time.perf_counter() - t0:.0f} s")
         return 0
     out = run_dir / "analysis.ipynb"
+    # papermill writes its output cell by cell (and once more after a failure or an interrupt): it goes to a
+    # temporary name, renamed to analysis.ipynb only when every cell ran, so make never takes a half-made or
+    # failed analysis as done.
+    partial, failed = run_dir / ".analysis.partial.ipynb", run_dir / "analysis.failed.ipynb"
     kernel = _Kernel(run_dir / "analysis.kernel.log")
     _log(f"[make] analysis: executing notebooks/{NOTEBOOKS['analysis']} -> {out}")
+    out.unlink(missing_ok=True)
+    failed.unlink(missing_ok=True)
     try:
-        _run_papermill("analysis", out, {"run_dir": str(run_dir), "outliers": base["outliers"]}, kernel,
+        _run_papermill("analysis", partial, {"run_dir": str(run_dir), "outliers": base["outliers"]}, kernel,
                        log_output=False)
     except KeyboardInterrupt:
+        partial.unlink(missing_ok=True)
         raise
     except Exception as e:
+        if partial.exists():
+            partial.replace(failed)  # kept to read the traceback; never the make target
         _reraise_if_interrupted(e)
         summary, _ = _describe_failure(e, kernel)
-        raise StepFailed(f"the analysis notebook failed ({summary[:300]}); see {out}; the measurements in "
+        raise StepFailed(f"the analysis notebook failed ({summary[:300]}); see {failed}; the measurements in "
                          f"{run_dir} are kept") from None
+    partial.replace(out)
     _log(f"[make] analysis finished in {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -402,8 +456,11 @@ def cmd_index(args) -> int:
 def cmd_models(args) -> int:
     from .models import discover
 
-    for name, cfg in sorted(discover(args.models_dir or None).items()):
+    broken: dict[str, Exception] = {}
+    for name, cfg in sorted(discover(args.models_dir or None, broken).items()):
         print(f"{name:20s} {cfg.description}")
+    for folder, error in sorted(broken.items()):  # listed apart, with the reason: it cannot be run as it is
+        print(f"{folder:20s} NOT USABLE: {' '.join(str(error).split())}")
     return 0
 
 
@@ -423,6 +480,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--combo", default="", help="<backend>-<precision>, for the benchmark notebook")
     p.add_argument("--stamp", default="", help="file to write when the export succeeded")
     p.set_defaults(fn=cmd_notebook)
+    p = sub.add_parser("locked")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- <command>: run holding the run folder's lock")
+    p.set_defaults(fn=cmd_locked)
     p = sub.add_parser("export-record")
     p.add_argument("--run-dir", required=True)
     p.set_defaults(fn=cmd_export_record)
@@ -455,9 +516,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted ({args.cmd}): {what}", file=sys.stderr)
         return 130
     except OSError as e:
-        if args.cmd != "plan":
+        if args.cmd != "plan" and e.errno not in _DISK_FULL:
             raise
-        print(f"error: {e.filename or ''}: {e.strerror or e}".replace("error: : ", "error: "), file=sys.stderr)
+        hint = ("; free some space there (or give another REPORTS_DIR / CACHE_DIR) and rerun with the same RUN_ID: "
+                "every point measured is kept" if e.errno in _DISK_FULL else "")
+        print(f"error: {e.filename or ''}: {e.strerror or e}".replace("error: : ", "error: ") + hint, file=sys.stderr)
         return 2
     except Exception:
         traceback.print_exc()
