@@ -109,12 +109,10 @@ report:
 	@run_dir=$$($(PYTHON) -m lib.cli plan $(PLAN_SETS) --reports-dir $(call q,$(REPORTS_DIR)) \
 	  --run-id $(call q,$(RUN_ID)) --unknown-vars '$(UNKNOWN_VARS)' --known-vars '$(PARAMS)') && \
 	  $(PYTHON) -m lib.cli locked --run-dir "$$run_dir" -- \
-	  $(MAKE) --no-print-directory execute PLAN=$$run_dir/plan.mk $(INTERRUPTED)
+	  $(MAKE) --no-print-directory execute PLAN=$$run_dir/plan.mk
 
-# A step ended by Ctrl-C or kill exits 130; make would turn that into its own "Error 130" and exit 2.
-# Interrupting make itself instead makes it end as interrupted (exit status 130 in the shell), whichever
-# process saw the signal first.
-INTERRUPTED = || { rc=$$?; if [ $$rc -eq 130 ]; then kill -INT $$PPID; sleep 0.5; fi; exit $$rc; }
+# (Recipes stay single commands: bash then execs them, so make waits for them on Ctrl-C or kill. A step that
+# is interrupted by itself, not through make, interrupts the makes above it: lib/cli.py _interrupt_makes.)
 
 ifdef PLAN
 include $(PLAN)
@@ -130,21 +128,21 @@ execute: $(RUN_DIR)/report.html
 
 # Export (cached by content hash under $(CACHE_DIR)/onnx): redone only when the model's files change.
 $(ONNX_STAMP): $(ONNX_DEPS) notebooks/00_export.ipynb lib/export.py
-	@$(PYTHON) -m lib.cli notebook export --run-dir $(RUN_DIR) --stamp $@ $(INTERRUPTED)
+	@$(PYTHON) -m lib.cli notebook export --run-dir $(RUN_DIR) --stamp $@
 
 $(RUN_DIR)/export.json: $(ONNX_STAMP)
-	@$(PYTHON) -m lib.cli export-record --run-dir $(RUN_DIR) $(INTERRUPTED)
+	@$(PYTHON) -m lib.cli export-record --run-dir $(RUN_DIR)
 
 # One kernel per backend/precision: a crash takes down only its own notebook (recorded, sweep goes on).
 $(RUN_DIR)/bench/%/notebook.done: $(RUN_DIR)/export.json notebooks/10_benchmark.ipynb
-	@$(PYTHON) -m lib.cli notebook benchmark --run-dir $(RUN_DIR) --combo $* $(INTERRUPTED)
+	@$(PYTHON) -m lib.cli notebook benchmark --run-dir $(RUN_DIR) --combo $*
 
 # Both written under a temporary name and renamed when complete (lib/cli.py, lib/html_report.py).
 $(RUN_DIR)/analysis.ipynb: $(BENCH_DONE) $(RUN_DIR)/export.json notebooks/20_analysis.ipynb
-	@$(PYTHON) -m lib.cli notebook analysis --run-dir $(RUN_DIR) $(INTERRUPTED)
+	@$(PYTHON) -m lib.cli notebook analysis --run-dir $(RUN_DIR)
 
 $(RUN_DIR)/report.html: $(RUN_DIR)/analysis.ipynb
-	@$(PYTHON) -m lib.cli html $(RUN_DIR) $(INTERRUPTED)
+	@$(PYTHON) -m lib.cli html $(RUN_DIR)
 endif
 
 index:

@@ -506,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as e:
         _quiet_abandoned_tasks()
         print(f"\n{e}", file=sys.stderr)
+        _interrupt_makes()
         return e.exit_code
     except BenchbookError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
@@ -514,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_abandoned_tasks()
         what = "no run was started" if args.cmd == "plan" else "nothing measured is lost"
         print(f"\ninterrupted ({args.cmd}): {what}", file=sys.stderr)
+        _interrupt_makes()
         return 130
     except OSError as e:
         if args.cmd != "plan" and e.errno not in _DISK_FULL:
@@ -538,11 +540,29 @@ _SIGNALLED = threading.Event()
 
 
 _HARD_EXIT_AFTER_S = 15.0
+_SIGNUMS: list[int] = []  # the signal that interrupted this process
+
+
+def _interrupt_makes() -> None:
+    """A Ctrl-C that reached this step but not the makes above it (a SIGINT sent to this process alone, or one
+    this process saw first): make would report the step's exit 130 as its own error and exit 2. Interrupting
+    each make above this process makes them end as a Ctrl-C does (killed by SIGINT: status 130 in a shell)."""
+    if _SIGNUMS[:1] != [signal.SIGINT]:
+        return
+    try:
+        import psutil
+
+        for proc in psutil.Process().parents():
+            if os.path.basename((proc.cmdline() or [""])[0]) in ("make", "gmake"):
+                os.kill(proc.pid, signal.SIGINT)
+    except Exception:  # psutil missing or a parent gone: the exit status is then make's own
+        pass
 
 
 def _terminate(signum, frame):
     if not _SIGNALLED.is_set():
         _SIGNALLED.set()
+        _SIGNUMS.append(signum)
         # The exception raised below can land inside papermill's event loop, whose clean-up may then wait
         # forever: if this process is still alive after a grace period, end it (and its kernels) hard.
         # Every measured point is already on disk (atomic writes), so nothing is lost.
@@ -569,6 +589,7 @@ def _hard_exit() -> None:
         pass
     print(f"\ninterrupted: clean-up did not finish within {_HARD_EXIT_AFTER_S:.0f} s, stopped hard; every point "
           f"measured so far is on disk (rerun with the same RUN_ID to resume)", file=sys.stderr, flush=True)
+    _interrupt_makes()
     os._exit(130)
 
 
