@@ -342,7 +342,10 @@ class _Make:
         import psutil
 
         for child in psutil.Process(self.proc.pid).children(recursive=True):
-            cmd = child.cmdline()
+            try:
+                cmd = child.cmdline()
+            except psutil.Error:  # a short-lived process that ended meanwhile
+                continue
             if "lib.cli" in cmd and "analysis" in cmd:
                 return child.pid
         raise AssertionError("no analysis process")
