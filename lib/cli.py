@@ -275,32 +275,15 @@ def _interrupted(run_dir: Path, step: str) -> RunInterrupted:
                           f"RUN_ID={run_dir.name} (points on disk are not measured again)")
 
 
-def _user_command() -> str:
-    """The command the user typed (the outermost ``make`` above this process), for a lock's holder record."""
-    try:
-        import psutil
-
-        found = None
-        for proc in psutil.Process().parents():
-            cmd = proc.cmdline()
-            if cmd and os.path.basename(cmd[0]) in ("make", "gmake"):
-                found = cmd
-        if found:
-            return " ".join(found)
-    except Exception:  # the record is informative only
-        pass
-    return " ".join(sys.argv)
-
-
 def cmd_locked(args) -> int:
     """Take the run folder's lock, then become ``args.command`` (the make that builds the run): the lock
     is inherited, so it is held exactly as long as that make lives, and signals reach make directly."""
-    from .runstate import acquire_run_lock
+    from .runstate import acquire_run_lock, user_command
 
     command = [c for c in args.command if c != "--"]
     if not command:
         raise BenchbookError("locked: no command given")
-    fd = acquire_run_lock(Path(args.run_dir), _user_command())
+    fd = acquire_run_lock(Path(args.run_dir), user_command())
     os.set_inheritable(fd, True)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -29,7 +29,7 @@ from pathlib import Path
 from .cache import atomic_write_json, sha256_file
 from .errors import BenchbookError, ConfigError
 
-__all__ = ["run_lock", "acquire_run_lock", "lock_holder", "device_lock", "file_lock", "RunBusy", "fingerprint", "write_fingerprint",
+__all__ = ["run_lock", "acquire_run_lock", "user_command", "lock_holder", "device_lock", "file_lock", "RunBusy", "fingerprint", "write_fingerprint",
            "check_fingerprint", "read_point", "valid_points", "read_prior_ticks", "set_aside", "CorruptFile", "read_run_json", "FINGERPRINT_FILE"]
 
 LOCK_FILE = ".run.lock"
@@ -81,6 +81,23 @@ def _claim(fd: int, extra: dict | None = None) -> None:
             "command": " ".join(sys.argv)[:300], **(extra or {})}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
+
+
+def user_command() -> str:
+    """The command the user typed (the outermost ``make`` above this process), for a lock's holder record."""
+    try:
+        import psutil
+
+        found = None
+        for proc in psutil.Process().parents():
+            cmd = proc.cmdline()
+            if cmd and os.path.basename(cmd[0]) in ("make", "gmake"):
+                found = cmd
+        if found:
+            return " ".join(found)
+    except Exception:  # psutil missing or a parent gone: the record is informative only
+        pass
+    return " ".join(sys.argv)
 
 
 def lock_holder(run_dir: Path | str) -> dict | None:
