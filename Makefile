@@ -2,6 +2,8 @@
 SHELL := bash
 .DEFAULT_GOAL := help
 .SUFFIXES:
+# A recipe that fails leaves no half-made target behind for the next make to take as done.
+.DELETE_ON_ERROR:
 
 VENV ?= .venv
 # The project's venv when it exists; otherwise the host's python3 (e.g. a GPU host with its own stack).
@@ -112,10 +114,16 @@ lab:
 # The plan step validates every parameter (seconds, before any heavy work), creates the run folder
 # and writes plan.mk there; a second make then builds that run's files from it.
 # Ctrl-C or kill: every point measured so far stays on disk; RUN_ID=<the id printed> resumes.
+# The second make runs holding the run folder's lock (lib.cli locked): a second `make report` of the same
+# RUN_ID is refused, naming the live one.
 report:
 	@run_dir=$$($(PYTHON) -m lib.cli plan $(PLAN_SETS) --reports-dir $(call q,$(REPORTS_DIR)) \
 	  --run-id $(call q,$(RUN_ID)) --unknown-vars '$(UNKNOWN_VARS)' --known-vars '$(PARAMS)') && \
+	  $(PYTHON) -m lib.cli locked --run-dir "$$run_dir" -- \
 	  $(MAKE) --no-print-directory execute PLAN=$$run_dir/plan.mk
+
+# (Recipes stay single commands: bash then execs them, so make waits for them on Ctrl-C or kill. A step that
+# is interrupted by itself, not through make, interrupts the makes above it: lib/cli.py _interrupt_makes.)
 
 ifdef PLAN
 include $(PLAN)
@@ -124,6 +132,10 @@ BENCH_PASS1 := $(foreach c,$(COMBOS),$(RUN_DIR)/bench/$(subst @,-,$(c))/pass1.do
 BENCH_DONE := $(foreach c,$(COMBOS_REVERSED),$(RUN_DIR)/bench/$(subst @,-,$(c))/notebook.done)
 # Chained pattern targets: make would delete them as intermediate files at the end; they are records.
 .SECONDARY: $(BENCH_PASS1) $(BENCH_DONE)
+
+# Measurements never overlap: one step at a time whatever -j is given (and lib.runstate.device_lock keeps
+# separate runs on one host from measuring on the same device at once).
+.NOTPARALLEL:
 
 execute: $(RUN_DIR)/report.html
 	@$(PYTHON) -m lib.cli index $(call q,$(REPORTS_DIR))
@@ -144,6 +156,7 @@ $(RUN_DIR)/bench/%/pass1.done: $(RUN_DIR)/export.json notebooks/10_benchmark.ipy
 $(RUN_DIR)/bench/%/notebook.done: $(BENCH_PASS1)
 	@$(PYTHON) -m lib.cli notebook benchmark --run-dir $(RUN_DIR) --combo $* --pass 2
 
+# Both written under a temporary name and renamed when complete (lib/cli.py, lib/html_report.py).
 $(RUN_DIR)/analysis.ipynb: $(BENCH_DONE) $(RUN_DIR)/export.json notebooks/20_analysis.ipynb
 	@$(PYTHON) -m lib.cli notebook analysis --run-dir $(RUN_DIR)
 

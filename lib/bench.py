@@ -57,6 +57,7 @@ from .model_config import ModelConfig, Shape
 from .models import build_model, get_model
 from .parity import compare_outputs
 from .plan import load_plan, resolve_points
+from .runstate import read_prior_ticks, valid_points
 from .sampler import Sampler
 from .stats import round_interval
 from .timing import HostSentinel, TimingPolicy, measure_latency, measure_throughput, throughput_window, warm_up
@@ -358,6 +359,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
     label = f"{backend}/{precision}"
     modes = _modes(gpu)
     base = {"backend": backend, "precision": precision, "device": device}
+    valid_points(out / "points", log)  # a corrupt point file is named, set aside and measured again
     points = _load_points(out, cfg, [(b, s) for s in shapes for b in batches], params.seed, base)
     target, adaptive = pass_targets(params.rounds, bench_pass)
     pass_no = bench_pass or 1
@@ -374,9 +376,23 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
                       artifacts=Artifacts(onnx=onnx, cache_dir=Path(params.cache_dir), weights=params.weights or None,
                                           models_dir=params.models_path),
                       options={**params.engine_options(), "log": log})
+    ticks_path = out / "samples.parquet"
+    prior_ticks = read_prior_ticks(ticks_path, log)  # a resumed sweep appends to the ticks of the interrupted one
+    ticks_path = out / "samples.parquet"
+    prior_ticks = read_prior_ticks(ticks_path, log)  # another pass, or a resumed one, appends to these
     with Sampler(gpu=gpu) as sampler:
         baseline = dict(sampler.baseline)
         t_origin = time.perf_counter()
+
+        def save_ticks():  # after every round: a killed backend keeps its timeline up to its last round
+            ticks = pd.DataFrame(sampler.ticks())
+            if len(ticks):
+                ticks["t_s"] = ticks.pop("t") - t_origin
+                ticks["pass"] = pass_no
+                if prior_ticks is not None:
+                    ticks = pd.concat([prior_ticks, ticks])
+                _to_parquet(ticks_path, ticks)
+
         log(f"[{label}] pass {bench_pass or '1+2'}: loading on {device} ...")
         engine = make_engine(backend, spec)
         engine.load()
@@ -449,6 +465,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
                                     f"kept; retrying with this point alone")
                                 continue
                             _fail(point, e, label, log, gpu)
+                save_ticks()
                 log(f"[{label}] pass {pass_no} round {r_idx + 1}{' (adaptive: points not yet within ±' + format(params.ci_target, '.0%') + ')' if extra else ''}: "
                     f"{len(todo)} measurements in {time.perf_counter() - t_round:.1f} s; host sentinel "
                     f"{np.median(sent) if sent else float('nan'):.3g} µs")
@@ -465,14 +482,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
                     _profile_kernels(engine, points, shapes, out, label, log)
         finally:
             engine.close()
-            ticks = pd.DataFrame(sampler.ticks())
-            if len(ticks):
-                ticks["t_s"] = ticks.pop("t") - t_origin
-                ticks["pass"] = pass_no
-                prev_ticks = out / "samples.parquet"
-                if prev_ticks.exists():  # another pass, or a resumed one, appends to the earlier ticks
-                    ticks = pd.concat([pd.read_parquet(prev_ticks), ticks])
-                _to_parquet(prev_ticks, ticks)
+            save_ticks()
     statuses = [p.record.get("status") for p in points]
     done = {"points": len(points), "ok": statuses.count("ok"), "oom": statuses.count("oom"),
             "error": statuses.count("error")}

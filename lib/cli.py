@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import errno
 import html
 import logging
 import os
@@ -35,6 +36,8 @@ from .errors import BenchbookError, RunInterrupted, StepFailed
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = {"export": "00_export.ipynb", "benchmark": "10_benchmark.ipynb", "analysis": "20_analysis.ipynb"}
+# A write the disk refused (full, over quota, over the file size limit): one line naming the file, no traceback.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 RECORD_CHARS = 1500  # a failure record's length: the report shows the last 1500 characters (lib/results.py)
 
 
@@ -73,7 +76,7 @@ def cmd_plan(args) -> int:
     t0 = time.perf_counter()
     _check_make_vars(args.unknown_vars.split(), args.known_vars.split())
     params = RunParams.from_strings(**_parse_sets(args.set))
-    plan = make_plan(params, args.reports_dir, args.run_id or "", log=_log)
+    plan = make_plan(params, args.reports_dir, args.run_id or "", log=_log, strict_resume=True)
     _log(f"[plan] {params.model} on {plan.device}: batch sizes {plan.batch_sizes}, shapes {plan.shapes}; "
          f"{len(plan.combos)} backend/precision runs: "
          + ", ".join(f"{c['backend']}/{c['precision']}" for c in plan.combos))
@@ -282,6 +285,24 @@ def _interrupted(run_dir: Path, step: str) -> RunInterrupted:
                           f"RUN_ID={run_dir.name} (rounds on disk are not measured again)")
 
 
+def cmd_locked(args) -> int:
+    """Take the run folder's lock, then become ``args.command`` (the make that builds the run): the lock
+    is inherited, so it is held exactly as long as that make lives, and signals reach make directly."""
+    from .runstate import acquire_run_lock, user_command
+
+    command = [c for c in args.command if c != "--"]
+    if not command:
+        raise BenchbookError("locked: no command given")
+    fd = acquire_run_lock(Path(args.run_dir), user_command())
+    os.set_inheritable(fd, True)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(command[0], command)
+    return 1  # not reached
+
+
 def cmd_notebook(args) -> int:
     run_dir = Path(args.run_dir).resolve()
     if not (run_dir / "params.json").exists():
@@ -294,7 +315,9 @@ def cmd_notebook(args) -> int:
 
 
 def _notebook(args, run_dir: Path) -> int:
-    params = read_json(run_dir / "params.json")
+    from .runstate import device_lock, read_run_json
+
+    params = read_run_json(run_dir / "params.json")
     base = {k: v for k, v in params.items() if k != "options"}
     base.update(reports_dir=str(run_dir.parent.parent), run_id=run_dir.name)
     t0 = time.perf_counter()
@@ -314,9 +337,13 @@ def _notebook(args, run_dir: Path) -> int:
         what = f"pass {bench_pass}" if bench_pass else "both passes"
         _log(f"[make] benchmark {backend}/{precision} {what}: executing notebooks/{NOTEBOOKS['benchmark']} -> {out}")
         (out_dir / "notebook.failed.json").unlink(missing_ok=True)
+        device = read_run_json(run_dir / "plan.json").get("device", "cpu")
         try:
-            _run_papermill("benchmark", out, {**base, "backend": backend, "precision": precision,
-                                              "bench_pass": bench_pass}, kernel)
+            # one backend measures on a device at a time, whatever make's -j or other runs on this host
+            with device_lock(device, f"{run_dir.name} {backend}/{precision}", log=_log):
+                t0 = time.perf_counter()
+                _run_papermill("benchmark", out, {**base, "backend": backend, "precision": precision,
+                                                  "bench_pass": bench_pass}, kernel)
         except KeyboardInterrupt:
             raise
         except Exception as e:
@@ -359,18 +386,28 @@ def _notebook(args, run_dir: Path) -> int:
         _log(f"[make] export finished in {time.perf_counter() - t0:.0f} s")
         return 0
     out = run_dir / "analysis.ipynb"
+    # papermill writes its output cell by cell (and once more after a failure or an interrupt): it goes to a
+    # temporary name, renamed to analysis.ipynb only when every cell ran, so make never takes a half-made or
+    # failed analysis as done.
+    partial, failed = run_dir / ".analysis.partial.ipynb", run_dir / "analysis.failed.ipynb"
     kernel = _Kernel(run_dir / "analysis.kernel.log")
     _log(f"[make] analysis: executing notebooks/{NOTEBOOKS['analysis']} -> {out}")
+    out.unlink(missing_ok=True)
+    failed.unlink(missing_ok=True)
     try:
-        _run_papermill("analysis", out, {"run_dir": str(run_dir), "outliers": base["outliers"]}, kernel,
+        _run_papermill("analysis", partial, {"run_dir": str(run_dir), "outliers": base["outliers"]}, kernel,
                        log_output=False)
     except KeyboardInterrupt:
+        partial.unlink(missing_ok=True)
         raise
     except Exception as e:
+        if partial.exists():
+            partial.replace(failed)  # kept to read the traceback; never the make target
         _reraise_if_interrupted(e)
         summary, _ = _describe_failure(e, kernel)
-        raise StepFailed(f"the analysis notebook failed ({summary[:300]}); see {out}; the measurements in "
+        raise StepFailed(f"the analysis notebook failed ({summary[:300]}); see {failed}; the measurements in "
                          f"{run_dir} are kept") from None
+    partial.replace(out)
     _log(f"[make] analysis finished in {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -420,8 +457,11 @@ def cmd_index(args) -> int:
 def cmd_models(args) -> int:
     from .models import discover
 
-    for name, cfg in sorted(discover(args.models_dir or None).items()):
+    broken: dict[str, Exception] = {}
+    for name, cfg in sorted(discover(args.models_dir or None, broken).items()):
         print(f"{name:20s} {cfg.description}")
+    for folder, error in sorted(broken.items()):  # listed apart, with the reason: it cannot be run as it is
+        print(f"{folder:20s} NOT USABLE: {' '.join(str(error).split())}")
     return 0
 
 
@@ -444,6 +484,10 @@ def main(argv: list[str] | None = None) -> int:
                         "runs both, in two processes); 0 = both in one")
     p.add_argument("--stamp", default="", help="file to write when the export succeeded")
     p.set_defaults(fn=cmd_notebook)
+    p = sub.add_parser("locked")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- <command>: run holding the run folder's lock")
+    p.set_defaults(fn=cmd_locked)
     p = sub.add_parser("export-record")
     p.add_argument("--run-dir", required=True)
     p.set_defaults(fn=cmd_export_record)
@@ -466,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as e:
         _quiet_abandoned_tasks()
         print(f"\n{e}", file=sys.stderr)
+        _interrupt_makes()
         return e.exit_code
     except BenchbookError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
@@ -474,11 +519,14 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_abandoned_tasks()
         what = "no run was started" if args.cmd == "plan" else "nothing measured is lost"
         print(f"\ninterrupted ({args.cmd}): {what}", file=sys.stderr)
+        _interrupt_makes()
         return 130
     except OSError as e:
-        if args.cmd != "plan":
+        if args.cmd != "plan" and e.errno not in _DISK_FULL:
             raise
-        print(f"error: {e.filename or ''}: {e.strerror or e}".replace("error: : ", "error: "), file=sys.stderr)
+        hint = ("; free some space there (or give another REPORTS_DIR / CACHE_DIR) and rerun with the same RUN_ID: "
+                "every point measured is kept" if e.errno in _DISK_FULL else "")
+        print(f"error: {e.filename or ''}: {e.strerror or e}".replace("error: : ", "error: ") + hint, file=sys.stderr)
         return 2
     except Exception:
         traceback.print_exc()
@@ -496,11 +544,29 @@ _SIGNALLED = threading.Event()
 
 
 _HARD_EXIT_AFTER_S = 15.0
+_SIGNUMS: list[int] = []  # the signal that interrupted this process
+
+
+def _interrupt_makes() -> None:
+    """A Ctrl-C that reached this step but not the makes above it (a SIGINT sent to this process alone, or one
+    this process saw first): make would report the step's exit 130 as its own error and exit 2. Interrupting
+    each make above this process makes them end as a Ctrl-C does (killed by SIGINT: status 130 in a shell)."""
+    if _SIGNUMS[:1] != [signal.SIGINT]:
+        return
+    try:
+        import psutil
+
+        for proc in psutil.Process().parents():
+            if os.path.basename((proc.cmdline() or [""])[0]) in ("make", "gmake"):
+                os.kill(proc.pid, signal.SIGINT)
+    except Exception:  # psutil missing or a parent gone: the exit status is then make's own
+        pass
 
 
 def _terminate(signum, frame):
     if not _SIGNALLED.is_set():
         _SIGNALLED.set()
+        _SIGNUMS.append(signum)
         # The exception raised below can land inside papermill's event loop, whose clean-up may then wait
         # forever: if this process is still alive after a grace period, end it (and its kernels) hard.
         # Every measured point is already on disk (atomic writes), so nothing is lost.
@@ -527,6 +593,7 @@ def _hard_exit() -> None:
         pass
     print(f"\ninterrupted: clean-up did not finish within {_HARD_EXIT_AFTER_S:.0f} s, stopped hard; every point "
           f"measured so far is on disk (rerun with the same RUN_ID to resume)", file=sys.stderr, flush=True)
+    _interrupt_makes()
     os._exit(130)
 
 

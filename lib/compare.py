@@ -422,6 +422,10 @@ def run_compare(runs, outliers: str = "", reports_dir: str | Path = "reports", l
     paths = [p.resolve() for p in parse_runs(runs)]
     if outliers:
         parse_outlier_rule(outliers)
+    for p in paths:  # before any work: a corrupt params.json/plan.json stops here naming the file,
+        bad = load_run(p).failures.query("status == 'corrupt'")  # a corrupt point is named and left out
+        for reason in bad["reason"]:
+            log(f"[compare] warning: {reason}")
     reports_dir = Path(reports_dir)
     out = _new_out_dir(reports_dir / "compare")
     t0 = time.perf_counter()

@@ -399,12 +399,22 @@ def ensure_onnx(cfg: ModelConfig, cache_root: Path, precisions=("fp32",), weight
     """Every ONNX variant the run needs, by precision (fp32 always; fp16 when asked).
     ``build=False`` only reads the cache (raises if a file is missing or corrupt). A model given as
     ONNX uses its own file as the FP32 one (``onnx_given``)."""
-    if is_given_onnx(cfg):
-        if weights:
-            from .errors import WeightsError
+    if is_given_onnx(cfg) and weights:
+        from .errors import WeightsError
 
-            raise WeightsError(f"WEIGHTS={str(weights)!r}: model {cfg.name!r} is given as ONNX "
-                               f"({cfg.folder / 'model.onnx'}), whose weights are in the file; leave WEIGHTS empty")
+        raise WeightsError(f"WEIGHTS={str(weights)!r}: model {cfg.name!r} is given as ONNX "
+                           f"({cfg.folder / 'model.onnx'}), whose weights are in the file; leave WEIGHTS empty")
+    if not build:
+        return _onnx_files(cfg, cache_root, precisions, weights, log, build)
+    from .runstate import file_lock
+
+    # Two runs of one model at once: the second waits for the first's export, then finds it in the cache.
+    with file_lock(Path(cache_root) / cfg.name / ".export.lock"):
+        return _onnx_files(cfg, cache_root, precisions, weights, log, build)
+
+
+def _onnx_files(cfg: ModelConfig, cache_root: Path, precisions, weights, log, build: bool) -> dict[str, ExportResult]:
+    if is_given_onnx(cfg):
         results = {"fp32": onnx_given(cfg, cache_root, log, build)}
     else:
         results = {"fp32": onnx_fp32(cfg, cache_root, weights, log, build)}

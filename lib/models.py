@@ -48,19 +48,27 @@ def _read_config(path: Path) -> ModelConfig:
     return parse_model_config(raw, path)
 
 
-def discover(models_dir: Path | str | None = None) -> dict[str, ModelConfig]:
-    """All models under ``models_dir``; a malformed config or a duplicate name raises, naming the files."""
+def discover(models_dir: Path | str | None = None, broken: dict | None = None) -> dict[str, ModelConfig]:
+    """All models under ``models_dir``; a malformed config or a duplicate name raises, naming the files.
+    With ``broken`` (a dict), a malformed model folder is left out and its error stored there by folder
+    name instead, so one broken model does not hide the others."""
     root = Path(models_dir) if models_dir else default_models_dir()
     if not root.is_dir():
         raise ModelError(f"models folder {root} does not exist")
     found: dict[str, ModelConfig] = {}
     for cfg_path in sorted(root.glob("*/config.yaml")):
-        cfg = _read_config(cfg_path)
+        try:
+            cfg = _read_config(cfg_path)
+            if not (cfg_path.parent / "load.py").is_file() and not (cfg_path.parent / "model.onnx").is_file():
+                raise ModelError(f"{cfg_path.parent}: needs load.py (defining build_model(config)) or model.onnx")
+        except (ConfigError, ModelError) as e:
+            if broken is None:
+                raise
+            broken[cfg_path.parent.name] = e
+            continue
         if cfg.name in found:
             raise ModelError(f"two models are named {cfg.name!r}: {found[cfg.name].path} and {cfg_path}; "
                              f"rename one (the 'name' field)")
-        if not (cfg_path.parent / "load.py").is_file() and not (cfg_path.parent / "model.onnx").is_file():
-            raise ModelError(f"{cfg_path.parent}: needs load.py (defining build_model(config)) or model.onnx")
         found[cfg.name] = cfg
     return found
 
@@ -70,10 +78,16 @@ def list_models(models_dir: Path | str | None = None) -> list[str]:
 
 
 def get_model(name: str, models_dir: Path | str | None = None) -> ModelConfig:
-    """The model called ``name``; an unknown name lists the available ones."""
-    models = discover(models_dir)
+    """The model called ``name``; an unknown name lists the available ones. A broken sibling folder does
+    not stop this one: only asking for the broken model itself raises its error."""
+    broken: dict[str, Exception] = {}
+    models = discover(models_dir, broken)
+    if name not in models and name in broken:
+        raise broken[name]
     if name not in models:
         avail = ", ".join(sorted(models)) or "none"
+        if broken:
+            avail += f"; not usable: {', '.join(sorted(broken))} (`make models` says why)"
         close = difflib.get_close_matches(name, list(models), n=1, cutoff=0.6) or [
             m for m in models if m.lower() == str(name).lower()]
         hint = f"did you mean {close[0]}? " if close else ""

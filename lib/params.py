@@ -21,6 +21,11 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 MAX_ITERS = 100_000  # lib.timing.TimingPolicy.max_iters: the timed loop's cap
 MAX_ROUNDS = 50      # lib.bench: no point and mode is measured in more rounds than this
 MAX_POINT_CAP_S = 600.0
+# Upper bounds: a value past them is a typo (DURATION=100 for 1.00) or turns a check off (UNSTABLE_CV=5 flags
+# nothing: a CV above 1 means the spread exceeds the mean). Minutes per measurement is already a long run.
+MAX_WARMUP_S = 300.0
+MAX_DURATION_S = 600.0
+MAX_UNSTABLE_CV = 1.0
 # Characters that break make (targets and recipes are built from these paths) or the shell.
 _MAKE_UNSAFE = set(" \t\n\r#$%:;*?\"'\\|&<>`")
 
@@ -75,14 +80,16 @@ def parse_int_list(name: str, value, minimum: int = 1) -> list[int]:
     return out
 
 
-def parse_float(name: str, value, minimum: float = 0.0, unit: str = "seconds", positive: bool = False) -> float:
-    """A finite number >= ``minimum`` (``positive``: > ``minimum``), e.g. ``DURATION=1.0``."""
-    bound = f"{'>' if positive else '>='} {minimum:g}"
+def parse_float(name: str, value, minimum: float = 0.0, unit: str = "seconds", positive: bool = False,
+                maximum: float | None = None) -> float:
+    """A finite number >= ``minimum`` (``positive``: > ``minimum``) and <= ``maximum``, e.g. ``DURATION=1.0``."""
+    bound = f"{'>' if positive else '>='} {minimum:g}" + (f" and <= {maximum:g}" if maximum is not None else "")
     try:
         x = float(str(value).strip())
     except (TypeError, ValueError):
         raise ConfigError(f"{show(name, value)} is not a number; expected {unit} {bound}") from None
-    if not math.isfinite(x) or x < minimum or (positive and x == minimum):
+    if (not math.isfinite(x) or x < minimum or (positive and x == minimum)
+            or (maximum is not None and x > maximum)):
         raise ConfigError(f"{show(name, value)} is not valid; expected {unit} {bound}")
     return x
 
@@ -180,9 +187,9 @@ class RunParams:
             raise ConfigError(f"{show('COMPILE_MODE', p.compile_mode)} is not a torch.compile mode; valid: "
                               f"{', '.join(COMPILE_MODES)}")
         if "warmup" in raw:
-            p.warmup = parse_float("WARMUP", raw["warmup"], positive=True)
+            p.warmup = parse_float("WARMUP", raw["warmup"], positive=True, maximum=MAX_WARMUP_S)
         if "duration" in raw:
-            p.duration = parse_float("DURATION", raw["duration"], positive=True)
+            p.duration = parse_float("DURATION", raw["duration"], positive=True, maximum=MAX_DURATION_S)
         if "iters" in raw:
             p.iters = parse_int("ITERS", raw["iters"], maximum=MAX_ITERS)
         if "rounds" in raw:
@@ -202,7 +209,8 @@ class RunParams:
         if "seed" in raw:
             p.seed = parse_int("SEED", raw["seed"], minimum=0)
         if "unstable_cv" in raw:
-            p.unstable_cv = parse_float("UNSTABLE_CV", raw["unstable_cv"], unit="a fraction")
+            p.unstable_cv = parse_float("UNSTABLE_CV", raw["unstable_cv"], unit="a fraction",
+                                        maximum=MAX_UNSTABLE_CV)
         if "channels_last" in raw:
             value = str(raw["channels_last"]).strip().lower()
             if value != "auto" and value not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):

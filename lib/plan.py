@@ -23,10 +23,13 @@ from .export import export_key, is_given_onnx
 from .model_config import BATCH_DIM, ModelConfig, Shape
 from .models import build_model, check_load_py, check_weights_file, get_model
 from .params import RunParams, check_make_path, parse_int_list, parse_list, show, show_item
+from .runstate import (FINGERPRINT_FILE, CorruptFile, RunBusy, check_fingerprint, fingerprint, lock_holder, read_run_json,
+                       write_fingerprint)
 from .stats import parse_outlier_rule
 from .timing import TimingPolicy
 
-__all__ = ["Plan", "make_plan", "new_run_id", "check_run_id", "load_plan", "parse_shapes", "resolve_points"]
+__all__ = ["Plan", "make_plan", "new_run_id", "check_run_id", "load_plan", "parse_shapes", "resolve_points",
+           "resumable_runs"]
 
 # Parameters whose change makes a different run (a resume must keep them).
 _RUN_DEFINING = ("model", "backends", "precisions", "batch_sizes", "shapes", "device", "weights", "seed",
@@ -79,10 +82,14 @@ def parse_shapes(cfg: ModelConfig, text: str, device: str = "cuda") -> list[Shap
     items = parse_list("SHAPES", text)
     dims = cfg.shape_dims
     if not dims:
-        bad = [i for i in items if i.lower() not in ("static", "default")]
+        fixed = _fixed_sizes(cfg)  # its one size, as the README writes it (SHAPES=240x240 for efficientnet_b1)
+        bad = [i for i in items if i.lower() not in ("static", "default") and i.lower().replace(" ", "") not in fixed]
         if bad:
-            raise ConfigError(f"{show('SHAPES', text)} does not apply to model {cfg.name!r}: its input sizes are fixed "
-                              f"(only the batch dim varies: set it with BATCH_SIZES); use SHAPES=auto")
+            size = max(fixed, key=lambda t: t.count("x"), default="")
+            raise ConfigError(f"{show('SHAPES', text)} does not apply to model {cfg.name!r}: its input sizes are fixed"
+                              + (f" at {size} ({cfg.path} inputs[*].runtime)" if size else "")
+                              + "; only the batch dim varies (set it with BATCH_SIZES); use SHAPES=auto"
+                              + (f" or SHAPES={min(fixed, key=lambda t: t.count('x'))}" if fixed else ""))
         return [Shape(())]
     form = "x".join(f"<{d}>" for d in dims)
     example = cfg.shapes[0].label if cfg.shapes else "x".join(str(cfg.profile_range(d)[0]) for d in dims)
@@ -103,6 +110,19 @@ def parse_shapes(cfg: ModelConfig, text: str, device: str = "cuda") -> list[Shap
     if repeated:
         raise ConfigError(f"{show('SHAPES', text)} repeats {', '.join(repeated)}; give each shape once")
     return shapes
+
+
+def _fixed_sizes(cfg: ModelConfig) -> set[str]:
+    """The sizes a model with fixed input sizes accepts as SHAPES: each input's non-batch dims, whole or their
+    trailing two or more (3x240x240 and 240x240 for an image input)."""
+    out = set()
+    for spec in cfg.inputs:
+        rest = [str(r) for d, r in zip(spec.dims, spec.runtime) if d != BATCH_DIM and r != -1]
+        for start in range(len(rest) - 1 if len(rest) > 1 else 0):
+            out.add("x".join(rest[start:]))
+        if len(rest) == 1:
+            out.add(rest[0])
+    return out
 
 
 def resolve_points(cfg: ModelConfig, params: RunParams, device: str) -> tuple[list[int], list[Shape]]:
@@ -207,15 +227,24 @@ def _check_writable(name: str, folder: Path) -> None:
 
 
 def _unfinished_run(model_dir: Path, params: RunParams) -> Path | None:
-    """The newest earlier run with these parameters that has no report yet (an interrupted run), if any."""
+    """The newest earlier run with these parameters that has no report yet and that no live process is
+    working in (an interrupted run), if any."""
     for run in sorted(model_dir.glob("*/params.json"), key=lambda p: p.parent.name, reverse=True):
         try:
             old = read_json(run)
         except (OSError, ValueError):
             continue
         if all(str(old.get(k)) == str(getattr(params, k)) for k in _RUN_DEFINING):
-            return None if (run.parent / "report.html").exists() else run.parent
+            if (run.parent / "report.html").exists() or lock_holder(run.parent) is not None:
+                return None
+            return run.parent
     return None
+
+
+def resumable_runs(model_dir: Path) -> list[str]:
+    """Ids of the runs under ``model_dir`` that have no report yet (newest first)."""
+    return [p.parent.name for p in sorted(model_dir.glob("*/params.json"), key=lambda p: p.parent.name, reverse=True)
+            if not (p.parent / "report.html").exists()]
 
 
 def _new_run_dir(model_dir: Path, device: str) -> Path:
@@ -223,11 +252,14 @@ def _new_run_dir(model_dir: Path, device: str) -> Path:
     return new_folder(model_dir, new_run_id(device))
 
 
-def make_plan(params: RunParams, reports_dir: Path | str = "reports", run_id: str = "", log=print) -> Plan:
+def make_plan(params: RunParams, reports_dir: Path | str = "reports", run_id: str = "", log=print,
+              strict_resume: bool = False) -> Plan:
     """Validate ``params``, resolve what runs, and create (or resume) the run folder.
 
     The checks run cheapest first and none imports torch unless WEIGHTS is given; nothing is
-    written before every check has passed."""
+    written before every check has passed. ``strict_resume`` (the command line's plan step): a RUN_ID
+    must name an existing run, and one that a live process is running is refused (the benchmark
+    notebooks re-plan inside that very run; tests name new runs)."""
     check_make_path("REPORTS_DIR", str(reports_dir))
     reports_dir = Path(reports_dir).expanduser().resolve()
     run_id = str(run_id or "").strip()
@@ -266,6 +298,17 @@ def make_plan(params: RunParams, reports_dir: Path | str = "reports", run_id: st
     if run_id:
         run_dir = model_dir / run_id
         resumed = (run_dir / "params.json").exists()
+        if strict_resume and not resumed and not run_dir.exists():
+            runs = resumable_runs(model_dir)
+            raise ConfigError(f"{show('RUN_ID', run_id)} is not a run of model {cfg.name!r} (no {run_dir}); "
+                              + (f"runs that can be resumed: {', '.join(runs[:10])}" if runs else
+                                 "it has no run that can be resumed")
+                              + "; leave RUN_ID empty for a new run")
+        holder = lock_holder(run_dir) if strict_resume else None
+        if holder is not None:
+            raise RunBusy(f"RUN_ID={run_id} is being run right now by pid {holder.get('pid', '?')} on "
+                          f"{holder.get('host', '?')} ({holder.get('command', '?')}); wait for it to finish or stop "
+                          f"it, or leave RUN_ID empty for a new run")
     else:
         earlier = _unfinished_run(model_dir, params)
         if earlier is not None:
@@ -273,12 +316,13 @@ def make_plan(params: RunParams, reports_dir: Path | str = "reports", run_id: st
                 f"RUN_ID={earlier.name} would resume it. Starting a new run.")
         run_dir, resumed = _new_run_dir(model_dir, device), False
     if resumed:
-        old = read_json(run_dir / "params.json")
+        old = read_run_json(run_dir / "params.json")
         diff = [k for k in _RUN_DEFINING if str(old.get(k)) != str(getattr(params, k))]
         if diff:
             raise ConfigError(f"RUN_ID={run_id} was run with other parameters ("
                               + ", ".join(f"{show(k.upper(), old.get(k))} there, {getattr(params, k)} now" for k in diff)
                               + "); give the same parameters to resume it, or leave RUN_ID empty for a new run")
+        check_fingerprint(run_dir, fingerprint(cfg, params, _RUN_DEFINING))
         measured = sum(1 for _ in run_dir.glob("bench/*/points/*.json"))
         if measured:
             log(f"[plan] run {run_dir.name} exists: its {measured} point{'s' if measured != 1 else ''} already on disk "
@@ -292,6 +336,8 @@ def make_plan(params: RunParams, reports_dir: Path | str = "reports", run_id: st
                 onnx_dir=str(Path(params.cache_dir) / "onnx"), onnx_precisions=onnx_precisions, resumed=resumed)
     if not resumed:
         atomic_write_json(run_dir / "params.json", params.to_dict())
+    if not (run_dir / FINGERPRINT_FILE).exists():  # a new run, or one made before fingerprints were kept
+        write_fingerprint(run_dir, fingerprint(cfg, params, _RUN_DEFINING))
     atomic_write_json(run_dir / "plan.json", plan.to_dict())
     _drop_stale_stamp(plan, key, log)
     atomic_write_text(run_dir / "plan.mk", _plan_mk(plan, key, cfg))
@@ -343,5 +389,9 @@ def load_plan(run_dir: Path | str) -> tuple[RunParams, dict]:
     run_dir = Path(run_dir)
     if not (run_dir / "plan.json").exists():
         raise BenchbookError(f"{run_dir} is not a run folder (no plan.json); run the plan step first")
-    raw = read_json(run_dir / "params.json")
-    return RunParams(**raw), read_json(run_dir / "plan.json")
+    raw = read_run_json(run_dir / "params.json")
+    try:
+        params = RunParams(**raw)
+    except TypeError as e:
+        raise CorruptFile(f"{run_dir / 'params.json'} is not this version's run parameters ({e})") from None
+    return params, read_run_json(run_dir / "plan.json")

@@ -505,7 +505,28 @@ def title_markdown(run: Run) -> str:
             f"Run `{run.path.name}` on {where}. Batch sizes {', '.join(map(str, run.plan['batch_sizes']))}; "
             f"shapes {', '.join(run.plan['shapes'])}; {len(run.plan['combos'])} backend/precision runs "
             f"({', '.join(c['backend'] + '/' + c['precision'] for c in run.plan['combos'])}), "
-            f"{len(run.plan['skipped'])} skipped." + (f" {versions}." if versions else ""))
+            f"{len(run.plan['skipped'])} skipped." + (f" {versions}." if versions else "")
+            + f"\n\n{weights_markdown(run)}")
+
+
+def weights_markdown(run: Run) -> str:
+    """Which weights the model ran with: the WEIGHTS file and its sha256 (recorded at plan time in
+    fingerprint.json), or seeded random weights with calibrated BatchNorm statistics."""
+    weights = run.params.get("weights") or ""
+    if not weights:
+        return (f"Weights: **seeded random** (seed {run.params.get('seed', 0)}), BatchNorm statistics calibrated on "
+                "seeded inputs so every layer runs at a realistic scale; no trained weights, so top-1 agreement "
+                "between backends can flip on near-ties.")
+    from .runstate import FINGERPRINT_FILE
+
+    digest = None
+    try:
+        digest = json.loads((run.path / FINGERPRINT_FILE).read_text()).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        pass
+    shown = f"sha256 `{digest}`" if digest else "sha256 not recorded (a run made before fingerprints were kept)"
+    return (f"Weights: **loaded from `WEIGHTS={weights}`** ({shown}), read as a state dict; BatchNorm "
+            "calibration was **skipped** (the file's own statistics are used).")
 
 
 def summary_markdown(run: Run, sp: pd.DataFrame | None = None, budget_ms: float = 10.0,
@@ -1170,7 +1191,8 @@ def notebooks_markdown(run: Run) -> str:
         else:
             lines.append(f"- {c['backend']}/{c['precision']}: no executed notebook (`{rel}` is missing){failed}")
     for name, what in (("export.ipynb", "export (PyTorch → ONNX)"), ("analysis.ipynb", "this analysis")):
-        if (run.path / name).exists():
+        # analysis.ipynb gets its name only once it completes (lib/cli.py), after this cell ran
+        if (run.path / name).exists() or name == "analysis.ipynb":
             lines.append(f"- [{what}]({name})")
     return "Executed notebooks of this run (paths relative to the run folder):\n\n" + "\n".join(lines)
 
@@ -1180,8 +1202,9 @@ def parity_note(run: Run) -> str:
 
     src = next((e.get("reference") for e in run.engines.values()), "PyTorch FP32 (CPU)")
     th = "; ".join(f"{p}: cosine ≥ {c}, max|err|/max|ref| ≤ {r:g}" for p, (c, r) in THRESHOLDS.items())
+    why = ("" if run.params.get("weights") else " (random weights make near-ties)")
     return (f"Reference: {src} on the same seeded input per point. Pass thresholds — {th}. "
-            "Top-1 agreement is shown, not gated (random weights make near-ties).")
+            f"Top-1 agreement is shown, not gated{why}.")
 
 
 def export_table(run: Run) -> pd.DataFrame:

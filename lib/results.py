@@ -53,7 +53,8 @@ Schema (one row each; times in milliseconds unless the name says otherwise):
   batch, shape, kernel (full name), short (readable name), category, calls (per request), ms (per request).
 * ``run.failures``: every backend/point that produced no numbers, or whose parity failed: backend,
   precision, batch, shape (None for a whole backend), status ("unavailable", "skipped",
-  "export failed", "crashed", "not run", "oom", "error", "parity failed") and reason.
+  "export failed", "crashed", "not run", "oom", "error", "parity failed", "corrupt": a point file that
+  cannot be read, named in the reason) and reason.
 """
 
 from __future__ import annotations
@@ -279,9 +280,11 @@ def _skip_status(reason: str) -> str:
 
 def load_run(path: Path | str, outliers: str | None = None) -> Run:
     """Everything measured in a run folder, as tidy tables (see the module docstring)."""
+    from .runstate import CorruptFile, read_point, read_run_json
+
     path = check_run_dir(path)
-    params = read_json(path / "params.json")
-    plan = read_json(path / "plan.json")
+    params = read_run_json(path / "params.json")  # a corrupt one: an error naming the file
+    plan = read_run_json(path / "plan.json")
     rule = parse_outlier_rule(outliers or params.get("outliers", "tukey"))
     run = Run(path=path, params=params, plan=plan, rule=rule)
     iters, ticks, failures, kpoints, krows = [], [], [], [], []
@@ -315,7 +318,13 @@ def load_run(path: Path | str, outliers: str | None = None) -> Run:
                              "reason": "no results (run interrupted before this backend?)"})
         seen = set()
         for pj in sorted((d / "points").glob("*.json")) if d.exists() else []:
-            rec = read_json(pj)
+            try:  # one corrupt file is shown as what it is; it never stops the rest of the run from loading
+                rec = read_point(pj)
+            except CorruptFile as e:
+                failures.append({"backend": b, "precision": p, "batch": None, "shape": pj.stem, "status": "corrupt",
+                                 "reason": f"{e}; rerun with the same RUN_ID to set it aside and measure the point "
+                                           f"again"})
+                continue
             seen.add((rec.get("batch"), rec.get("shape")))
             if rec.get("status") != "ok":
                 failures.append({"backend": b, "precision": p, "batch": rec.get("batch"), "shape": rec.get("shape"),

@@ -257,3 +257,26 @@ def test_load_weights_directly(tiny_module, tmp_path, scaled_state):
     assert torch.equal(fresh.state_dict()["7.bias"], scaled_state["7.bias"])
     with pytest.raises(WeightsError, match="'other'"):
         load_weights(nn.Linear(2, 2), path, "other")
+
+
+def test_a_broken_sibling_config_blocks_only_itself(make_model, tiny_raw):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    make_model("good")
+    broken = make_model("broken", config="name: broken\ninputs: [\n")
+    assert get_model("good", make_model.root).name == "good"  # before: the broken sibling's YAML error
+    with pytest.raises(ConfigError) as e:
+        get_model("broken", make_model.root)
+    assert str(broken) in str(e.value)
+    with pytest.raises(ModelError) as e:
+        get_model("nope", make_model.root)
+    assert "available: good; not usable: broken" in str(e.value)
+    proc = subprocess.run([sys.executable, "-m", "lib.cli", "models", "--models-dir", str(make_model.root)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("good ") and lines[1].startswith("broken") and "NOT USABLE" in lines[1]
+    assert str(broken) in lines[1] and "not valid YAML" in lines[1]

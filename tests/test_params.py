@@ -73,6 +73,9 @@ def test_relative_paths_become_absolute(tmp_path, monkeypatch):
     ({"warmup": "x"}, ["WARMUP=x is not a number"]),
     ({"seed": "-1"}, ["SEED=-1 is not valid", ">= 0"]),
     ({"unstable_cv": "-0.1"}, ["UNSTABLE_CV=-0.1 is not valid"]),
+    ({"unstable_cv": "5"}, ["UNSTABLE_CV=5 is not valid", "a fraction >= 0 and <= 1"]),  # flagged nothing
+    ({"duration": "100000"}, ["DURATION=100000 is not valid", "seconds > 0 and <= 600"]),
+    ({"warmup": "1000"}, ["WARMUP=1000 is not valid", "seconds > 0 and <= 300"]),
     ({"channels_last": "maybe"}, ["CHANNELS_LAST=maybe is not valid", "auto, 1 or 0"]),
     ({"tf32": "2"}, ["TF32=2 is not valid", "1 or 0"]),
     ({"trt_workspace_gib": "0"}, ["TRT_WORKSPACE=0 is not valid", "GiB"]),

@@ -72,6 +72,19 @@ def test_shapes_of_a_model_with_fixed_sizes(tmp_path):
     assert "SHAPES=auto" in msg
 
 
+def test_shapes_naming_the_fixed_size_of_a_model(tmp_path):
+    """SHAPES=240x240 for efficientnet_b1 (its only size, and the README's example) is that size."""
+    raw = dict(TINY, models_dir=str(MODELS), model="efficientnet_b1", backends="ort")
+    for shapes in ("240x240", "3x240x240", "static"):
+        plan = make_plan(RunParams.from_strings(**raw, shapes=shapes, cache_dir=str(tmp_path / "c")), tmp_path / "r",
+                         log=Log())
+        assert plan.shapes == ["static"]
+    with pytest.raises(ConfigError) as e:
+        make_plan(RunParams.from_strings(**raw, shapes="224x224", cache_dir=str(tmp_path / "c")), tmp_path / "r",
+                  log=Log())
+    assert "fixed at 3x240x240" in str(e.value) and "SHAPES=240x240" in str(e.value)
+
+
 def test_good_points(tmp_path):
     plan = _plan(tmp_path, batch_sizes="1,16", shapes="16x64, 64x16")
     assert plan.batch_sizes == [1, 16] and plan.shapes == ["16x64", "64x16"]
