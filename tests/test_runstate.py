@@ -70,7 +70,7 @@ def test_a_corrupt_point_is_set_aside_and_measured_again_on_resume(copy_run):
     assert (points / "bs1_32x32.json.corrupt-1").read_bytes() == b"\x00\xff garbage"  # kept for inspection
     assert json.loads((points / "bs1_32x32.json").read_text())["status"] == "ok"
     assert (points / "bs4_32x32.json").read_bytes() == keep  # the good point is not measured again
-    assert "resuming: 1 of 2 points already on disk" in log.text
+    assert "rounds of 1 of 2 points already on disk" in log.text
     assert load_run(copy_run).failures.query("status == 'corrupt'").empty
 
 
@@ -311,10 +311,13 @@ def test_the_report_says_which_weights_were_loaded(tmp_path, cache_dir, tiny_mod
 
 
 # --- make report: interrupted and failed analyses, a second report of a live run, -j2 -------------------------
-def _windows(run_dir: Path, combo: str) -> tuple[float, float]:
-    """First start and last end (perf_counter, one clock for every process of the host) of a backend's timing."""
-    spans = [w for p in (run_dir / "bench" / combo / "points").glob("*.json")
-             for w in (m["window"] for m in json.loads(p.read_text())["modes"].values())]
+def _windows(run_dir: Path, combo: str, bench_pass: int) -> tuple[float, float]:
+    """First start and last end (unix seconds: one clock for every process of the host) of a backend's rounds
+    in one pass (each pass is one process)."""
+    origin = json.loads((run_dir / "bench" / combo / "engine.json").read_text())["passes"][str(bench_pass)]
+    spans = [(origin["t_origin_unix"] + r["t0"], origin["t_origin_unix"] + r["t1"])
+             for p in (run_dir / "bench" / combo / "points").glob("*.json")
+             for r in json.loads(p.read_text())["rounds"] if r["pass"] == bench_pass]
     return min(s for s, _ in spans), max(e for _, e in spans)
 
 
@@ -372,8 +375,8 @@ def test_run_folder_pipeline(tmp_path):
     first = _Make(["-j2", *args], env)
     first.wait_for("[make] analysis: executing")
     run_dir = next(reports.glob("tiny_cnn/*/plan.json")).parent
-    (t0, t1), (u0, u1) = sorted([_windows(run_dir, "torch-fp32"), _windows(run_dir, "ort-fp32")])
-    assert t1 <= u0, "two backends were measured at the same time"  # before: -j2 overlapped them
+    spans = sorted(_windows(run_dir, c, n) for c in ("torch-fp32", "ort-fp32") for n in (1, 2))
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), f"two backends measured at the same time: {spans}"
     # a second report of the same run while it is alive is refused, naming the live process
     second = subprocess.run(["make", "--no-print-directory", "report", *args, f"RUN_ID={run_dir.name}"], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=120)
