@@ -384,7 +384,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
         baseline = dict(sampler.baseline)
         t_origin = time.perf_counter()
 
-        def save_ticks():  # after every round: a killed backend keeps its timeline up to its last round
+        def save_ticks():  # after every measurement: a killed backend keeps its timeline up to its last one
             ticks = pd.DataFrame(sampler.ticks())
             if len(ticks):
                 ticks["t_s"] = ticks.pop("t") - t_origin
@@ -423,6 +423,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
                     if not par["passed"]:
                         log(f"[{label}] batch {point.batch}, shape {point.shape.label}: parity FAILED: {par['problems']}")
                     point.save()
+                    save_ticks()
                 except Exception as e:  # recorded, and the sweep goes on
                     _fail(point, e, label, log, gpu)
             engine.release_bindings()
@@ -456,6 +457,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
                                                    len(point.rounds(mode)) + 1, pass_no, t_origin, label)
                             sent.append(entry["sentinel_us"])
                             point.save()
+                            save_ticks()
                             break
                         except Exception as e:
                             engine.release_bindings()  # kept bindings hold memory: free them before judging
@@ -465,7 +467,6 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
                                     f"kept; retrying with this point alone")
                                 continue
                             _fail(point, e, label, log, gpu)
-                save_ticks()
                 log(f"[{label}] pass {pass_no} round {r_idx + 1}{' (adaptive: points not yet within ±' + format(params.ci_target, '.0%') + ')' if extra else ''}: "
                     f"{len(todo)} measurements in {time.perf_counter() - t_round:.1f} s; host sentinel "
                     f"{np.median(sent) if sent else float('nan'):.3g} µs")
