@@ -261,19 +261,26 @@ def test_two_exports_of_one_model_at_once_export_it_once(tmp_path):
 
 # --- a killed backend keeps its sampler timeline -------------------------------------------------------------
 def test_a_killed_backend_keeps_its_sampler_timeline(tmp_path, cache_dir):
-    plan = make_run(tmp_path / "reports", cache_dir, backends="torch", duration="3")
+    plan = make_run(tmp_path / "reports", cache_dir, backends="torch", duration="1.5")
     code = f"from lib.bench import run_backend; run_backend({str(plan.run_dir)!r}, 'torch', 'fp32')"
     proc = subprocess.Popen([PY, "-c", code], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL)
     points = plan.run_dir / "bench" / "torch-fp32" / "points"
     deadline = time.monotonic() + 120
-    while not (points / "bs1_32x32.json").exists():
+
+    def measured() -> bool:  # the first round of some point is on disk
+        try:
+            return any(json.loads(p.read_text()).get("rounds") for p in points.glob("*.json"))
+        except ValueError:
+            return False
+
+    while not measured():
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.1)
     time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)  # no clean-up runs: only what was written as it went survives
     proc.wait()
     ticks = pd.read_parquet(plan.run_dir / "bench" / "torch-fp32" / "samples.parquet")  # before: no file
-    assert len(ticks) >= 10 and ticks["label"].str.contains("bs=1").any()
+    assert len(ticks) >= 10 and ticks["label"].str.contains("bs=").any()
     assert not load_run(plan.run_dir).samples.empty
 
 
