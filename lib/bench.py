@@ -231,9 +231,10 @@ class _Point:
         return hi == hi and (hi - lo) / 2 <= target * med
 
     def save(self) -> None:
-        atomic_write_json(self.out / "points" / f"{self.key}.json", self.record)
+        # Samples first, the record last: a record never lists a round whose samples are not on disk.
         if self.frames:
             _to_parquet(self.out / "points" / f"{self.key}.parquet", pd.concat(self.frames, ignore_index=True))
+        atomic_write_json(self.out / "points" / f"{self.key}.json", self.record)
 
 
 def _load_points(out: Path, cfg: ModelConfig, points: list[tuple[int, Shape]], seed: int, base: dict) -> list[_Point]:
@@ -243,7 +244,11 @@ def _load_points(out: Path, cfg: ModelConfig, points: list[tuple[int, Shape]], s
         pj = out / "points" / f"{key}.json"
         record = read_json(pj) if pj.exists() else {**base, "batch": batch, "shape": shape.label, "point": key}
         pq = pj.with_suffix(".parquet")
-        frames = [pd.read_parquet(pq)] if record.get("status") == "ok" and pq.exists() else []
+        frames = []
+        if record.get("status") == "ok" and pq.exists() and record.get("rounds"):
+            frame = pd.read_parquet(pq)  # only the rounds the record lists (it is written after the samples)
+            listed = {(r["mode"], r["round"]) for r in record["rounds"]}
+            frames = [frame[[(m, r) in listed for m, r in zip(frame["mode"], frame["round"])]]]
         loaded.append(_Point(out, cfg, batch, shape, seed, record, frames))
     return loaded
 

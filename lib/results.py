@@ -325,6 +325,8 @@ def load_run(path: Path | str, outliers: str | None = None) -> Run:
                                  "reason": f"{e}; rerun with the same RUN_ID to set it aside and measure the point "
                                            f"again"})
                 continue
+            if rec.get("status") == "ok" and not rec.get("rounds"):
+                continue  # characterised, no round measured yet (an interrupted sweep): listed as not run below
             seen.add((rec.get("batch"), rec.get("shape")))
             if rec.get("status") != "ok":
                 failures.append({"backend": b, "precision": p, "batch": rec.get("batch"), "shape": rec.get("shape"),
