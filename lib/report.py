@@ -15,12 +15,14 @@ import io
 import json
 import math
 import os
+import urllib.parse
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .markup import code, md
 from .results import Run
 from .stats import bootstrap_ratio_ci
 
@@ -241,7 +243,7 @@ def _speedup_of(sp: pd.DataFrame, series: str, batch, shape, mode) -> str:
     r = m.iloc[0]
     if series == "/".join(BASELINE):
         return " (the baseline)"
-    return f" ({_x(r['speedup'])} [{fmt_num(r['ci_low'])}–{fmt_num(r['ci_high'])}] vs torch/fp32)"
+    return f" ({_x(r['speedup'])} \\[{fmt_num(r['ci_low'])}–{fmt_num(r['ci_high'])}\\] vs torch/fp32)"
 
 
 def decision_table(run: Run, sp: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -308,11 +310,11 @@ def budget_markdown(run: Run, budget_ms: float = 10.0, mode: str = "end_to_end")
     if within.empty:
         best = m.sort_values("p99_raw_ms").iloc[0]
         return (f"**Latency budget ({what})**: no configuration meets it. The lowest p99 is "
-                f"**{best['series']}** at batch {best['batch']}: {fmt_num(best['p99_raw_ms'])} ms.")
+                f"**{md(best['series'])}** at batch {best['batch']}: {fmt_num(best['p99_raw_ms'])} ms.")
     b = within.iloc[0]
     n_over = int((m["p99_raw_ms"] > budget_ms).sum())
-    return (f"**Latency budget ({what})**: the highest throughput within it is **{b['series']} at batch "
-            f"{b['batch']}**{'' if not _multi_shape(run) else f' (shape {b.shape})'}: "
+    return (f"**Latency budget ({what})**: the highest throughput within it is **{md(b['series'])} at batch "
+            f"{b['batch']}**{'' if not _multi_shape(run) else f' (shape {md(b.shape)})'}: "
             f"{fmt_num(b['items_per_s'])} items/s at p99 {fmt_num(b['p99_raw_ms'])} ms. "
             f"{len(within)} configurations meet the budget, {n_over} do not. "
             f"(Budget: the analysis notebook's `budget_ms` parameter; throughput = batch / median latency, "
@@ -430,18 +432,19 @@ def title_markdown(run: Run) -> str:
     env = run.environment
     gpu = env.get("gpu") or {}
     if gpu.get("name"):
-        where = f"GPU **{gpu.get('name')}** (driver {gpu.get('driver')}, CUDA {gpu.get('cuda_driver')})"
+        where = f"GPU **{md(gpu.get('name'))}** (driver {md(gpu.get('driver'))}, CUDA {md(gpu.get('cuda_driver'))})"
     elif env:
-        where = f"CPU **{env.get('cpu') or 'unknown'}** ({env.get('cpu_affinity') or env.get('cpu_logical_cores')} cores usable)"
+        where = (f"CPU **{md(env.get('cpu') or 'unknown')}** "
+                 f"({md(env.get('cpu_affinity') or env.get('cpu_logical_cores'))} cores usable)")
     else:
-        where = f"**{run.device}** (machine details not recorded: no backend loaded)"
+        where = f"**{md(run.device)}** (machine details not recorded: no backend loaded)"
     libs = env.get("libraries", {})
-    versions = ", ".join(f"{k} {libs[k]}" for k in ("torch", "onnxruntime-gpu", "onnxruntime", "tensorrt",
+    versions = ", ".join(f"{k} {md(libs[k])}" for k in ("torch", "onnxruntime-gpu", "onnxruntime", "tensorrt",
                                                    "tensorrt-cu12", "tensorrt-cu13", "tensorrt-rtx-cu13") if k in libs)
-    return (f"# {run.params['model']}: benchmark report\n\n"
-            f"Run `{run.path.name}` on {where}. Batch sizes {', '.join(map(str, run.plan['batch_sizes']))}; "
-            f"shapes {', '.join(run.plan['shapes'])}; {len(run.plan['combos'])} backend/precision runs "
-            f"({', '.join(c['backend'] + '/' + c['precision'] for c in run.plan['combos'])}), "
+    return (f"# {md(run.params['model'])}: benchmark report\n\n"
+            f"Run {code(run.path.name)} on {where}. Batch sizes {md(', '.join(map(str, run.plan['batch_sizes'])))}; "
+            f"shapes {md(', '.join(run.plan['shapes']))}; {len(run.plan['combos'])} backend/precision runs "
+            f"({md(', '.join(c['backend'] + '/' + c['precision'] for c in run.plan['combos']))}), "
             f"{len(run.plan['skipped'])} skipped." + (f" {versions}." if versions else ""))
 
 
@@ -458,22 +461,22 @@ def summary_markdown(run: Run, sp: pd.DataFrame | None = None, budget_ms: float 
     winners = {g.sort_values("p99_raw_ms").iloc[0]["series"]
                for _, g in ok[ok["mode"] == lat_mode].groupby(["shape", "batch"])}
     if len(winners) == 1 and ok["series"].nunique() > 1:
-        lines.append(f"- **{winners.pop()} has the lowest p99 {MODE_SHORT[lat_mode]} latency at every batch size "
+        lines.append(f"- **{md(winners.pop())} has the lowest p99 {MODE_SHORT[lat_mode]} latency at every batch size "
                      f"and shape measured.**")
     for shape in sorted(ok["shape"].unique()):
-        tag = f" (shape {shape})" if _multi_shape(run) else ""
+        tag = f" (shape {md(shape)})" if _multi_shape(run) else ""
         m = ok[(ok["mode"] == lat_mode) & (ok["shape"] == shape)]
         b1 = m[m["batch"] == m["batch"].min()].sort_values("p99_raw_ms")
         if len(b1):
             r = b1.iloc[0]
-            lines.append(f"- **Lowest latency at batch {r['batch']}{tag}**: **{r['series']}**, p99 "
+            lines.append(f"- **Lowest latency at batch {r['batch']}{tag}**: **{md(r['series'])}**, p99 "
                          f"{fmt_num(r['p99_raw_ms'])} ms, median {fmt_num(r['median_ms'])} ms "
                          f"({MODE_SHORT[lat_mode]}){_speedup_of(sp, r['series'], r['batch'], shape, lat_mode)}.")
         rm = _rate_mode(run)
         t = ok[(ok["mode"] == rm) & (ok["shape"] == shape)].sort_values("items_per_s", ascending=False)
         if len(t):
             r = t.iloc[0]
-            lines.append(f"- **Highest throughput{tag}**: **{r['series']} at batch {r['batch']}**, "
+            lines.append(f"- **Highest throughput{tag}**: **{md(r['series'])} at batch {r['batch']}**, "
                          f"{fmt_num(r['items_per_s'])} items/s ({MODE_SHORT[rm]})"
                          f"{_speedup_of(sp, r['series'], r['batch'], shape, rm)}.")
     lines.append("- " + budget_markdown(run, budget_ms, lat_mode))
@@ -494,7 +497,7 @@ def summary_markdown(run: Run, sp: pd.DataFrame | None = None, budget_ms: float 
             over = " — above 100%: the measured peak is too low (see *Efficiency*)" if r["peak_share"] > 1 else ""
             lines.append(f"- **Efficiency**: best {fmt_num(r['achieved_tflops'])} TFLOP/s, {fmt_pct(r['peak_share'])} "
                          f"of {'a measured' if r['peak_source'] == 'measured' else 'the datasheet'} peak "
-                         f"({r['backend']}/{r['precision']} at batch {r['batch']}){over}; see *Efficiency*.")
+                         f"({md(r['backend'] + '/' + r['precision'])} at batch {r['batch']}){over}; see *Efficiency*.")
     unstable = p[p["unstable"]]
     lines.append(f"- **Stability**: {len(unstable)} of {len(p)} measurements have a CV above "
                  f"{float(run.params.get('unstable_cv', 0.05)):.0%} (flagged in the tables)"
@@ -502,7 +505,7 @@ def summary_markdown(run: Run, sp: pd.DataFrame | None = None, budget_ms: float 
     f = run.failures
     if len(f):
         counts = f["status"].value_counts()
-        lines.append(f"- **Failures and skips**: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+        lines.append(f"- **Failures and skips**: " + ", ".join(f"{n} {md(s)}" for s, n in counts.items())
                      + " (see *Failures and skips*).")
     else:
         lines.append("- **Failures and skips**: none; every planned point produced numbers and passed parity.")
@@ -510,7 +513,7 @@ def summary_markdown(run: Run, sp: pd.DataFrame | None = None, budget_ms: float 
     if len(bad_parity):
         pts = bad_parity.drop_duplicates(["backend", "precision", "batch", "shape"])
         lines.append(f"- {len(pts)} point(s) failed parity ("
-                     + ", ".join(f"{r.backend}/{r.precision} batch {r.batch}" for r in pts.itertuples())
+                     + ", ".join(f"{md(r.backend + '/' + r.precision)} batch {r.batch}" for r in pts.itertuples())
                      + "): left out of every recommendation.")
     return "\n".join(lines)
 
@@ -521,10 +524,10 @@ def efficiency_markdown(run: Run, flops: pd.DataFrame, peaks: dict, eff: pd.Data
     parts = []
     for r in flops.itertuples(index=False):
         if np.isfinite(r.flops_per_item):
-            parts.append(f"shape {r.shape}: **{fmt_num(r.flops_per_item / 1e9)} GFLOP per item**")
+            parts.append(f"shape {md(r.shape)}: **{fmt_num(r.flops_per_item / 1e9)} GFLOP per item**")
         else:
-            parts.append(f"shape {r.shape}: not counted ({r.note})")
-    peak_lines = [f"- {k.upper()}: **{fmt_num(v.tflops)} TFLOP/s** — {v.label}" for k, v in peaks.items()]
+            parts.append(f"shape {md(r.shape)}: not counted ({md(r.note)})")
+    peak_lines = [f"- {md(k.upper())}: **{fmt_num(v.tflops)} TFLOP/s** — {md(v.label)}" for k, v in peaks.items()]
     tf32 = run.device == "cuda" and bool(run.params.get("tf32", True))
     notes = ("FP32 on this GPU ran with TF32 allowed (`tf32=1`), so FP32 points are compared with the TF32 peak."
              if tf32 else "")
@@ -667,7 +670,7 @@ def outlier_note(run: Run) -> str:
     p = run.points
     n = int(p["n"].sum()) if not p.empty else 0
     dropped = int(p["dropped"].sum()) if not p.empty else 0
-    return (f"Outlier rule for presentation: {run.rule.label}. Dropped {dropped} of {n} samples "
+    return (f"Outlier rule for presentation: {md(run.rule.label)}. Dropped {dropped} of {n} samples "
             f"({(dropped / n * 100) if n else 0:.2f}%); every sample is kept on disk, and 'p99 raw ms' is over all of them. "
             f"Points with CV > {float(run.params.get('unstable_cv', 0.05)):.0%} are flagged unstable (shaded).")
 
@@ -906,7 +909,7 @@ def health_markdown(run: Run, short: bool = False) -> str:
             txt = "the GPU reported no throttling (power, thermal or slowdown) while measuring"
         else:
             txt = ("**the GPU throttled** during " + ", ".join(
-                f"{r['configuration']} ({fmt_pct(r['% ticks throttled'])} of ticks: {r['reasons']})"
+                f"{md(r['configuration'])} ({fmt_pct(r['% ticks throttled'])} of ticks: {md(r['reasons'])})"
                 for _, r in throttled.iterrows()) + ": those latencies include reduced clocks")
         lo = h["SM MHz min"].min()
         env_gpu = run.environment.get("gpu") or {}
@@ -918,7 +921,7 @@ def health_markdown(run: Run, short: bool = False) -> str:
         return txt if short else txt + "."
     cores = run.environment.get("cpu_affinity") or run.environment.get("cpu_logical_cores")
     txt = (f"CPU run: the process used {fmt_num(h['CPU % mean (100 = 1 core)'].mean())}% CPU on average "
-           f"({cores} cores usable = {int(cores) * 100 if cores else '?'}%); no GPU clocks to watch")
+           f"({md(cores)} cores usable = {int(cores) * 100 if cores else '?'}%); no GPU clocks to watch")
     return txt if short else txt + ". Other work on the machine is not measured: a noisy neighbour shows as a high CV."
 
 
@@ -1082,12 +1085,14 @@ def notebooks_markdown(run: Run) -> str:
     for c in run.plan.get("combos", []):
         combo = f"{c['backend']}-{c['precision']}"
         rel = f"bench/{combo}/benchmark.ipynb"
+        link = urllib.parse.quote(rel)  # a link target, percent-encoded: nothing in it can end the link
         exists = (run.path / rel).exists()
         failed = " — **failed**, see *Failures and skips*" if (run.path / f"bench/{combo}/notebook.failed.json").exists() else ""
         if exists:
-            lines.append(f"- [{c['backend']}/{c['precision']}]({rel}){failed}")
+            lines.append(f"- [{md(c['backend'] + '/' + c['precision'])}]({link}){failed}")
         else:
-            lines.append(f"- {c['backend']}/{c['precision']}: no executed notebook (`{rel}` is missing){failed}")
+            lines.append(f"- {md(c['backend'] + '/' + c['precision'])}: no executed notebook ({code(rel)} is missing)"
+                         f"{failed}")
     for name, what in (("export.ipynb", "export (PyTorch → ONNX)"), ("analysis.ipynb", "this analysis")):
         if (run.path / name).exists():
             lines.append(f"- [{what}]({name})")
@@ -1099,7 +1104,7 @@ def parity_note(run: Run) -> str:
 
     src = next((e.get("reference") for e in run.engines.values()), "PyTorch FP32 (CPU)")
     th = "; ".join(f"{p}: cosine ≥ {c}, max|err|/max|ref| ≤ {r:g}" for p, (c, r) in THRESHOLDS.items())
-    return (f"Reference: {src} on the same seeded input per point. Pass thresholds — {th}. "
+    return (f"Reference: {md(src)} on the same seeded input per point. Pass thresholds — {th}. "
             "Top-1 agreement is shown, not gated (random weights make near-ties).")
 
 
@@ -1121,10 +1126,10 @@ def method_markdown(run: Run) -> str:
     timers = sorted({e.get("timer") for e in run.engines.values()} - {None})
     return "\n".join([
         "How these numbers were measured:",
-        f"- Every backend is timed by one module (`lib/timing.py`) with timer(s): {', '.join(timers) or 'n/a'} "
+        f"- Every backend is timed by one module (`lib/timing.py`) with timer(s): {md(', '.join(timers) or 'n/a')} "
         "(`cuda_event` = CUDA events on the engine's stream; `perf_counter` = host clock).",
-        f"- Warm-up on the benchmarked shape: {p['warmup']} s and at least 2 iterations; then at least "
-        f"{p['iters']} iterations and {p['duration']} s per measurement. Every timed iteration is kept raw "
+        f"- Warm-up on the benchmarked shape: {md(p['warmup'])} s and at least 2 iterations; then at least "
+        f"{md(p['iters'])} iterations and {md(p['duration'])} s per measurement. Every timed iteration is kept raw "
         "(`iterations.parquet`, `bench/*/points/*.parquet`).",
         *[f"- **{k}**: {v}." for k, v in MODE_LABELS.items()],
         "- On a CPU nothing is asynchronous: the throughput figure is batch / median device-resident latency.",
