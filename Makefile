@@ -47,16 +47,20 @@ UNKNOWN_VARS = $(filter-out $(PARAMS) $(OTHER_VARS),$(CMDLINE_VARS))
 
 # A value quoted for the shell, so spaces or quotes in it reach the plan step's checks intact.
 q = '$(subst ','\'',$(1))'
+# A parameter's text as given, quoted: $(value) keeps make from expanding a "$(shell ...)" written in a value
+# (make would run it), and unexport keeps make from expanding it to put it in the recipes' environment.
+qv = $(call q,$(value $(1)))
+unexport $(PARAMS) RUNS FIDELITY_BATCH
 
-PLAN_SETS = --set model=$(call q,$(MODEL)) --set backends=$(call q,$(BACKENDS)) \
-  --set precisions=$(call q,$(PRECISIONS)) --set batch_sizes=$(call q,$(BATCH_SIZES)) \
-  --set shapes=$(call q,$(SHAPES)) --set warmup=$(call q,$(WARMUP)) --set iters=$(call q,$(ITERS)) \
-  --set duration=$(call q,$(DURATION)) --set device=$(call q,$(DEVICE)) --set outliers=$(call q,$(OUTLIERS)) \
-  --set weights=$(call q,$(WEIGHTS)) --set seed=$(call q,$(SEED)) --set unstable_cv=$(call q,$(UNSTABLE_CV)) \
-  --set channels_last=$(call q,$(CHANNELS_LAST)) --set tf32=$(call q,$(TF32)) \
-  --set compile_mode=$(call q,$(COMPILE_MODE)) --set trt_workspace_gib=$(call q,$(TRT_WORKSPACE)) \
-  --set trt_opt_level=$(call q,$(TRT_OPT_LEVEL)) --set models_dir=$(call q,$(MODELS_DIR)) \
-  --set cache_dir=$(call q,$(CACHE_DIR)) --set data=$(call q,$(DATA))
+PLAN_SETS = --set model=$(call qv,MODEL) --set backends=$(call qv,BACKENDS) \
+  --set precisions=$(call qv,PRECISIONS) --set batch_sizes=$(call qv,BATCH_SIZES) \
+  --set shapes=$(call qv,SHAPES) --set warmup=$(call qv,WARMUP) --set iters=$(call qv,ITERS) \
+  --set duration=$(call qv,DURATION) --set device=$(call qv,DEVICE) --set outliers=$(call qv,OUTLIERS) \
+  --set weights=$(call qv,WEIGHTS) --set seed=$(call qv,SEED) --set unstable_cv=$(call qv,UNSTABLE_CV) \
+  --set channels_last=$(call qv,CHANNELS_LAST) --set tf32=$(call qv,TF32) \
+  --set compile_mode=$(call qv,COMPILE_MODE) --set trt_workspace_gib=$(call qv,TRT_WORKSPACE) \
+  --set trt_opt_level=$(call qv,TRT_OPT_LEVEL) --set models_dir=$(call qv,MODELS_DIR) \
+  --set cache_dir=$(call qv,CACHE_DIR) --set data=$(call qv,DATA)
 
 .PHONY: help setup test test-fast report execute lab models clean-cache index
 
@@ -92,7 +96,7 @@ test-fast:
 	$(PYTHON) -m pytest -q -ra -m "not slow"
 
 models:
-	@$(PYTHON) -m lib.cli models $(if $(MODELS_DIR),--models-dir $(call q,$(MODELS_DIR)))
+	@$(PYTHON) -m lib.cli models $(if $(value MODELS_DIR),--models-dir $(call qv,MODELS_DIR))
 
 lab:
 	$(PYTHON) -m jupyter lab --ServerApp.ip=127.0.0.1 --no-browser --notebook-dir=notebooks
@@ -102,8 +106,8 @@ lab:
 # and writes plan.mk there; a second make then builds that run's files from it.
 # Ctrl-C or kill: every point measured so far stays on disk; RUN_ID=<the id printed> resumes.
 report:
-	@run_dir=$$($(PYTHON) -m lib.cli plan $(PLAN_SETS) --reports-dir $(call q,$(REPORTS_DIR)) \
-	  --run-id $(call q,$(RUN_ID)) --unknown-vars '$(UNKNOWN_VARS)' --known-vars '$(PARAMS)') && \
+	@run_dir=$$($(PYTHON) -m lib.cli plan $(PLAN_SETS) --reports-dir $(call qv,REPORTS_DIR) \
+	  --run-id $(call qv,RUN_ID) --unknown-vars '$(UNKNOWN_VARS)' --known-vars '$(PARAMS)') && \
 	  $(MAKE) --no-print-directory execute PLAN=$$run_dir/plan.mk
 
 ifdef PLAN
@@ -111,7 +115,7 @@ include $(PLAN)
 BENCH_DONE := $(foreach c,$(COMBOS),$(RUN_DIR)/bench/$(subst @,-,$(c))/notebook.done)
 
 execute: $(RUN_DIR)/report.html
-	@$(PYTHON) -m lib.cli index $(call q,$(REPORTS_DIR))
+	@$(PYTHON) -m lib.cli index $(call qv,REPORTS_DIR)
 	@echo "report: $(RUN_DIR)/report.html"
 
 # Export (cached by content hash under $(CACHE_DIR)/onnx): redone only when the model's files change.
@@ -133,22 +137,23 @@ $(RUN_DIR)/report.html: $(RUN_DIR)/analysis.ipynb
 endif
 
 index:
-	@$(PYTHON) -m lib.cli index $(call q,$(REPORTS_DIR))
+	@$(PYTHON) -m lib.cli index $(call qv,REPORTS_DIR)
 
+# Checked before anything is deleted: only a folder that holds nothing but benchbook's caches (lib.cache.clean_cache).
 clean-cache:
-	rm -rf $(CACHE_DIR)
+	@$(PYTHON) -m lib.cli clean-cache --cache-dir $(call qv,CACHE_DIR)
 
 # --- figures about the harness itself (CUDA GPU): fidelity vs torch.utils.benchmark, sampler cost,
 # timed median vs the GPU's busy time (CUPTI)
 FIDELITY_BATCH ?= 32
 .PHONY: fidelity
 fidelity:
-	$(PYTHON) -m lib.fidelity --model $(call q,$(MODEL)) --batch $(call q,$(FIDELITY_BATCH)) --cache $(call q,$(CACHE_DIR))
+	$(PYTHON) -m lib.fidelity --model $(call qv,MODEL) --batch $(call qv,FIDELITY_BATCH) --cache $(call qv,CACHE_DIR)
 
 # --- compare runs: one HTML page across runs (two GPUs, two library versions, before/after) ----------
 # make compare RUNS="reports/<model>/<run A> reports/<model>/<run B> ..."  (the first run is the reference)
 # -> $(REPORTS_DIR)/compare/<UTC time>/compare.html, a new folder every time
 .PHONY: compare
 compare:
-	@$(PYTHON) -m lib.compare --runs $(call q,$(RUNS)) --outliers $(call q,$(OUTLIERS)) \
-	  --reports-dir $(call q,$(REPORTS_DIR))
+	@$(PYTHON) -m lib.compare --runs $(call qv,RUNS) --outliers $(call qv,OUTLIERS) \
+	  --reports-dir $(call qv,REPORTS_DIR)
