@@ -114,8 +114,9 @@ def _nvml_process_mib() -> float:
 
         import pynvml
 
-        pynvml.nvmlInit()
-        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        from .gpu import nvml_handle
+
+        h = nvml_handle()  # the engines' GPU by UUID, not NVML's index 0
         used = [p.usedGpuMemory for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)
                 if p.pid == os.getpid() and p.usedGpuMemory is not None]
         return sum(used) / (1 << 20) if used else float("nan")
@@ -213,7 +214,8 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, log=print) ->
         atomic_write_json(out / "engine.json", {
             "backend": backend, "precision": precision, "device": device, "summary": engine.summary,
             "load_s": load_s, "info": engine.info, "baseline": baseline, "after_load": after_load,
-            "timer": engine.timer().name, "reference": reference.source(), "environment": env})
+            "timer": engine.timer().name, "reference": reference.source(), "environment": env,
+            "sampler_gpu_error": sampler.gpu_error})
         try:
             for i, (batch, shape) in enumerate(todo, 1):
                 key = point_key(batch, shape)

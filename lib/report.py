@@ -834,6 +834,10 @@ def resources_note(run: Run) -> str:
     parts = [f"Process RSS before loading: {fmt_num(first.get('rss_mib', float('nan')))} MiB"]
     if "gpu_used_mib" in first:
         parts.append(f"GPU memory in use device-wide before loading: {fmt_num(first['gpu_used_mib'])} MiB (idle baseline)")
+    no_nvml = {n: e["sampler_gpu_error"] for n, e in run.engines.items() if e.get("sampler_gpu_error")}
+    if no_nvml:  # the GPU was not sampled: say why, instead of leaving the GPU columns empty without a word
+        parts.append("**no GPU figures (NVML) for " + ", ".join(md(n) for n in no_nvml) + "**: "
+                     + md(next(iter(no_nvml.values()))))
     return ("Figures over each measurement's steady window (its timed window minus the first 0.25 s), sampled at "
             "about 10 Hz; memory is the peak, utilisation the mean. " + "; ".join(parts) + ".")
 

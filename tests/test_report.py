@@ -461,3 +461,14 @@ def test_real_run_analysis_outputs(real_run_dir):
         assert f">{section}<" in html or f">{section}</a>" in html, section
     assert 'href="bench/torch-fp32/benchmark.ipynb"' in html
     assert "% of peak" in html and "measured" in html
+
+
+def test_resources_note_says_why_the_gpu_was_not_sampled(tmp_path):
+    """The sampler's NVML error is kept in engine.json and the report quotes it (it used to be dropped)."""
+    run_dir = make_fake_run(tmp_path, gpu=True)
+    eng = run_dir / "bench" / "torch-fp32" / "engine.json"
+    e = json.loads(eng.read_text())
+    e["sampler_gpu_error"] = "GpuError: NVML cannot start (NVMLError_LibraryNotFound)"
+    eng.write_text(json.dumps(e))
+    note = report.resources_note(lib.load_run(run_dir))
+    assert "no GPU figures (NVML) for torch/fp32" in note and "NVMLError_LibraryNotFound" in note
