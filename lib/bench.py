@@ -232,6 +232,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, log=print) ->
                     record.update(status="ok", parity=parity, memory=engine.memory_stats(),
                                   nvml_process_mib=_nvml_process_mib() if gpu else None,
                                   compile_s=engine.info.get("compile_s"),
+                                  compile_graphs=engine.info.get("compile_graphs"),
                                   modes={m: {"timer": r.timer, "n": len(r.ms), "warmup_iters": r.warmup_iters,
                                              "warmup_s": r.warmup_s, "requests_per_sample": r.requests_per_sample,
                                              "window": r.window, "median_ms": float(np.median(r.ms)),

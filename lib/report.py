@@ -646,7 +646,7 @@ def engines_table(run: Run) -> pd.DataFrame:
         info = e.get("info", {})
         rows.append({"backend/precision": name, "what": e.get("summary", ""), "timer": e.get("timer"),
                      "load/build s": e.get("load_s", float("nan")),
-                     "details": ", ".join(f"{k}={v}" for k, v in info.items() if k != "compile_s")[:300],
+                     "details": ", ".join(f"{k}={v}" for k, v in info.items() if k not in ("compile_s", "compile_graphs"))[:300],
                      "parity reference": e.get("reference")})
     return pd.DataFrame(rows)
 

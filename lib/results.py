@@ -30,7 +30,7 @@ Schema (one row each; times in milliseconds unless the name says otherwise):
   res_gpu_util_mean, res_sm_clock_mhz_mean, res_temp_c_mean, res_power_w_mean, res_gpu_used_mib_peak,
   res_throttle = comma-separated throttle reasons seen, ...); torch_max_allocated_mib,
   framework_mem_mib, nvml_process_mib; parity_passed, parity_cosine, parity_rel_err,
-  parity_max_abs_err, parity_top1; compile_s.
+  parity_max_abs_err, parity_top1; compile_s, compile_graphs.
 * ``run.kernel_points`` / ``kernel_points.parquet`` (GPU runs): one CUPTI-profiled point (the smallest
   and largest measured batch of each shape, profiled after the sweep's timing, see ``lib.kernels``).
   backend, precision, batch, shape, device_median_ms (the timed, un-profiled median), busy_ms (GPU busy
@@ -63,7 +63,7 @@ POINT_COLUMNS = ["backend", "precision", "device", "batch", "shape", "mode", "ti
                  "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "cv", "min_ms", "max_ms", "p99_raw_ms",
                  "max_raw_ms", "items_per_s", "unstable", "warmup_iters", "requests_per_sample",
                  "torch_max_allocated_mib", "framework_mem_mib", "nvml_process_mib", "parity_passed", "parity_cosine",
-                 "parity_rel_err", "parity_max_abs_err", "parity_top1", "compile_s"]
+                 "parity_rel_err", "parity_max_abs_err", "parity_top1", "compile_s", "compile_graphs"]
 
 # Files ``Run.to_parquet`` writes, and the table each holds.
 PARQUET_FILES = {"iterations": "iterations.parquet", "samples": "samples.parquet", "points": "points.parquet",
@@ -166,6 +166,7 @@ def _point_rows(rec: dict, iters: pd.DataFrame, rule: OutlierRule, unstable_cv: 
         row["parity_max_abs_err"] = parity.get("max_abs_err")
         row["parity_top1"] = parity.get("top1_agree")
         row["compile_s"] = rec.get("compile_s")
+        row["compile_graphs"] = rec.get("compile_graphs")
         rows.append(row)
     return rows
 
