@@ -25,6 +25,7 @@ from .cache import atomic_write_bytes, atomic_write_json, read_json
 from .engines import Artifacts, EngineSpec, make_engine
 from .environment import collect_environment
 from .export import ensure_onnx
+from .flops import record_flops
 from .inputs import make_inputs
 from .model_config import ModelConfig, Shape
 from .models import build_model, get_model
@@ -202,6 +203,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, log=print) ->
                       artifacts=Artifacts(onnx=onnx, cache_dir=Path(params.cache_dir), weights=params.weights or None,
                                           models_dir=params.models_path),
                       options={**params.engine_options(), "log": log})
+    record_flops(run_dir, cfg, shapes, onnx.get("fp32") or cfg.folder / "model.onnx", log=log)  # analysis reads it
     with Sampler(gpu=gpu) as sampler:
         baseline = dict(sampler.baseline)
         t0 = time.perf_counter()

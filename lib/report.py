@@ -531,9 +531,11 @@ def efficiency_markdown(run: Run, flops: pd.DataFrame, peaks: dict, eff: pd.Data
     tf32 = run.device == "cuda" and bool(run.params.get("tf32", True))
     notes = ("FP32 on this GPU ran with TF32 allowed (`tf32=1`), so FP32 points are compared with the TF32 peak."
              if tf32 else "")
-    return ("FLOPs counted once per shape with `torch.utils.flop_counter.FlopCounterMode` on the PyTorch model at "
-            "batch 1 (convolutions, matrix multiplies and attention; a multiply-add counts 2; elementwise ops are "
-            "not counted), stored in `flops.json`: " + "; ".join(parts) + ". Achieved TFLOP/s = FLOPs per item × "
+    methods = sorted({str(m) for m in flops.get("method", pd.Series(dtype=str)) if m})
+    method = md("; ".join(methods)) if methods else "the benchmark step's counter"
+    return ("FLOPs counted once per shape by the benchmark step with " + method + " (convolutions, matrix "
+            "multiplies and attention; a multiply-add counts 2; elementwise ops are not counted), stored in "
+            "`flops.json` (by operator in the table below): " + "; ".join(parts) + ". Achieved TFLOP/s = FLOPs per item × "
             "items/s. Peaks used:\n\n" + ("\n".join(peak_lines) or "- none") +
             ("\n\n" + notes if notes else "") +
             ("\n\nA *measured* peak is the best rate of a large matrix multiply with torch on this machine "

@@ -357,7 +357,7 @@ def test_analysis_notebook_handles_edge_runs(tmp_path, case, capsys, monkeypatch
     ns = run_analysis_cells(path)
     out = capsys.readouterr().out
     assert "Traceback" not in out
-    assert (path / "flops.json").exists()
+    assert not (path / "flops.json").exists()  # the analysis reads files only; the benchmark step counts FLOPs
     if case == "all crashed":
         assert ns["run"].points.empty and "No backend produced numbers" in out
     if case == "two shapes":
