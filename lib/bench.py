@@ -29,7 +29,7 @@ from .flops import record_flops
 from .inputs import make_inputs
 from .model_config import ModelConfig, Shape
 from .models import build_model, get_model
-from .parity import compare_outputs
+from .parity import check_parity
 from .plan import load_plan, resolve_points
 from .sampler import Sampler
 from .stats import summarize
@@ -229,8 +229,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, log=print) ->
                     inputs = make_inputs(cfg, batch, shape, params.seed)
                     engine.reset_memory_stats()
                     runs = _measure_point(engine, inputs, policy, sampler, tag, gpu)
-                    parity = compare_outputs(engine.infer(inputs), reference.get(key, inputs), precision,
-                                             cfg.top_k_output)
+                    parity = check_parity(engine, cfg, batch, shape, params.seed, precision, reference, key)
                     record.update(status="ok", parity=parity, memory=engine.memory_stats(),
                                   nvml_process_mib=_nvml_process_mib() if gpu else None,
                                   compile_s=engine.info.get("compile_s"),

@@ -28,9 +28,13 @@ Schema (one row each; times in milliseconds unless the name says otherwise):
   median_ms); unstable (cv above the run's unstable_cv); warmup_iters, requests_per_sample;
   res_* (resources over the steady window: res_cpu_percent_mean, res_rss_mib_peak, and on a GPU
   res_gpu_util_mean, res_sm_clock_mhz_mean, res_temp_c_mean, res_power_w_mean, res_gpu_used_mib_peak,
-  res_throttle = comma-separated throttle reasons seen, ...); torch_max_allocated_mib,
-  framework_mem_mib, nvml_process_mib; parity_passed, parity_cosine, parity_rel_err,
-  parity_max_abs_err, parity_top1; compile_s, compile_graphs.
+  res_throttle = comma-separated throttle reasons seen, ...); torch_max_allocated_mib (PyTorch's caching
+  allocator: peak bytes in tensors), trt_activation_mib (TensorRT: the execution context's activation
+  scratch, fixed when the engine is built), nvml_process_mib (NVML: everything the process holds on the
+  GPU); parity_passed, parity_cosine, parity_centred_cosine, parity_rel_err, parity_max_abs_err,
+  parity_top1 (the worst output); compile_s, compile_graphs.
+* ``run.parity``: a row per point and output: backend, precision, batch, shape, output, passed (the
+  point's verdict), cosine, centred_cosine, rel_err, centred_rel_err, max_abs_err, top1_agree.
 * ``run.kernel_points`` / ``kernel_points.parquet`` (GPU runs): one CUPTI-profiled point (the smallest
   and largest measured batch of each shape, profiled after the sweep's timing, see ``lib.kernels``).
   backend, precision, batch, shape, device_median_ms (the timed, un-profiled median), busy_ms (GPU busy
@@ -62,8 +66,8 @@ SAMPLE_COLUMNS = ["backend", "precision", "t_s", "label", "rss_mib", "cpu_percen
 POINT_COLUMNS = ["backend", "precision", "device", "batch", "shape", "mode", "timer", "n", "dropped", "median_ms",
                  "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "cv", "min_ms", "max_ms", "p99_raw_ms",
                  "max_raw_ms", "items_per_s", "unstable", "warmup_iters", "requests_per_sample",
-                 "torch_max_allocated_mib", "framework_mem_mib", "nvml_process_mib", "parity_passed", "parity_cosine",
-                 "parity_rel_err", "parity_max_abs_err", "parity_top1", "compile_s", "compile_graphs"]
+                 "torch_max_allocated_mib", "trt_activation_mib", "nvml_process_mib", "parity_passed",
+                 "parity_cosine", "parity_centred_cosine", "parity_rel_err", "parity_max_abs_err", "parity_top1", "compile_s", "compile_graphs"]
 
 # Files ``Run.to_parquet`` writes, and the table each holds.
 PARQUET_FILES = {"iterations": "iterations.parquet", "samples": "samples.parquet", "points": "points.parquet",
@@ -71,6 +75,10 @@ PARQUET_FILES = {"iterations": "iterations.parquet", "samples": "samples.parquet
 KERNEL_POINT_COLUMNS = ["backend", "precision", "batch", "shape", "device_median_ms", "busy_ms", "kernel_ms", "launches",
                         "busy_share", "iters", "error"]
 KERNEL_COLUMNS = ["backend", "precision", "batch", "shape", "kernel", "short", "category", "calls", "ms"]
+
+
+PARITY_COLUMNS = ["backend", "precision", "batch", "shape", "output", "passed", "cosine", "centred_cosine",
+                  "rel_err", "centred_rel_err", "max_abs_err", "top1_agree"]
 
 
 @dataclass
@@ -86,6 +94,7 @@ class Run:
     failures: pd.DataFrame = field(default_factory=pd.DataFrame)
     kernel_points: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=KERNEL_POINT_COLUMNS))
     kernels: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=KERNEL_COLUMNS))
+    parity: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PARITY_COLUMNS))
     export: dict = field(default_factory=dict)
 
     @property
@@ -158,10 +167,12 @@ def _point_rows(rec: dict, iters: pd.DataFrame, rule: OutlierRule, unstable_cv: 
         for k, v in res.items():
             row[f"res_{k}"] = v
         row["torch_max_allocated_mib"] = mem.get("torch_max_allocated_bytes", np.nan) / (1 << 20)
-        row["framework_mem_mib"] = next((v / (1 << 20) for k, v in mem.items() if k.endswith("_bytes")), np.nan)
+        # two unlike figures, two columns: an allocator's peak is not an engine's fixed activation scratch
+        row["trt_activation_mib"] = mem.get("trt_engine_device_memory_bytes", np.nan) / (1 << 20)
         row["nvml_process_mib"] = rec.get("nvml_process_mib")
         row["parity_passed"] = parity.get("passed")
         row["parity_cosine"] = parity.get("cosine")
+        row["parity_centred_cosine"] = parity.get("centred_cosine")
         row["parity_rel_err"] = parity.get("rel_err")
         row["parity_max_abs_err"] = parity.get("max_abs_err")
         row["parity_top1"] = parity.get("top1_agree")
@@ -213,7 +224,7 @@ def load_run(path: Path | str, outliers: str | None = None) -> Run:
     rule = parse_outlier_rule(outliers or params.get("outliers", "tukey"))
     unstable_cv = float(params.get("unstable_cv", 0.05))
     run = Run(path=path, params=params, plan=plan, rule=rule)
-    iters, ticks, points, failures, kpoints, krows = [], [], [], [], [], []
+    iters, ticks, points, failures, kpoints, krows, prows = [], [], [], [], [], [], []
     for s in plan.get("skipped", []):
         failures.append({"backend": s["backend"], "precision": s["precision"], "batch": None, "shape": None,
                          "status": _skip_status(s["reason"]), "reason": s["reason"]})
@@ -248,6 +259,10 @@ def load_run(path: Path | str, outliers: str | None = None) -> Run:
             iters.append(frame)
             points.extend(_point_rows(rec, frame, rule, unstable_cv))
             par = rec.get("parity", {})
+            for name, figures in (par.get("outputs") or {}).items():
+                prows.append({"backend": b, "precision": p, "batch": rec["batch"], "shape": rec["shape"],
+                              "output": name, "passed": par.get("passed"),
+                              **{k: figures.get(k, np.nan) for k in PARITY_COLUMNS[6:]}})
             if par and not par.get("passed", True):
                 failures.append({"backend": b, "precision": p, "batch": rec["batch"], "shape": rec["shape"],
                                  "status": "parity failed", "reason": par.get("problems", "")})
@@ -267,6 +282,7 @@ def load_run(path: Path | str, outliers: str | None = None) -> Run:
     run.failures = pd.DataFrame(failures, columns=["backend", "precision", "batch", "shape", "status", "reason"])
     run.kernel_points = pd.DataFrame(kpoints, columns=KERNEL_POINT_COLUMNS)
     run.kernels = pd.DataFrame(krows, columns=KERNEL_COLUMNS)
+    run.parity = pd.DataFrame(prows, columns=PARITY_COLUMNS)
     if (path / "export.json").exists():
         run.export = read_json(path / "export.json")
     return run

@@ -472,3 +472,30 @@ def test_resources_note_says_why_the_gpu_was_not_sampled(tmp_path):
     eng.write_text(json.dumps(e))
     note = report.resources_note(lib.load_run(run_dir))
     assert "no GPU figures (NVML) for torch/fp32" in note and "NVMLError_LibraryNotFound" in note
+
+
+def test_parity_failed_points_are_marked_in_the_plots(gpu_run):
+    """The fake run's torch/fp16 batch 1 failed parity: the latency plot crosses it out and says so."""
+    import matplotlib.pyplot as plt
+
+    fig = report.plot_latency_vs_batch(gpu_run, "device")
+    labels = [t.get_text() for ax in fig.axes for t in (ax.get_legend().get_texts() if ax.get_legend() else [])]
+    assert "parity failed" in labels
+    crosses = [ln for ax in fig.axes for ln in ax.lines if ln.get_marker() == "x"]
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [1]
+    plt.close("all")
+
+
+def test_parity_table_has_a_row_per_output(tmp_path):
+    run_dir = make_fake_run(tmp_path, gpu=False, failures=False)
+    for pj in run_dir.glob("bench/*/points/*.json"):
+        rec = json.loads(pj.read_text())
+        rec["parity"]["outputs"] = {"logits": {"cosine": 0.99999, "rel_err": 1e-4, "max_abs_err": 1e-4,
+                                               "centred_cosine": 0.9999, "centred_rel_err": 1e-3},
+                                    "embedding": {"cosine": 0.9991, "rel_err": 2e-3, "max_abs_err": 3e-3,
+                                                  "centred_cosine": 0.9990, "centred_rel_err": 1e-2}}
+        pj.write_text(json.dumps(rec))
+    t = report.parity_table(lib.load_run(run_dir))
+    assert set(t["output"]) == {"logits", "embedding"} and len(t) == 2 * len(t.drop_duplicates(
+        ["backend", "precision", "batch", "shape"]))
+    assert "cosine, input-dependent part" in t.columns

@@ -255,7 +255,7 @@ class TorchCompile(_TorchBase):
         t0 = time.perf_counter()
         self._run_bound()  # first call of this shape: compiles
         self._sync()
-        self.info["compile_s"] = time.perf_counter() - t0
+        compile_s = time.perf_counter() - t0
         graphs = counters["stats"]["unique_graphs"] - before
         if shape not in self._compiled_shapes and graphs < 1:
             # a new shape that compiled nothing ran eagerly (a limit, a fallback): its numbers would be eager's
@@ -263,8 +263,12 @@ class TorchCompile(_TorchBase):
                                    f"(dynamo ran it eagerly; {len(self._compiled_shapes)} shapes compiled before, "
                                    f"recompile_limit {self._torch._dynamo.config.recompile_limit}); not measured "
                                    f"as torch-compile")
-        self._compiled_shapes[shape] = self._compiled_shapes.get(shape, 0) + graphs
-        self.info["compile_graphs"] = graphs  # graphs compiled for this point (0: the shape was compiled before)
+        if shape in self._compiled_shapes:  # bound again (parity, kernel profile): keep the first bind's figures
+            self._compiled_shapes[shape] += graphs
+            return
+        self._compiled_shapes[shape] = graphs
+        self.info["compile_s"] = compile_s
+        self.info["compile_graphs"] = graphs  # graphs dynamo compiled for this shape (its first call)
         self.info["compile_graphs_total"] = sum(self._compiled_shapes.values())
 
 
