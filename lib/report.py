@@ -190,7 +190,8 @@ def _usable(run: Run) -> pd.DataFrame:
     p = run.points
     if p.empty:
         return p
-    return p[p["parity_passed"].map(lambda v: v is not False and v is not np.False_)].assign(series=_series_col(p))
+    ok = p[p["parity_passed"].map(lambda v: v is not False and v is not np.False_)]
+    return ok.assign(series=_series_col(ok))  # the filtered frame's own series: assigning p's would add rows back
 
 
 def _rate_mode(run: Run) -> str:
@@ -272,9 +273,10 @@ def decision_table(run: Run, sp: pd.DataFrame | None = None) -> pd.DataFrame:
 best_per_batch = decision_table  # the old name
 
 
-def budget_table(run: Run, budget_ms: float = 10.0, mode: str = "end_to_end", top: int = 8) -> pd.DataFrame:
+def budget_table(run: Run, budget_ms: float = 10.0, mode: str = "end_to_end", top: int | None = None) -> pd.DataFrame:
     """Configurations (series × batch × shape) whose p99 ``mode`` latency over every sample is within
-    ``budget_ms``, by throughput (batch / median latency of that mode: one batch at a time)."""
+    ``budget_ms``, by throughput (batch / median latency of that mode: one batch at a time). Every one of
+    them (the summary counts them all), unless ``top`` limits it."""
     ok = _usable(run)
     if ok.empty:
         return pd.DataFrame()
@@ -287,7 +289,7 @@ def budget_table(run: Run, budget_ms: float = 10.0, mode: str = "end_to_end", to
                                                    f"latency is above {_g(budget_ms)} ms{best}"]})
     pipelined = ok[ok["mode"] == "throughput"].set_index(["series", "batch", "shape"])["items_per_s"]
     rows = []
-    for r in m.head(top).itertuples(index=False):
+    for r in (m if top is None else m.head(top)).itertuples(index=False):
         row = {"configuration": r.series, "batch": r.batch, "shape": r.shape, "p99 ms": r.p99_raw_ms,
                "median ms": r.median_ms, "items/s": r.items_per_s}
         if len(pipelined):
@@ -313,8 +315,9 @@ def budget_markdown(run: Run, budget_ms: float = 10.0, mode: str = "end_to_end")
                 f"**{md(best['series'])}** at batch {best['batch']}: {fmt_num(best['p99_raw_ms'])} ms.")
     b = within.iloc[0]
     n_over = int((m["p99_raw_ms"] > budget_ms).sum())
+    shape = f" (shape {md(b['shape'])})" if _multi_shape(run) else ""  # b["shape"]: b.shape is the row's own shape
     return (f"**Latency budget ({what})**: the highest throughput within it is **{md(b['series'])} at batch "
-            f"{b['batch']}**{'' if not _multi_shape(run) else f' (shape {md(b.shape)})'}: "
+            f"{b['batch']}**{shape}: "
             f"{fmt_num(b['items_per_s'])} items/s at p99 {fmt_num(b['p99_raw_ms'])} ms. "
             f"{len(within)} configurations meet the budget, {n_over} do not. "
             f"(Budget: the analysis notebook's `budget_ms` parameter; throughput = batch / median latency, "
@@ -494,10 +497,16 @@ def summary_markdown(run: Run, sp: pd.DataFrame | None = None, budget_ms: float 
         e = eff[eff["mode"] == _rate_mode(run)].sort_values("peak_share", ascending=False)
         if len(e) and np.isfinite(e.iloc[0]["peak_share"]):
             r = e.iloc[0]
-            over = " — above 100%: the measured peak is too low (see *Efficiency*)" if r["peak_share"] > 1 else ""
-            lines.append(f"- **Efficiency**: best {fmt_num(r['achieved_tflops'])} TFLOP/s, {fmt_pct(r['peak_share'])} "
-                         f"of {'a measured' if r['peak_source'] == 'measured' else 'the datasheet'} peak "
-                         f"({md(r['backend'] + '/' + r['precision'])} at batch {r['batch']}){over}; see *Efficiency*.")
+            where = f"{md(r['backend'] + '/' + r['precision'])} at batch {r['batch']}"
+            if r["peak_share"] > 1:  # a "peak" the model beat is no peak: quoting a share of it would mislead
+                lines.append(f"- **Efficiency**: best {fmt_num(r['achieved_tflops'])} TFLOP/s ({where}); no share of "
+                             f"peak is given: the {'measured' if r['peak_source'] == 'measured' else 'datasheet'} "
+                             f"peak ({fmt_num(r['peak_tflops'])} TFLOP/s) is below it, so it is not this machine's "
+                             "peak (see *Efficiency*).")
+            else:
+                lines.append(f"- **Efficiency**: best {fmt_num(r['achieved_tflops'])} TFLOP/s, {fmt_pct(r['peak_share'])} "
+                             f"of {'a measured' if r['peak_source'] == 'measured' else 'the datasheet'} peak "
+                             f"({where}); see *Efficiency*.")
     unstable = p[p["unstable"]]
     lines.append(f"- **Stability**: {len(unstable)} of {len(p)} measurements have a CV above "
                  f"{float(run.params.get('unstable_cv', 0.05)):.0%} (flagged in the tables)"
@@ -955,7 +964,8 @@ def unstable_table(run: Run) -> pd.DataFrame:
     p = run.points
     if p.empty:
         return pd.DataFrame()
-    u = p[p["unstable"]].assign(series=_series_col(p))
+    u = p[p["unstable"].astype(bool)]
+    u = u.assign(series=_series_col(u))  # not p's: assigning a longer Series to an empty frame adds NaN rows
     if u.empty:
         return pd.DataFrame({"unstable points": [f"none: every CV ≤ {float(run.params.get('unstable_cv', 0.05)):.0%}"]})
     out = pd.DataFrame({"configuration": u["series"], "batch": u["batch"], "shape": u["shape"],

@@ -499,3 +499,33 @@ def test_parity_table_has_a_row_per_output(tmp_path):
     assert set(t["output"]) == {"logits", "embedding"} and len(t) == 2 * len(t.drop_duplicates(
         ["backend", "precision", "batch", "shape"]))
     assert "cosine, input-dependent part" in t.columns
+
+
+# --- summary bugs (issue 12) -----------------------------------------------------------------------------
+
+def test_budget_bullet_names_the_input_shape_and_the_table_lists_every_fit(tmp_path):
+    run = lib.load_run(make_fake_run(tmp_path, gpu=True, shapes=("32x32", "64x64"), batches=(1, 2, 4, 8, 16)))
+    text = report.budget_markdown(run, 1000.0)
+    assert "(shape 32x32)" in text or "(shape 64x64)" in text
+    assert "shape (" not in text  # was the pandas row's own .shape, e.g. "shape (38,)"
+    n = int(text.split(" configurations meet the budget")[0].rsplit(" ", 1)[-1])
+    assert n > 8 and len(report.budget_table(run, 1000.0)) == n  # was cut to 8 rows
+
+
+def test_unstable_table_says_none_when_nothing_is_unstable(gpu_run):
+    gpu_run.points["unstable"] = False
+    u = report.unstable_table(gpu_run)
+    assert list(u.columns) == ["unstable points"] and len(u) == 1 and u.iloc[0, 0].startswith("none")
+
+
+def test_no_usable_points_gives_an_empty_frame_not_rows_of_nan(gpu_run):
+    gpu_run.points["parity_passed"] = False
+    assert report._usable(gpu_run).empty
+
+
+def test_a_peak_the_model_beats_is_not_quoted_as_a_share(cpu_run):
+    eff = pd.DataFrame([{"backend": "ort", "precision": "fp32", "batch": 16, "shape": "32x32", "mode": "device",
+                         "items_per_s": 1e4, "gflop_per_item": 1.0, "achieved_tflops": 0.45, "peak_tflops": 0.2,
+                         "peak_share": 2.249, "peak_label": "measured", "peak_source": "measured"}])
+    text = report.summary_markdown(cpu_run, None, 10.0, eff)
+    assert "224.9%" not in text and "no share of peak is given" in text
