@@ -1135,6 +1135,40 @@ def notebooks_markdown(run: Run) -> str:
     return "Executed notebooks of this run (paths relative to the run folder):\n\n" + "\n".join(lines)
 
 
+def reference_name(run: Run) -> str:
+    """What parity compares with, as the benchmark step recorded it (PyTorch FP32 on the CPU, or ONNX Runtime's
+    CPU EP on the FP32 ONNX for a model given as ONNX)."""
+    return next((e.get("reference") for e in run.engines.values() if e.get("reference")), None) or (
+        "PyTorch FP32 (CPU)" if ("torch", "fp32") in {(c["backend"], c["precision"]) for c in run.plan.get("combos", [])}
+        else "the FP32 reference")
+
+
+def has_baseline(run: Run) -> bool:
+    return tuple(BASELINE) in {(c["backend"], c["precision"]) for c in run.plan.get("combos", [])}
+
+
+def heading_markdown(run: Run, section: str) -> str:
+    """A section's heading and lead, naming what this run really compares with (``section``: "decision",
+    "speedup" or "parity")."""
+    base = "PyTorch eager FP32 (torch/fp32)"
+    if section == "parity":
+        return f"## Parity against {md(reference_name(run))}"
+    if section == "decision":
+        return ("### Fastest configuration per batch size\n\nLowest p99 latency (over every sample) and highest "
+                "throughput at each batch size, among points that passed parity"
+                + (f"; in brackets the speedup over {base} with its 95% bootstrap interval." if has_baseline(run)
+                   else "."))
+    if section == "speedup":
+        if not has_baseline(run):
+            return (f"### Speedup over {base}\n\nNot computed: {base} is not in this run"
+                    + (" (the model is given as ONNX: no PyTorch backend can run it)."
+                       if "ONNX" in reference_name(run) else "."))
+        return (f"### Speedup over {base}\n\nmedian(torch/fp32) / median(configuration) on the raw samples at the same "
+                "batch, shape and mode, with a 95% bootstrap interval; `=` marks an interval that contains 1 (no "
+                "clear difference).")
+    raise ValueError(f"section {section!r}: use decision, speedup or parity")
+
+
 def parity_note(run: Run) -> str:
     from .parity import CALIBRATION_ITEMS, CENTRED_THRESHOLDS, THRESHOLDS
 
