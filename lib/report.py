@@ -518,6 +518,12 @@ def summary_markdown(run: Run, sp: pd.DataFrame | None = None, budget_ms: float 
                      + " (see *Failures and skips*).")
     else:
         lines.append("- **Failures and skips**: none; every planned point produced numbers and passed parity.")
+    fallback = {n: (e.get("info") or {}).get("cpu_ep_fallback") for n, e in run.engines.items()}
+    fallback = {n: v for n, v in fallback.items() if v and v != "none"}
+    if fallback:  # lib.engines.ort_engine: the session could not be made with CPU fallback disabled
+        lines.append("- **Warning: ONNX Runtime runs part of the graph on the CPU EP** for "
+                     + ", ".join(md(n) for n in fallback) + " (nodes its GPU provider does not take; their host time "
+                     "and copies are inside these figures). ONNX Runtime said: " + md(next(iter(fallback.values()))[:300]))
     bad_parity = p[p["parity_passed"].map(lambda v: v is False or v is np.False_)]
     if len(bad_parity):
         pts = bad_parity.drop_duplicates(["backend", "precision", "batch", "shape"])

@@ -529,3 +529,10 @@ def test_a_peak_the_model_beats_is_not_quoted_as_a_share(cpu_run):
                          "peak_share": 2.249, "peak_label": "measured", "peak_source": "measured"}])
     text = report.summary_markdown(cpu_run, None, 10.0, eff)
     assert "224.9%" not in text and "no share of peak is given" in text
+
+
+def test_cpu_ep_fallback_is_reported(gpu_run):
+    gpu_run.engines["trt/fp16"].setdefault("info", {})["cpu_ep_fallback"] = (
+        "Fail: This session contains graph nodes that are assigned to the default CPU EP")
+    text = report.summary_markdown(gpu_run, None, 10.0)
+    assert "runs part of the graph on the CPU EP" in text and "trt/fp16" in text
