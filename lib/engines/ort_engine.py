@@ -111,7 +111,7 @@ class OrtEngine(Engine):
         self._ort = ort
         path = self.spec.artifacts.onnx.get(self.spec.precision)
         if path is None:
-            raise UnavailableError(f"{self.label}: no {self.spec.precision} ONNX model was exported")
+            raise UnavailableError(f"{self.label}: no {self.spec.precision} ONNX model was exported (export.json in the run folder says why)")
         if self.spec.device == "cuda" and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # the pip-installed CUDA/cuDNN libraries, if any
         so = ort.SessionOptions()

@@ -106,7 +106,7 @@ class TrtEngine(Engine):
         self._trt, self._flavour = import_trt()
         onnx = spec.artifacts.onnx.get(spec.precision)
         if onnx is None:
-            raise UnavailableError(f"{self.label}: no {spec.precision} ONNX model was exported")
+            raise UnavailableError(f"{self.label}: no {spec.precision} ONNX model was exported (export.json in the run folder says why)")
         if spec.artifacts.cache_dir is None:
             raise BenchbookError(f"{self.label}: needs a cache folder (spec.artifacts.cache_dir) for its engines")
         self._log = spec.options.get("log") or print
