@@ -518,6 +518,9 @@ def summary_markdown(run: Run, sp: pd.DataFrame | None = None, budget_ms: float 
                      + " (see *Failures and skips*).")
     else:
         lines.append("- **Failures and skips**: none; every planned point produced numbers and passed parity.")
+    for n, e in run.engines.items():  # lib.trt_build: a cached TensorRT-RTX plan that runs, but suboptimally
+        if (e.get("info") or {}).get("plan_warning"):
+            lines.append(f"- **Warning ({md(n)})**: {md(e['info']['plan_warning'])}")
     fallback = {n: (e.get("info") or {}).get("cpu_ep_fallback") for n, e in run.engines.items()}
     fallback = {n: v for n, v in fallback.items() if v and v != "none"}
     if fallback:  # lib.engines.ort_engine: the session could not be made with CPU fallback disabled

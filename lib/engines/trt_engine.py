@@ -137,7 +137,8 @@ class TrtEngine(Engine):
                           "engine_key": result.key, "engine_path": str(result.path), "cache_hit": result.cache_hit,
                           "build_s": result.build_s, "engine_build_s": result.manifest.get("build_s"),
                           "target": result.manifest.get("target"), "workspace_gib": build["workspace_gib"],
-                          "opt_level": build["opt_level"], "tf32": build["tf32"], "onnx": str(onnx)})
+                          "opt_level": build["opt_level"], "tf32": build["tf32"], "onnx": str(onnx),
+                          "plan_warning": result.warning})
 
     def _deserialize(self, result):
         """The engine, or None when TensorRT refuses the plan (its reasons land in self._logger.errors)."""
