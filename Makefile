@@ -76,6 +76,7 @@ help:
 	@echo "make compare RUNS=\"<run dir> <run dir> ...\"  one HTML page comparing runs (first = reference)"
 	@echo "make fidelity                   harness checks on a CUDA GPU (vs torch.utils.benchmark, sampler cost, GPU busy time)"
 	@echo "make models                     list the models"
+	@echo "make clean-cache                delete CACHE_DIR (refused unless it holds only benchbook's caches)"
 	@echo "make lab                        JupyterLab on the notebooks (localhost only, token required)"
 
 # --- set-up --------------------------------------------------------------------------------
