@@ -536,3 +536,20 @@ def test_cpu_ep_fallback_is_reported(gpu_run):
         "Fail: This session contains graph nodes that are assigned to the default CPU EP")
     text = report.summary_markdown(gpu_run, None, 10.0)
     assert "runs part of the graph on the CPU EP" in text and "trt/fp16" in text
+
+
+def test_allocator_peak_and_tensorrt_scratch_are_separate_columns(tmp_path):
+    """They used to share one "framework MiB" column (torch's allocator peak vs TensorRT's activation scratch)."""
+    run_dir = make_fake_run(tmp_path, gpu=True, failures=False)
+    for pj in run_dir.glob("bench/*/points/*.json"):
+        rec = json.loads(pj.read_text())
+        rec["memory"] = ({"trt_engine_device_memory_bytes": 3 << 20, "trt_io_buffer_bytes": 1 << 20}
+                         if rec["backend"] == "trt" else {"torch_max_allocated_bytes": 40 << 20,
+                                                          "torch_max_reserved_bytes": 64 << 20})
+        pj.write_text(json.dumps(rec))
+    run = lib.load_run(run_dir)
+    p = run.points.set_index("backend")
+    assert (p.loc["trt", "trt_activation_mib"] == 3).all() and p.loc["trt", "torch_max_allocated_mib"].isna().all()
+    assert (p.loc["torch", "torch_max_allocated_mib"] == 40).all() and p.loc["torch", "trt_activation_mib"].isna().all()
+    cols = report.summary_table(run).columns
+    assert "torch allocator peak MiB" in cols and "TensorRT activation MiB" in cols and "framework MiB" not in cols
