@@ -275,7 +275,8 @@ def method_markdown(cmp: Comparison) -> str:
         f"ratio is median(run) / median({cmp.labels[0]}) over the raw samples (no outlier filtering), with a 95% "
         "percentile-bootstrap interval (each side resampled, `lib.stats.bootstrap_ratio_ci`).",
         "- Verdict: *faster* when the whole interval is below 1, *slower* when above 1, else *no clear change*.",
-        f"- Curves show each run's medians under its outlier rule ({md(', '.join(sorted({r.rule.name for r in cmp.runs})))}).",
+        "- Curves show each run's medians under its outlier rule ("
+        + md(", ".join(sorted({r.rule.name for r in cmp.runs}))) + ").",
         "- Ratios as data: `ratios.csv` beside this page.",
     ])
 

@@ -67,7 +67,8 @@ POINT_COLUMNS = ["backend", "precision", "device", "batch", "shape", "mode", "ti
                  "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "cv", "min_ms", "max_ms", "p99_raw_ms",
                  "max_raw_ms", "items_per_s", "unstable", "warmup_iters", "requests_per_sample",
                  "torch_max_allocated_mib", "trt_activation_mib", "nvml_process_mib", "parity_passed",
-                 "parity_cosine", "parity_centred_cosine", "parity_rel_err", "parity_max_abs_err", "parity_top1", "compile_s", "compile_graphs"]
+                 "parity_cosine", "parity_centred_cosine", "parity_rel_err", "parity_max_abs_err", "parity_top1",
+                 "compile_s", "compile_graphs"]
 
 # Files ``Run.to_parquet`` writes, and the table each holds.
 PARQUET_FILES = {"iterations": "iterations.parquet", "samples": "samples.parquet", "points": "points.parquet",
