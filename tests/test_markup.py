@@ -97,3 +97,23 @@ def test_compare_page_shows_foreign_run_fields_as_text(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     page = next((reports / "compare").glob("*/compare.html"))
     _assert_inert(page.read_text())
+
+
+def test_index_quotes_folder_names(tmp_path):
+    """A run folder copied in under a hostile name: the index links to it without letting the name out of
+    the href."""
+    import shutil
+
+    from lib.html_report import render_index
+
+    reports = tmp_path / "reports"
+    run = make_fake_run(reports, gpu=False)
+    hostile = run.parent / f'x"><img src=x onerror=alert(1)>'
+    shutil.move(run, hostile)
+    (hostile / "report.html").write_text("<html></html>")
+    text = render_index(reports).read_text()
+    _assert_inert(text)
+    href = re.search(r'<a href="([^"]*)">', text).group(1)
+    from urllib.parse import unquote
+
+    assert (reports / unquote(href)).exists()
