@@ -68,8 +68,11 @@ help:
 	@echo "make setup                      create $(VENV) and install benchbook with its dependencies"
 	@echo "make test                       run the test suite"
 	@echo "make report MODEL=name [...]    export, benchmark every backend, render reports/<model>/<run>/report.html"
-	@echo "  BACKENDS=$(BACKENDS) PRECISIONS=$(PRECISIONS) BATCH_SIZES=$(BATCH_SIZES) SHAPES=$(SHAPES) DEVICE=$(DEVICE)"
-	@echo "  WARMUP=$(WARMUP)s ITERS=$(ITERS) DURATION=$(DURATION)s OUTLIERS=$(OUTLIERS) WEIGHTS=<state_dict.pth>"
+	@# the current values, each single-quoted for the shell: a value is printed, never run
+	@echo '  BACKENDS='$(call qv,BACKENDS)' PRECISIONS='$(call qv,PRECISIONS)' BATCH_SIZES='$(call qv,BATCH_SIZES) \
+	  'SHAPES='$(call qv,SHAPES)' DEVICE='$(call qv,DEVICE)
+	@echo '  WARMUP='$(call qv,WARMUP)'s ITERS='$(call qv,ITERS)' DURATION='$(call qv,DURATION)'s' \
+	  'OUTLIERS='$(call qv,OUTLIERS)' WEIGHTS=<state_dict.pth>'
 	@echo "  RUN_ID=<existing run id> resumes an interrupted run (Ctrl-C keeps every measured point and prints the id); empty = a new run"
 	@echo "  DATA=<folder of labelled images, one sub-folder per class>: top-1/top-5 accuracy per backend"
 	@echo "  bad values are refused in seconds, before any work, with what is valid"

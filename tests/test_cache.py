@@ -195,3 +195,8 @@ def test_make_clean_cache_neither_expands_nor_splits_the_value(tmp_path):
     proc = subprocess.run(["make", "--no-print-directory", "models", f"MODELS_DIR=$(shell touch {marker})"],
                           cwd=repo, env=env, capture_output=True, text=True, timeout=120)
     assert not marker.exists(), proc.stderr
+    proc = subprocess.run(["make", "--no-print-directory", "help", f"BACKENDS=$(shell touch {marker})",
+                           f"PRECISIONS=$$(touch {marker})"], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert not marker.exists(), proc.stderr  # make expanded the first, bash's double quotes ran the second
+    assert f"BACKENDS=$(shell touch {marker})" in proc.stdout
