@@ -55,18 +55,22 @@ UNKNOWN_VARS = $(filter-out $(PARAMS) $(OTHER_VARS),$(CMDLINE_VARS))
 
 # A value quoted for the shell, so spaces or quotes in it reach the plan step's checks intact.
 q = '$(subst ','\'',$(1))'
+# A parameter's text as given, quoted: $(value) keeps make from expanding a "$(shell ...)" written in a value
+# (make would run it), and unexport keeps make from expanding it to put it in the recipes' environment.
+qv = $(call q,$(value $(1)))
+unexport $(PARAMS) RUNS FIDELITY_BATCH
 
-PLAN_SETS = --set model=$(call q,$(MODEL)) --set backends=$(call q,$(BACKENDS)) \
-  --set precisions=$(call q,$(PRECISIONS)) --set batch_sizes=$(call q,$(BATCH_SIZES)) \
-  --set shapes=$(call q,$(SHAPES)) --set warmup=$(call q,$(WARMUP)) --set iters=$(call q,$(ITERS)) \
-  --set duration=$(call q,$(DURATION)) --set rounds=$(call q,$(ROUNDS)) --set point_cap=$(call q,$(POINT_CAP)) \
-  --set ci_target=$(call q,$(CI_TARGET)) --set noise_spread=$(call q,$(NOISE_SPREAD)) \
-  --set host_slow=$(call q,$(HOST_SLOW)) --set device=$(call q,$(DEVICE)) --set outliers=$(call q,$(OUTLIERS)) \
-  --set weights=$(call q,$(WEIGHTS)) --set seed=$(call q,$(SEED)) --set unstable_cv=$(call q,$(UNSTABLE_CV)) \
-  --set channels_last=$(call q,$(CHANNELS_LAST)) --set tf32=$(call q,$(TF32)) \
-  --set compile_mode=$(call q,$(COMPILE_MODE)) --set trt_workspace_gib=$(call q,$(TRT_WORKSPACE)) \
-  --set trt_opt_level=$(call q,$(TRT_OPT_LEVEL)) --set models_dir=$(call q,$(MODELS_DIR)) \
-  --set cache_dir=$(call q,$(CACHE_DIR)) --set data=$(call q,$(DATA))
+PLAN_SETS = --set model=$(call qv,MODEL) --set backends=$(call qv,BACKENDS) \
+  --set precisions=$(call qv,PRECISIONS) --set batch_sizes=$(call qv,BATCH_SIZES) \
+  --set shapes=$(call qv,SHAPES) --set warmup=$(call qv,WARMUP) --set iters=$(call qv,ITERS) \
+  --set duration=$(call qv,DURATION) --set rounds=$(call qv,ROUNDS) --set point_cap=$(call qv,POINT_CAP) \
+  --set ci_target=$(call qv,CI_TARGET) --set noise_spread=$(call qv,NOISE_SPREAD) \
+  --set host_slow=$(call qv,HOST_SLOW) --set device=$(call qv,DEVICE) --set outliers=$(call qv,OUTLIERS) \
+  --set weights=$(call qv,WEIGHTS) --set seed=$(call qv,SEED) --set unstable_cv=$(call qv,UNSTABLE_CV) \
+  --set channels_last=$(call qv,CHANNELS_LAST) --set tf32=$(call qv,TF32) \
+  --set compile_mode=$(call qv,COMPILE_MODE) --set trt_workspace_gib=$(call qv,TRT_WORKSPACE) \
+  --set trt_opt_level=$(call qv,TRT_OPT_LEVEL) --set models_dir=$(call qv,MODELS_DIR) \
+  --set cache_dir=$(call qv,CACHE_DIR) --set data=$(call qv,DATA)
 
 .PHONY: help setup test test-fast report execute lab models clean-cache index
 
@@ -74,10 +78,13 @@ help:
 	@echo "make setup                      create $(VENV) and install benchbook with its dependencies"
 	@echo "make test                       run the test suite"
 	@echo "make report MODEL=name [...]    export, benchmark every backend, render reports/<model>/<run>/report.html"
-	@echo "  BACKENDS=$(BACKENDS) PRECISIONS=$(PRECISIONS) BATCH_SIZES=$(BATCH_SIZES) SHAPES=$(SHAPES) DEVICE=$(DEVICE)"
-	@echo "  WARMUP=$(WARMUP)s (a point's first warm-up) ITERS=$(ITERS) DURATION=$(DURATION)s (per round) OUTLIERS=$(OUTLIERS)"
-	@echo "  ROUNDS=$(ROUNDS) (minimum, interleaved, half per pass) POINT_CAP=$(POINT_CAP)s CI_TARGET=$(CI_TARGET) (adaptive stop)"
-	@echo "  NOISE_SPREAD=$(NOISE_SPREAD) (noisy flag) HOST_SLOW=$(HOST_SLOW) (slow-host rounds) WEIGHTS=<state_dict.pth>"
+	@# the current values, each single-quoted for the shell: a value is printed, never run
+	@echo '  BACKENDS='$(call qv,BACKENDS)' PRECISIONS='$(call qv,PRECISIONS)' BATCH_SIZES='$(call qv,BATCH_SIZES) \
+	  'SHAPES='$(call qv,SHAPES)' DEVICE='$(call qv,DEVICE)
+	@echo '  WARMUP='$(call qv,WARMUP)'s (a point'"'"'s first warm-up) ITERS='$(call qv,ITERS)' DURATION='$(call qv,DURATION)'s (per round)' \
+	  'OUTLIERS='$(call qv,OUTLIERS)' WEIGHTS=<state_dict.pth>'
+	@echo '  ROUNDS='$(call qv,ROUNDS)' (minimum, interleaved, half per pass) POINT_CAP='$(call qv,POINT_CAP)'s' \
+	  'CI_TARGET='$(call qv,CI_TARGET)' (adaptive stop) NOISE_SPREAD='$(call qv,NOISE_SPREAD)' HOST_SLOW='$(call qv,HOST_SLOW)
 	@echo "  RUN_ID=<existing run id> resumes an interrupted run (Ctrl-C keeps every measured point and prints the id); empty = a new run"
 	@echo "  DATA=<folder of labelled images, one sub-folder per class>: top-1/top-5 accuracy per backend"
 	@echo "  bad values are refused in seconds, before any work, with what is valid"
@@ -85,6 +92,7 @@ help:
 	@echo "make fidelity                   harness checks on a CUDA GPU (vs torch.utils.benchmark, sampler cost, GPU busy time)"
 	@echo "make reproducibility [vars]     make report twice, compare point by point (HOG=1:2 adds a periodic CPU hog)"
 	@echo "make models                     list the models"
+	@echo "make clean-cache                delete CACHE_DIR (refused unless it holds only benchbook's caches)"
 	@echo "make lab                        JupyterLab on the notebooks (localhost only, token required)"
 
 # --- set-up --------------------------------------------------------------------------------
@@ -105,7 +113,7 @@ test-fast:
 	$(PYTHON) -m pytest -q -ra -m "not slow"
 
 models:
-	@$(PYTHON) -m lib.cli models $(if $(MODELS_DIR),--models-dir $(call q,$(MODELS_DIR)))
+	@$(PYTHON) -m lib.cli models $(if $(value MODELS_DIR),--models-dir $(call qv,MODELS_DIR))
 
 lab:
 	$(PYTHON) -m jupyter lab --ServerApp.ip=127.0.0.1 --no-browser --notebook-dir=notebooks
@@ -117,8 +125,8 @@ lab:
 # The second make runs holding the run folder's lock (lib.cli locked): a second `make report` of the same
 # RUN_ID is refused, naming the live one.
 report:
-	@run_dir=$$($(PYTHON) -m lib.cli plan $(PLAN_SETS) --reports-dir $(call q,$(REPORTS_DIR)) \
-	  --run-id $(call q,$(RUN_ID)) --unknown-vars '$(UNKNOWN_VARS)' --known-vars '$(PARAMS)') && \
+	@run_dir=$$($(PYTHON) -m lib.cli plan $(PLAN_SETS) --reports-dir $(call qv,REPORTS_DIR) \
+	  --run-id $(call qv,RUN_ID) --unknown-vars '$(UNKNOWN_VARS)' --known-vars '$(PARAMS)') && \
 	  $(PYTHON) -m lib.cli locked --run-dir "$$run_dir" -- \
 	  $(MAKE) --no-print-directory execute PLAN=$$run_dir/plan.mk
 
@@ -138,7 +146,7 @@ BENCH_DONE := $(foreach c,$(COMBOS_REVERSED),$(RUN_DIR)/bench/$(subst @,-,$(c))/
 .NOTPARALLEL:
 
 execute: $(RUN_DIR)/report.html
-	@$(PYTHON) -m lib.cli index $(call q,$(REPORTS_DIR))
+	@$(PYTHON) -m lib.cli index $(call qv,REPORTS_DIR)
 	@echo "report: $(RUN_DIR)/report.html"
 
 # Export (cached by content hash under $(CACHE_DIR)/onnx): redone only when the model's files change.
@@ -165,25 +173,26 @@ $(RUN_DIR)/report.html: $(RUN_DIR)/analysis.ipynb
 endif
 
 index:
-	@$(PYTHON) -m lib.cli index $(call q,$(REPORTS_DIR))
+	@$(PYTHON) -m lib.cli index $(call qv,REPORTS_DIR)
 
+# Checked before anything is deleted: only a folder that holds nothing but benchbook's caches (lib.cache.clean_cache).
 clean-cache:
-	rm -rf $(CACHE_DIR)
+	@$(PYTHON) -m lib.cli clean-cache --cache-dir $(call qv,CACHE_DIR)
 
 # --- figures about the harness itself (CUDA GPU): fidelity vs torch.utils.benchmark, sampler cost,
 # timed median vs the GPU's busy time (CUPTI)
 FIDELITY_BATCH ?= 32
 .PHONY: fidelity
 fidelity:
-	$(PYTHON) -m lib.fidelity --model $(call q,$(MODEL)) --batch $(call q,$(FIDELITY_BATCH)) --cache $(call q,$(CACHE_DIR))
+	$(PYTHON) -m lib.fidelity --model $(call qv,MODEL) --batch $(call qv,FIDELITY_BATCH) --cache $(call qv,CACHE_DIR)
 
 # --- compare runs: one HTML page across runs (two GPUs, two library versions, before/after) ----------
 # make compare RUNS="reports/<model>/<run A> reports/<model>/<run B> ..."  (the first run is the reference)
 # -> $(REPORTS_DIR)/compare/<UTC time>/compare.html, a new folder every time
 .PHONY: compare
 compare:
-	@$(PYTHON) -m lib.compare --runs $(call q,$(RUNS)) --outliers $(call q,$(OUTLIERS)) \
-	  --reports-dir $(call q,$(REPORTS_DIR))
+	@$(PYTHON) -m lib.compare --runs $(call qv,RUNS) --outliers $(call qv,OUTLIERS) \
+	  --reports-dir $(call qv,REPORTS_DIR)
 
 # --- does a report reproduce? `make report` twice with the same variables, compared point by point:
 # agreement within REPRO_TOL, flags, silent disagreements, headlines, wall times (figures, not a test).
@@ -192,5 +201,5 @@ REPRO_TOL ?= 0.05
 HOG ?=
 .PHONY: reproducibility
 reproducibility:
-	$(PYTHON) -m lib.reproducibility run --python $(call q,$(PYTHON)) --tol $(call q,$(REPRO_TOL)) \
-	  $(if $(HOG),--hog $(call q,$(HOG))) -- $(foreach v,$(filter $(PARAMS),$(CMDLINE_VARS)),$(v)=$(call q,$($(v))))
+	$(PYTHON) -m lib.reproducibility run --python $(call qv,PYTHON) --tol $(call qv,REPRO_TOL) \
+	  $(if $(HOG),--hog $(call qv,HOG)) -- $(foreach v,$(filter $(PARAMS),$(CMDLINE_VARS)),$(v)=$(call qv,$(v)))

@@ -52,10 +52,11 @@ from .engines import Artifacts, EngineSpec, make_engine
 from .environment import collect_environment
 from .errors import BenchbookError
 from .export import ensure_onnx
+from .flops import record_flops
 from .inputs import make_inputs
 from .model_config import ModelConfig, Shape
 from .models import build_model, get_model
-from .parity import compare_outputs
+from .parity import check_parity
 from .plan import load_plan, resolve_points
 from .runstate import read_prior_ticks, valid_points
 from .sampler import Sampler
@@ -148,8 +149,9 @@ def _nvml_process_mib() -> float:
 
         import pynvml
 
-        pynvml.nvmlInit()
-        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        from .gpu import nvml_handle
+
+        h = nvml_handle()  # the engines' GPU by UUID, not NVML's index 0
         used = [p.usedGpuMemory for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)
                 if p.pid == os.getpid() and p.usedGpuMemory is not None]
         return sum(used) / (1 << 20) if used else float("nan")
@@ -286,15 +288,16 @@ def _characterise(engine, point: _Point, policy: TimingPolicy, reference, precis
     bind_s = time.perf_counter() - t0
     compile_s = engine.info.get("compile_s") if engine.backend == "torch-compile" else None
     n, secs = warm_up(engine.run_bound, engine.timer(), policy.warmup_s)
-    parity = compare_outputs(engine.infer(point.inputs), reference.get(point.key, point.inputs), precision,
-                             point.cfg.top_k_output)
+    memory, nvml_mib = engine.memory_stats(), (_nvml_process_mib() if gpu else None)  # before parity binds more
     t1 = time.perf_counter()
+    window = Sampler.summarize_window(sampler.window(t0, t1))
+    parity = check_parity(engine, point.cfg, point.batch, point.shape, point.seed, precision, reference, point.key)
     sampler.mark("")
     point.record.update(
-        status="ok", parity=parity, memory=engine.memory_stats(),
-        nvml_process_mib=_nvml_process_mib() if gpu else None, compile_s=compile_s, bind_s=bind_s,
+        status="ok", parity=parity, memory=memory, nvml_process_mib=nvml_mib, compile_s=compile_s,
+        compile_graphs=engine.info.get("compile_graphs"), bind_s=bind_s,
         est_ms=secs * 1e3 / n, first_warmup_iters=n, first_warmup_s=secs,
-        memory_window=Sampler.summarize_window(sampler.window(t0, t1)), rounds=[])
+        memory_window=window, rounds=[])
 
 
 def _measure_round(engine, point: _Point, mode: str, policy: TimingPolicy, sentinel: HostSentinel,
@@ -381,8 +384,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
                       artifacts=Artifacts(onnx=onnx, cache_dir=Path(params.cache_dir), weights=params.weights or None,
                                           models_dir=params.models_path),
                       options={**params.engine_options(), "log": log})
-    ticks_path = out / "samples.parquet"
-    prior_ticks = read_prior_ticks(ticks_path, log)  # a resumed sweep appends to the ticks of the interrupted one
+    record_flops(run_dir, cfg, shapes, onnx.get("fp32") or cfg.folder / "model.onnx", log=log)  # analysis reads it
     ticks_path = out / "samples.parquet"
     prior_ticks = read_prior_ticks(ticks_path, log)  # another pass, or a resumed one, appends to these
     with Sampler(gpu=gpu) as sampler:
@@ -411,7 +413,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
             "load_s": prev.get("load_s", load_s), "info": {**prev.get("info", {}), **engine.info},
             "baseline": prev.get("baseline", baseline), "after_load": prev.get("after_load", after_load),
             "timer": engine.timer().name, "reference": reference.source(), "environment": prev.get("environment", env),
-            "sentinel": sentinel.kind, "passes": passes})
+            "sentinel": sentinel.kind, "passes": passes, "sampler_gpu_error": sampler.gpu_error})
         try:
             on_disk = sum(len(p.record.get("rounds") or []) for p in points)
             if on_disk:

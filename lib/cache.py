@@ -119,3 +119,39 @@ def new_folder(parent: Path, name: str) -> Path:
     from .errors import BenchbookError
 
     raise BenchbookError(f"could not create a new folder named {name} under {parent}")
+
+
+# What benchbook writes under CACHE_DIR (ONNX exports, TensorRT engines and timing caches, the ORT TensorRT EP's
+# caches): clean_cache deletes a folder only when it holds nothing else, so a mistyped CACHE_DIR=~ or CACHE_DIR=.
+# is refused instead of deleted.
+CACHE_ENTRIES = ("onnx", "trt", "ort-trt")
+
+
+def clean_cache(cache_dir: str, log=print) -> None:
+    """Delete the cache folder ``cache_dir`` after checking that it is one: not empty, not a filesystem root,
+    the home folder, the repository or a folder above it, and holding only ``CACHE_ENTRIES``."""
+    import shutil
+
+    from .errors import ConfigError
+
+    text = str(cache_dir or "").strip()
+    if not text:
+        raise ConfigError("CACHE_DIR is empty; give the cache folder to delete (default: build)")
+    path = Path(text).expanduser().resolve()
+    repo = Path(__file__).resolve().parent.parent
+    protected = {Path(path.anchor), Path.home().resolve(), repo, *repo.parents}
+    if path in protected:
+        raise ConfigError(f"CACHE_DIR={text!r} is {path}: a filesystem root, the home folder or a folder holding "
+                          f"the repository; refusing to delete it (give the cache folder, e.g. CACHE_DIR=build)")
+    if not path.exists():
+        log(f"[clean-cache] {path} does not exist: nothing to delete")
+        return
+    if not path.is_dir():
+        raise ConfigError(f"CACHE_DIR={text!r} is {path}, a file, not a cache folder; refusing to delete it")
+    other = sorted(p.name for p in path.iterdir() if p.name not in CACHE_ENTRIES)
+    if other:
+        raise ConfigError(f"CACHE_DIR={text!r} ({path}) holds {', '.join(other[:5])}"
+                          f"{' …' if len(other) > 5 else ''}, which benchbook does not write there (a cache folder "
+                          f"holds only {', '.join(CACHE_ENTRIES)}); refusing to delete it")
+    shutil.rmtree(path)
+    log(f"[clean-cache] deleted {path}")

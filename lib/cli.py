@@ -454,6 +454,13 @@ def cmd_index(args) -> int:
     return 0
 
 
+def cmd_clean_cache(args) -> int:
+    from .cache import clean_cache
+
+    clean_cache(args.cache_dir, log=_log)
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import discover
 
@@ -497,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("index")
     p.add_argument("reports_dir", nargs="?", default="reports")
     p.set_defaults(fn=cmd_index)
+    p = sub.add_parser("clean-cache")
+    p.add_argument("--cache-dir", default="")
+    p.set_defaults(fn=cmd_clean_cache)
     p = sub.add_parser("models")
     p.add_argument("--models-dir", default="")
     p.set_defaults(fn=cmd_models)

@@ -20,6 +20,7 @@ import os
 import shlex
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +31,7 @@ import pandas as pd
 
 from .cache import new_folder
 from .errors import BenchbookError
+from .markup import code, md
 from .report import MODE_SHORT, _plain_log, fmt_num, fmt_x, relpath
 from .results import Run, check_run_dir, load_run
 from .stats import ratio_interval, verdict
@@ -127,7 +129,8 @@ def load_comparison(runs, outliers: str | None = None, out_dir: str | Path | Non
 
 def title_markdown(cmp: Comparison) -> str:
     models = sorted({r.params.get("model") for r in cmp.runs})
-    return (f"# Comparison: {', '.join(models)}\n\n" + "\n".join(f"- **{cmp.name(i)}**" for i in range(len(cmp.runs)))
+    return (f"# Comparison: {md(', '.join(map(str, models)))}\n\n"
+            + "\n".join(f"- **{md(cmp.name(i))}**" for i in range(len(cmp.runs)))
             + f"\n\n{cmp.labels[0]} is the reference: every ratio is median(run) / median({cmp.labels[0]}); "
               "below 1 = faster than the reference.")
 
@@ -180,9 +183,9 @@ def links_markdown(cmp: Comparison) -> str:
     for i, r in enumerate(cmp.runs):
         rep = r.path / "report.html"
         if base is not None and rep.exists():
-            lines.append(f"- {cmp.name(i)}: [report]({relpath(rep, base)})")
+            lines.append(f"- {md(cmp.name(i))}: [report]({urllib.parse.quote(relpath(rep, base))})")
         else:
-            lines.append(f"- {cmp.name(i)}: `{r.path}`" + ("" if rep.exists() else " (no report.html)"))
+            lines.append(f"- {md(cmp.name(i))}: {code(r.path)}" + ("" if rep.exists() else " (no report.html)"))
     return "The runs' own reports:\n\n" + "\n".join(lines)
 
 
@@ -211,13 +214,14 @@ def summary_markdown(cmp: Comparison) -> str:
     lines = []
     models = {r.params.get("model") for r in cmp.runs}
     if len(models) > 1:
-        lines.append(f"- **Warning**: the runs measured different models ({', '.join(sorted(models))}); ratios compare "
+        lines.append(f"- **Warning**: the runs measured different models ({md(', '.join(sorted(map(str, models))))}); "
+                     "ratios compare "
                      "different work.")
     diff = differences_table(cmp)
     if cmp.labels[0] in diff.columns:
         what = [k for k in diff["item"] if not k.startswith(("param: outliers", "host"))][:8]
         if what:
-            lines.append("- What differs: " + ", ".join(f"`{k}`" for k in what)
+            lines.append("- What differs: " + ", ".join(code(k) for k in what)
                          + (" …" if len(diff) > len(what) else "") + " (see *What differs*).")
     if d.empty:
         lines.append("- No backend/precision/batch/shape/mode was measured by both runs: nothing to compare.")
@@ -231,10 +235,10 @@ def summary_markdown(cmp: Comparison) -> str:
         lines.append(f"- **{lab} vs {cmp.labels[0]}**: over {len(g)} common measurements, latency ratio geometric mean "
                      f"**{geo:.3f}** ({'faster' if geo < 1 else 'slower'} by {abs(1 - geo):.1%}); {faster} faster and "
                      f"{slower} slower with 95% confidence, {len(g) - faster - slower} without a clear change. "
-                     f"Largest gain: {best['backend']}/{best['precision']} batch {best['batch']} "
-                     f"{MODE_SHORT.get(best['mode'], best['mode'])} {fmt_x(best['ratio'])}; largest loss: "
-                     f"{worst['backend']}/{worst['precision']} batch {worst['batch']} "
-                     f"{MODE_SHORT.get(worst['mode'], worst['mode'])} {fmt_x(worst['ratio'])}.")
+                     f"Largest gain: {md(best['backend'] + '/' + best['precision'])} batch {best['batch']} "
+                     f"{md(MODE_SHORT.get(best['mode'], best['mode']))} {fmt_x(best['ratio'])}; largest loss: "
+                     f"{md(worst['backend'] + '/' + worst['precision'])} batch {worst['batch']} "
+                     f"{md(MODE_SHORT.get(worst['mode'], worst['mode']))} {fmt_x(worst['ratio'])}.")
     only = []
     for i, r in enumerate(cmp.runs):
         if r.points.empty:
@@ -274,7 +278,8 @@ def method_markdown(cmp: Comparison) -> str:
         "interval from both runs' round medians (Welch's t on their logarithms; `lib.stats.ratio_interval`).",
         "- Verdict: *faster* when the whole interval is below 1/1.01, *slower* when above 1.01, else *no clear "
         "change* (a difference within ±1% is not called: separate processes of one configuration differ that much).",
-        f"- Curves show each run's medians under its outlier rule ({', '.join(sorted({r.rule.name for r in cmp.runs}))}).",
+        "- Curves show each run's medians under its outlier rule ("
+        + md(", ".join(sorted({r.rule.name for r in cmp.runs}))) + ").",
         "- Ratios as data: `ratios.csv` beside this page.",
     ])
 

@@ -37,14 +37,17 @@ def _read(path: str) -> str | None:
 
 
 def _gpu() -> dict | None:
+    """The GPU the engines use (torch's current CUDA device, matched to NVML by UUID); None without one."""
     try:
         import pynvml
 
-        pynvml.nvmlInit()
+        from .gpu import cuda_uuid, nvml_handle
+
+        h = nvml_handle()
+        uuid = cuda_uuid()
     except Exception:
         return None
     nv = pynvml
-    h = nv.nvmlDeviceGetHandleByIndex(0)
 
     def get(fn, *args):
         try:
@@ -59,6 +62,9 @@ def _gpu() -> dict | None:
     power_limit = get(nv.nvmlDeviceGetPowerManagementLimit, h)
     return {
         "name": get(nv.nvmlDeviceGetName, h),
+        "uuid": uuid,
+        "nvml_index": get(nv.nvmlDeviceGetIndex, h),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "count": get(nv.nvmlDeviceGetCount),
         "driver": get(nv.nvmlSystemGetDriverVersion),
         "cuda_driver": f"{cuda_drv // 1000}.{cuda_drv % 1000 // 10}" if cuda_drv else None,

@@ -37,7 +37,7 @@ OPSET = 20
 
 @dataclass
 class ExportResult:
-    path: Path
+    path: Path | None  # None: this variant failed (``manifest["error"]`` says why)
     cache_hit: bool
     seconds: float  # export time of this call (0 on a cache hit); the original is in the manifest
     manifest: dict
@@ -419,7 +419,14 @@ def _onnx_files(cfg: ModelConfig, cache_root: Path, precisions, weights, log, bu
     else:
         results = {"fp32": onnx_fp32(cfg, cache_root, weights, log, build)}
     if "fp16" in precisions:
-        results["fp16"] = onnx_fp16(cfg, results["fp32"], log, build)
+        # FP32 must not depend on FP16's converter: a conversion that fails (onnxconverter-common missing on
+        # this host, an op it cannot convert) is recorded as a result without a file, and FP32 goes on.
+        try:
+            results["fp16"] = onnx_fp16(cfg, results["fp32"], log, build)
+        except (BenchbookError, ImportError) as e:
+            why = " ".join(f"{type(e).__name__}: {e}".split())[:1500]
+            log(f"[export] FP16 ONNX not available ({why}); the FP32 backends are not affected")
+            results["fp16"] = ExportResult(path=None, cache_hit=False, seconds=0.0, manifest={"error": why})
     return results
 
 
@@ -429,14 +436,16 @@ def export_summary(results: dict[str, ExportResult], run_dir: Path | str | None 
 
     from .cache import atomic_write_json
 
-    rows = [{"precision": p, "path": str(r.path), "cache hit": r.cache_hit,
+    rows = [{"precision": p, "path": "–", "cache hit": False, "source": "failed", "error": r.manifest["error"]}
+            for p, r in results.items() if r.path is None]
+    rows += [{"precision": p, "path": str(r.path), "cache hit": r.cache_hit,
              "source": ("given (model.onnx)" if r.manifest.get("given") else
                         "converted from FP32" if p != "fp32" else "exported from PyTorch"),
              "export/convert s (original)": r.manifest.get("export_s", r.manifest.get("convert_s")),
              "MB": round(r.manifest["bytes"] / 1e6, 2), "sha256": r.manifest["sha256"][:16],
              "ORT vs PyTorch cosine": (r.manifest.get("parity_vs_torch") or {}).get("cosine"),
              "FP16 vs FP32 ONNX cosine (ORT CPU)": (r.manifest.get("parity_vs_fp32") or {}).get("cosine")}
-            for p, r in results.items()]
+            for p, r in results.items() if r.path is not None]
     if run_dir:
         atomic_write_json(Path(run_dir) / "export.json", {"files": rows})
     return pd.DataFrame(rows)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import re
+import urllib.parse
 from pathlib import Path
 
 from .cache import atomic_write_text, read_json
@@ -165,13 +166,15 @@ def render_index(reports_dir: Path) -> Path:
             gpu = g.get("name") or ""
             break
         combos = ", ".join(f"{c['backend']}/{c['precision']}" for c in plan.get("combos", []))
-        rows.append(f"<tr><td>{html.escape(params['model'])}</td><td><a href=\"{run_dir.relative_to(reports_dir)}/"
-                    f"report.html\">{html.escape(run_dir.name)}</a></td><td>{html.escape(plan['device'])}</td>"
+        href = urllib.parse.quote(f"{run_dir.relative_to(reports_dir).as_posix()}/report.html")  # folder names are data
+        rows.append(f"<tr><td>{html.escape(str(params['model']))}</td><td><a href=\"{href}\">"
+                    f"{html.escape(run_dir.name)}</a></td><td>{html.escape(str(plan['device']))}</td>"
                     f"<td>{html.escape(gpu)}</td><td>{html.escape(str(plan['batch_sizes']))}</td>"
                     f"<td>{html.escape(', '.join(plan['shapes']))}</td><td>{html.escape(combos)}</td></tr>")
     compares = []
     for page in sorted(reports_dir.glob("compare/*/compare.html"), reverse=True):
-        compares.append(f"<li><a href=\"{page.relative_to(reports_dir)}\">{html.escape(page.parent.name)}</a></li>")
+        compares.append(f"<li><a href=\"{urllib.parse.quote(page.relative_to(reports_dir).as_posix())}\">"
+                        f"{html.escape(page.parent.name)}</a></li>")
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>benchbook runs</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}</style></head><body>"

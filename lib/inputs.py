@@ -14,16 +14,18 @@ _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.float
               "int64": np.int64, "int32": np.int32, "bool": np.bool_}
 
 
-def point_seed(seed: int, name: str, batch: int, shape: Shape) -> int:
-    """A stable seed per (run seed, input, batch, shape); independent of backend and process."""
-    return zlib.crc32(f"{seed}|{name}|{batch}|{shape.label}".encode())
+def point_seed(seed: int, name: str, batch: int, shape: Shape, stream: str = "") -> int:
+    """A stable seed per (run seed, input, batch, shape, stream); independent of backend and process. The
+    default stream is the timed inputs; parity and its calibration draw from their own streams, so a check
+    never sees the arrays the engine already has staged."""
+    return zlib.crc32(f"{seed}|{name}|{batch}|{shape.label}{'|' + stream if stream else ''}".encode())
 
 
-def make_inputs(cfg: ModelConfig, batch: int, shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
+def make_inputs(cfg: ModelConfig, batch: int, shape: Shape, seed: int = 0, stream: str = "") -> dict[str, np.ndarray]:
     out = {}
     for spec in cfg.inputs:
         dims = spec.concrete_shape(batch, shape)
-        rng = np.random.default_rng(point_seed(seed, spec.name, batch, shape))
+        rng = np.random.default_rng(point_seed(seed, spec.name, batch, shape, stream))
         kind = spec.data.get("kind", "normal")
         if kind == "normal":
             a = rng.standard_normal(dims, dtype=np.float32)

@@ -35,6 +35,10 @@ __all__ = ["Plan", "make_plan", "new_run_id", "check_run_id", "load_plan", "pars
 _RUN_DEFINING = ("model", "backends", "precisions", "batch_sizes", "shapes", "device", "weights", "seed",
                  "warmup", "iters", "duration", "rounds", "point_cap", "ci_target", "channels_last", "tf32",
                  "compile_mode", "data")
+# Also fixed for a resume: a resumed run goes on with params.json as first written, so a different value on
+# the command line would be silently ignored (other engines, another model folder) unless refused.
+_RESUME_FIXED = ("trt_workspace_gib", "trt_opt_level", "cache_dir", "models_dir")
+_MAKE_NAME = {"trt_workspace_gib": "TRT_WORKSPACE"}  # the make variable, where it is not the field's name
 
 
 @dataclass
@@ -317,10 +321,11 @@ def make_plan(params: RunParams, reports_dir: Path | str = "reports", run_id: st
         run_dir, resumed = _new_run_dir(model_dir, device), False
     if resumed:
         old = read_run_json(run_dir / "params.json")
-        diff = [k for k in _RUN_DEFINING if str(old.get(k)) != str(getattr(params, k))]
+        diff = [k for k in _RUN_DEFINING + _RESUME_FIXED if str(old.get(k)) != str(getattr(params, k))]
         if diff:
             raise ConfigError(f"RUN_ID={run_id} was run with other parameters ("
-                              + ", ".join(f"{show(k.upper(), old.get(k))} there, {getattr(params, k)} now" for k in diff)
+                              + ", ".join(f"{show(_MAKE_NAME.get(k, k.upper()), old.get(k))} there, {getattr(params, k)} now"
+                                          for k in diff)
                               + "); give the same parameters to resume it, or leave RUN_ID empty for a new run")
         check_fingerprint(run_dir, fingerprint(cfg, params, _RUN_DEFINING))
         measured = sum(1 for _ in run_dir.glob("bench/*/points/*.json"))

@@ -17,12 +17,14 @@ import io
 import json
 import math
 import os
+import urllib.parse
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .markup import code, md
 from .results import Run
 from .stats import ratio_interval, verdict
 
@@ -191,7 +193,8 @@ def _usable(run: Run) -> pd.DataFrame:
     p = run.points
     if p.empty:
         return p
-    return p[p["parity_passed"].map(lambda v: v is not False and v is not np.False_)].assign(series=_series_col(p))
+    ok = p[p["parity_passed"].map(lambda v: v is not False and v is not np.False_)]
+    return ok.assign(series=_series_col(ok))  # the filtered frame's own series: assigning p's would add rows back
 
 
 def _rate_mode(run: Run) -> str:
@@ -283,9 +286,9 @@ def _speedup_of(sp: pd.DataFrame, series: str, batch, shape, mode) -> str:
     if series == "/".join(BASELINE):
         return " (the baseline)"
     if not r["significant"]:
-        return (f" ({_x(r['speedup'])} [{fmt_num(r['ci_low'])}–{fmt_num(r['ci_high'])}] vs torch/fp32: "
+        return (f" ({_x(r['speedup'])} \\[{fmt_num(r['ci_low'])}–{fmt_num(r['ci_high'])}\\] vs torch/fp32: "
                 f"inconclusive, within the noise)")
-    return f" ({_x(r['speedup'])} [{fmt_num(r['ci_low'])}–{fmt_num(r['ci_high'])}] vs torch/fp32)"
+    return f" ({_x(r['speedup'])} \\[{fmt_num(r['ci_low'])}–{fmt_num(r['ci_high'])}\\] vs torch/fp32)"
 
 
 def _runner_up_note(run: Run, ranked: pd.DataFrame, mode: str, higher_is_better: bool = False) -> str:
@@ -333,9 +336,10 @@ def decision_table(run: Run, sp: pd.DataFrame | None = None) -> pd.DataFrame:
 best_per_batch = decision_table  # the old name
 
 
-def budget_table(run: Run, budget_ms: float = 10.0, mode: str = "end_to_end", top: int = 8) -> pd.DataFrame:
+def budget_table(run: Run, budget_ms: float = 10.0, mode: str = "end_to_end", top: int | None = None) -> pd.DataFrame:
     """Configurations (series × batch × shape) whose p99 ``mode`` latency over every sample is within
-    ``budget_ms``, by throughput (batch / median latency of that mode: one batch at a time)."""
+    ``budget_ms``, by throughput (batch / median latency of that mode: one batch at a time). Every one of
+    them (the summary counts them all), unless ``top`` limits it."""
     ok = _usable(run)
     if ok.empty:
         return pd.DataFrame()
@@ -348,7 +352,7 @@ def budget_table(run: Run, budget_ms: float = 10.0, mode: str = "end_to_end", to
                                                    f"latency is above {_g(budget_ms)} ms{best}"]})
     pipelined = ok[ok["mode"] == "throughput"].set_index(["series", "batch", "shape"])["items_per_s"]
     rows = []
-    for r in m.head(top).itertuples(index=False):
+    for r in (m if top is None else m.head(top)).itertuples(index=False):
         row = {"configuration": r.series, "batch": r.batch, "shape": r.shape, f"{tail_label(run)} ms": r.tail_ms,
                "median ms": r.median_ms, "items/s": r.items_per_s}
         if len(pipelined):
@@ -371,11 +375,12 @@ def budget_markdown(run: Run, budget_ms: float = 10.0, mode: str = "end_to_end")
     if within.empty:
         best = m.sort_values("tail_ms").iloc[0]
         return (f"**Latency budget ({what})**: no configuration meets it. The lowest tail is "
-                f"**{best['series']}** at batch {best['batch']}: {fmt_num(best['tail_ms'])} ms.")
+                f"**{md(best['series'])}** at batch {best['batch']}: {fmt_num(best['tail_ms'])} ms.")
     b = within.iloc[0]
     n_over = int((m["tail_ms"] > budget_ms).sum())
-    return (f"**Latency budget ({what})**: the highest throughput within it is **{b['series']} at batch "
-            f"{b['batch']}**{'' if not _multi_shape(run) else f' (shape {b.shape})'}: "
+    shape = f" (shape {md(b['shape'])})" if _multi_shape(run) else ""  # b["shape"]: b.shape is the row's own shape
+    return (f"**Latency budget ({what})**: the highest throughput within it is **{md(b['series'])} at batch "
+            f"{b['batch']}**{shape}: "
             f"{fmt_num(b['items_per_s'])} items/s at {tail_label(run)} {fmt_num(b['tail_ms'])} ms. "
             f"{len(within)} configurations meet the budget, {n_over} do not. "
             f"(Budget: the analysis notebook's `budget_ms` parameter; throughput = batch / median latency, "
@@ -493,18 +498,19 @@ def title_markdown(run: Run) -> str:
     env = run.environment
     gpu = env.get("gpu") or {}
     if gpu.get("name"):
-        where = f"GPU **{gpu.get('name')}** (driver {gpu.get('driver')}, CUDA {gpu.get('cuda_driver')})"
+        where = f"GPU **{md(gpu.get('name'))}** (driver {md(gpu.get('driver'))}, CUDA {md(gpu.get('cuda_driver'))})"
     elif env:
-        where = f"CPU **{env.get('cpu') or 'unknown'}** ({env.get('cpu_affinity') or env.get('cpu_logical_cores')} cores usable)"
+        where = (f"CPU **{md(env.get('cpu') or 'unknown')}** "
+                 f"({md(env.get('cpu_affinity') or env.get('cpu_logical_cores'))} cores usable)")
     else:
-        where = f"**{run.device}** (machine details not recorded: no backend loaded)"
+        where = f"**{md(run.device)}** (machine details not recorded: no backend loaded)"
     libs = env.get("libraries", {})
-    versions = ", ".join(f"{k} {libs[k]}" for k in ("torch", "onnxruntime-gpu", "onnxruntime", "tensorrt",
+    versions = ", ".join(f"{k} {md(libs[k])}" for k in ("torch", "onnxruntime-gpu", "onnxruntime", "tensorrt",
                                                    "tensorrt-cu12", "tensorrt-cu13", "tensorrt-rtx-cu13") if k in libs)
-    return (f"# {run.params['model']}: benchmark report\n\n"
-            f"Run `{run.path.name}` on {where}. Batch sizes {', '.join(map(str, run.plan['batch_sizes']))}; "
-            f"shapes {', '.join(run.plan['shapes'])}; {len(run.plan['combos'])} backend/precision runs "
-            f"({', '.join(c['backend'] + '/' + c['precision'] for c in run.plan['combos'])}), "
+    return (f"# {md(run.params['model'])}: benchmark report\n\n"
+            f"Run {code(run.path.name)} on {where}. Batch sizes {md(', '.join(map(str, run.plan['batch_sizes'])))}; "
+            f"shapes {md(', '.join(run.plan['shapes']))}; {len(run.plan['combos'])} backend/precision runs "
+            f"({md(', '.join(c['backend'] + '/' + c['precision'] for c in run.plan['combos']))}), "
             f"{len(run.plan['skipped'])} skipped." + (f" {versions}." if versions else "")
             + f"\n\n{weights_markdown(run)}")
 
@@ -542,15 +548,15 @@ def summary_markdown(run: Run, sp: pd.DataFrame | None = None, budget_ms: float 
     winners = {g.sort_values("tail_ms").iloc[0]["series"]
                for _, g in ok[ok["mode"] == lat_mode].groupby(["shape", "batch"])}
     if len(winners) == 1 and ok["series"].nunique() > 1:
-        lines.append(f"- **{winners.pop()} has the lowest {tail_label(run)} {MODE_SHORT[lat_mode]} latency at every batch size "
+        lines.append(f"- **{md(winners.pop())} has the lowest {tail_label(run)} {MODE_SHORT[lat_mode]} latency at every batch size "
                      f"and shape measured.**")
     for shape in sorted(ok["shape"].unique()):
-        tag = f" (shape {shape})" if _multi_shape(run) else ""
+        tag = f" (shape {md(shape)})" if _multi_shape(run) else ""
         m = ok[(ok["mode"] == lat_mode) & (ok["shape"] == shape)]
         b1 = m[m["batch"] == m["batch"].min()].sort_values("median_ms")
         if len(b1):
             r = b1.iloc[0]
-            lines.append(f"- **Lowest latency at batch {r['batch']}{tag}**: **{r['series']}**, median "
+            lines.append(f"- **Lowest latency at batch {r['batch']}{tag}**: **{md(r['series'])}**, median "
                          f"{fmt_num(r['median_ms'])} ms, {tail_label(run)} {fmt_num(r['tail_ms'])} ms "
                          f"({MODE_SHORT[lat_mode]}){_speedup_of(sp, r['series'], r['batch'], shape, lat_mode)}"
                          f"{_runner_up_note(run, b1, lat_mode)}.")
@@ -558,7 +564,7 @@ def summary_markdown(run: Run, sp: pd.DataFrame | None = None, budget_ms: float 
         t = ok[(ok["mode"] == rm) & (ok["shape"] == shape)].sort_values("items_per_s", ascending=False)
         if len(t):
             r = t.iloc[0]
-            lines.append(f"- **Highest throughput{tag}**: **{r['series']} at batch {r['batch']}**, "
+            lines.append(f"- **Highest throughput{tag}**: **{md(r['series'])} at batch {r['batch']}**, "
                          f"{fmt_num(r['items_per_s'])} items/s ({MODE_SHORT[rm]})"
                          f"{_speedup_of(sp, r['series'], r['batch'], shape, rm)}"
                          f"{_runner_up_note(run, t, rm, higher_is_better=True)}.")
@@ -577,10 +583,16 @@ def summary_markdown(run: Run, sp: pd.DataFrame | None = None, budget_ms: float 
         e = eff[eff["mode"] == _rate_mode(run)].sort_values("peak_share", ascending=False)
         if len(e) and np.isfinite(e.iloc[0]["peak_share"]):
             r = e.iloc[0]
-            over = " — above 100%: the measured peak is too low (see *Efficiency*)" if r["peak_share"] > 1 else ""
-            lines.append(f"- **Efficiency**: best {fmt_num(r['achieved_tflops'])} TFLOP/s, {fmt_pct(r['peak_share'])} "
-                         f"of {'a measured' if r['peak_source'] == 'measured' else 'the datasheet'} peak "
-                         f"({r['backend']}/{r['precision']} at batch {r['batch']}){over}; see *Efficiency*.")
+            where = f"{md(r['backend'] + '/' + r['precision'])} at batch {r['batch']}"
+            if r["peak_share"] > 1:  # a "peak" the model beat is no peak: quoting a share of it would mislead
+                lines.append(f"- **Efficiency**: best {fmt_num(r['achieved_tflops'])} TFLOP/s ({where}); no share of "
+                             f"peak is given: the {'measured' if r['peak_source'] == 'measured' else 'datasheet'} "
+                             f"peak ({fmt_num(r['peak_tflops'])} TFLOP/s) is below it, so it is not this machine's "
+                             "peak (see *Efficiency*).")
+            else:
+                lines.append(f"- **Efficiency**: best {fmt_num(r['achieved_tflops'])} TFLOP/s, {fmt_pct(r['peak_share'])} "
+                             f"of {'a measured' if r['peak_source'] == 'measured' else 'the datasheet'} peak "
+                             f"({where}); see *Efficiency*.")
     unstable, noisy = p[p["unstable"]], p[p["noisy"]]
     lines.append(f"- **Stability**: {len(noisy)} of {len(p)} measurements are *noisy* (their round medians "
                  f"span more than {float(run.params.get('noise_spread', 0.05)):.0%}, or most of their rounds ran on "
@@ -590,15 +602,24 @@ def summary_markdown(run: Run, sp: pd.DataFrame | None = None, budget_ms: float 
     f = run.failures
     if len(f):
         counts = f["status"].value_counts()
-        lines.append(f"- **Failures and skips**: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+        lines.append(f"- **Failures and skips**: " + ", ".join(f"{n} {md(s)}" for s, n in counts.items())
                      + " (see *Failures and skips*).")
     else:
         lines.append("- **Failures and skips**: none; every planned point produced numbers and passed parity.")
+    for n, e in run.engines.items():  # lib.trt_build: a cached TensorRT-RTX plan that runs, but suboptimally
+        if (e.get("info") or {}).get("plan_warning"):
+            lines.append(f"- **Warning ({md(n)})**: {md(e['info']['plan_warning'])}")
+    fallback = {n: (e.get("info") or {}).get("cpu_ep_fallback") for n, e in run.engines.items()}
+    fallback = {n: v for n, v in fallback.items() if v and v != "none"}
+    if fallback:  # lib.engines.ort_engine: the session could not be made with CPU fallback disabled
+        lines.append("- **Warning: ONNX Runtime runs part of the graph on the CPU EP** for "
+                     + ", ".join(md(n) for n in fallback) + " (nodes its GPU provider does not take; their host time "
+                     "and copies are inside these figures). ONNX Runtime said: " + md(next(iter(fallback.values()))[:300]))
     bad_parity = p[p["parity_passed"].map(lambda v: v is False or v is np.False_)]
     if len(bad_parity):
         pts = bad_parity.drop_duplicates(["backend", "precision", "batch", "shape"])
         lines.append(f"- {len(pts)} point(s) failed parity ("
-                     + ", ".join(f"{r.backend}/{r.precision} batch {r.batch}" for r in pts.itertuples())
+                     + ", ".join(f"{md(r.backend + '/' + r.precision)} batch {r.batch}" for r in pts.itertuples())
                      + "): left out of every recommendation.")
     return "\n".join(lines)
 
@@ -609,16 +630,18 @@ def efficiency_markdown(run: Run, flops: pd.DataFrame, peaks: dict, eff: pd.Data
     parts = []
     for r in flops.itertuples(index=False):
         if np.isfinite(r.flops_per_item):
-            parts.append(f"shape {r.shape}: **{fmt_num(r.flops_per_item / 1e9)} GFLOP per item**")
+            parts.append(f"shape {md(r.shape)}: **{fmt_num(r.flops_per_item / 1e9)} GFLOP per item**")
         else:
-            parts.append(f"shape {r.shape}: not counted ({r.note})")
-    peak_lines = [f"- {k.upper()}: **{fmt_num(v.tflops)} TFLOP/s** — {v.label}" for k, v in peaks.items()]
+            parts.append(f"shape {md(r.shape)}: not counted ({md(r.note)})")
+    peak_lines = [f"- {md(k.upper())}: **{fmt_num(v.tflops)} TFLOP/s** — {md(v.label)}" for k, v in peaks.items()]
     tf32 = run.device == "cuda" and bool(run.params.get("tf32", True))
     notes = ("FP32 on this GPU ran with TF32 allowed (`tf32=1`), so FP32 points are compared with the TF32 peak."
              if tf32 else "")
-    return ("FLOPs counted once per shape with `torch.utils.flop_counter.FlopCounterMode` on the PyTorch model at "
-            "batch 1 (convolutions, matrix multiplies and attention; a multiply-add counts 2; elementwise ops are "
-            "not counted), stored in `flops.json`: " + "; ".join(parts) + ". Achieved TFLOP/s = FLOPs per item × "
+    methods = sorted({str(m) for m in flops.get("method", pd.Series(dtype=str)) if m})
+    method = md("; ".join(methods)) if methods else "the benchmark step's counter"
+    return ("FLOPs counted once per shape by the benchmark step with " + method + " (convolutions, matrix "
+            "multiplies and attention; a multiply-add counts 2; elementwise ops are not counted), stored in "
+            "`flops.json` (by operator in the table below): " + "; ".join(parts) + ". Achieved TFLOP/s = FLOPs per item × "
             "items/s. Peaks used:\n\n" + ("\n".join(peak_lines) or "- none") +
             ("\n\n" + notes if notes else "") +
             ("\n\nA *measured* peak is the best rate of a large matrix multiply with torch on this machine "
@@ -690,7 +713,8 @@ def summary_table(run: Run, mode: str | None = None) -> pd.DataFrame:
     out = p[list(cols)].rename(columns=cols)
     extra = {"res_rss_mib_peak": "peak RSS MiB", "res_cpu_percent_mean": "CPU %·core", "res_gpu_util_mean": "GPU util",
              "res_sm_clock_mhz_mean": "SM MHz", "res_temp_c_mean": "temp °C", "res_power_w_mean": "power W",
-             "nvml_process_mib": "VRAM process MiB", "framework_mem_mib": "framework MiB", "res_throttle": "throttle"}
+             "nvml_process_mib": "VRAM process MiB (NVML)", "torch_max_allocated_mib": "torch allocator peak MiB",
+             "trt_activation_mib": "TensorRT activation MiB", "res_throttle": "throttle"}
     for k, label in extra.items():
         if k in p and p[k].map(lambda v: not _isnan(v) and v != "").any():
             out[label] = p[k].values
@@ -698,13 +722,21 @@ def summary_table(run: Run, mode: str | None = None) -> pd.DataFrame:
 
 
 def parity_table(run: Run) -> pd.DataFrame:
-    p = run.points
-    if p.empty:
-        return p
-    d = p[p["mode"] == "device"]
-    cols = {"backend": "backend", "precision": "precision", "batch": "batch", "shape": "shape",
-            "parity_passed": "passed", "parity_cosine": "cosine", "parity_rel_err": "max |err| / max |ref|",
-            "parity_max_abs_err": "max |err|", "parity_top1": "top-1 agreement"}
+    """A row per point and output (a model with several outputs shows each, not only the worst)."""
+    d = run.parity
+    if d.empty:  # a run recorded before per-output figures: the worst output per point
+        p = run.points
+        if p.empty:
+            return p
+        d = p[p["mode"] == "device"].rename(columns={"parity_passed": "passed", "parity_cosine": "cosine",
+                                                     "parity_rel_err": "rel_err", "parity_max_abs_err": "max_abs_err",
+                                                     "parity_top1": "top1_agree"})
+    cols = {"backend": "backend", "precision": "precision", "batch": "batch", "shape": "shape", "output": "output",
+            "passed": "passed", "cosine": "cosine", "centred_cosine": "cosine, input-dependent part",
+            "rel_err": "max |err| / max |ref|", "centred_rel_err": "same, input-dependent part",
+            "max_abs_err": "max |err|", "top1_agree": "top-1 agreement"}
+    cols = {k: v for k, v in cols.items() if k in d and (k not in ("centred_cosine", "centred_rel_err", "top1_agree",
+                                                                     "output") or d[k].notna().any())}
     return d[list(cols)].rename(columns=cols).reset_index(drop=True)
 
 
@@ -733,7 +765,7 @@ def engines_table(run: Run) -> pd.DataFrame:
         info = e.get("info", {})
         rows.append({"backend/precision": name, "what": e.get("summary", ""), "timer": e.get("timer"),
                      "load/build s": e.get("load_s", float("nan")),
-                     "details": ", ".join(f"{k}={v}" for k, v in info.items() if k != "compile_s")[:300],
+                     "details": ", ".join(f"{k}={v}" for k, v in info.items() if k not in ("compile_s", "compile_graphs"))[:300],
                      "parity reference": e.get("reference")})
     return pd.DataFrame(rows)
 
@@ -757,7 +789,7 @@ def outlier_note(run: Run) -> str:
     p = run.points
     n = int(p["n"].sum()) if not p.empty else 0
     dropped = int(p["dropped"].sum()) if not p.empty else 0
-    return (f"Outlier rule, for presentation only: {run.rule.label}. It would drop {dropped} of {n} samples "
+    return (f"Outlier rule, for presentation only: {md(run.rule.label)}. It would drop {dropped} of {n} samples "
             f"({(dropped / n * 100) if n else 0:.2f}%); it affects only the distribution plots and the columns "
             f"labelled *presentation*. Every other figure (median, percentiles, CV, flags, speedups) is over every "
             f"raw sample, and every sample is kept on disk. Percentiles are shown only where the sample supports "
@@ -767,6 +799,16 @@ def outlier_note(run: Run) -> str:
 
 
 # --- figures: latency, throughput, distributions --------------------------------------------
+
+def _mark_parity_failed(ax, g: pd.DataFrame, x: str, y: str) -> None:
+    """A red cross over each point whose parity failed: its number is drawn, but it is not a result to use."""
+    if "parity_passed" not in g:
+        return
+    bad = g[g["parity_passed"].map(lambda v: v is False or v is np.False_)]
+    if len(bad):
+        ax.plot(bad[x], bad[y], "x", color="#c0392b", ms=11, mew=2.2, zorder=5,
+                label="parity failed" if "parity failed" not in ax.get_legend_handles_labels()[1] else None)
+
 
 def _lineplot(run: Run, y: str, mode: str, ylabel: str, title: str, logy: bool):
     p = run.points[run.points["mode"] == mode].assign(series=lambda d: d["backend"] + "/" + d["precision"])
@@ -784,6 +826,7 @@ def _lineplot(run: Run, y: str, mode: str, ylabel: str, title: str, logy: bool):
             if flagged is not None and flagged.any():
                 u = g[flagged]
                 ax.plot(u["batch"], u[y], "o", mfc="none", mec="#d35400", ms=11, mew=1.5)
+            _mark_parity_failed(ax, g, "batch", y)
         ax.set_xscale("log", base=2)
         if logy:
             ax.set_yscale("log")
@@ -926,6 +969,10 @@ def resources_note(run: Run) -> str:
     parts = [f"Process RSS before loading: {fmt_num(first.get('rss_mib', float('nan')))} MiB"]
     if "gpu_used_mib" in first:
         parts.append(f"GPU memory in use device-wide before loading: {fmt_num(first['gpu_used_mib'])} MiB (idle baseline)")
+    no_nvml = {n: e["sampler_gpu_error"] for n, e in run.engines.items() if e.get("sampler_gpu_error")}
+    if no_nvml:  # the GPU was not sampled: say why, instead of leaving the GPU columns empty without a word
+        parts.append("**no GPU figures (NVML) for " + ", ".join(md(n) for n in no_nvml) + "**: "
+                     + md(next(iter(no_nvml.values()))))
     return ("Figures over each measurement's steady window (its timed window minus the first 0.25 s), sampled at "
             "about 10 Hz; memory is the peak, utilisation the mean. " + "; ".join(parts) + ".")
 
@@ -1001,7 +1048,7 @@ def health_markdown(run: Run, short: bool = False) -> str:
             txt = "the GPU reported no throttling (power, thermal or slowdown) while measuring"
         else:
             txt = ("**the GPU throttled** during " + ", ".join(
-                f"{r['configuration']} ({fmt_pct(r['% ticks throttled'])} of ticks: {r['reasons']})"
+                f"{md(r['configuration'])} ({fmt_pct(r['% ticks throttled'])} of ticks: {md(r['reasons'])})"
                 for _, r in throttled.iterrows()) + ": those latencies include reduced clocks")
         lo = h["SM MHz min"].min()
         env_gpu = run.environment.get("gpu") or {}
@@ -1013,7 +1060,7 @@ def health_markdown(run: Run, short: bool = False) -> str:
         return txt if short else txt + "."
     cores = run.environment.get("cpu_affinity") or run.environment.get("cpu_logical_cores")
     txt = (f"CPU run: the process used {fmt_num(h['CPU % mean (100 = 1 core)'].mean())}% CPU on average "
-           f"({cores} cores usable = {int(cores) * 100 if cores else '?'}%); no GPU clocks to watch")
+           f"({md(cores)} cores usable = {int(cores) * 100 if cores else '?'}%); no GPU clocks to watch")
     return txt if short else txt + ". Other work on the machine is not measured: a noisy neighbour shows as a high CV."
 
 
@@ -1021,7 +1068,8 @@ def unstable_table(run: Run) -> pd.DataFrame:
     p = run.points
     if p.empty:
         return pd.DataFrame()
-    u = p[p["unstable"] | p["noisy"]].assign(series=_series_col(p))
+    u = p[(p["unstable"] | p["noisy"]).astype(bool)]
+    u = u.assign(series=_series_col(u))  # not p's: assigning a longer Series to an empty frame adds NaN rows
     if u.empty:
         return pd.DataFrame({"flagged points": [
             f"none: every CV ≤ {float(run.params.get('unstable_cv', 0.05)):.0%} and every point's round medians "
@@ -1184,12 +1232,14 @@ def notebooks_markdown(run: Run) -> str:
     for c in run.plan.get("combos", []):
         combo = f"{c['backend']}-{c['precision']}"
         rel = f"bench/{combo}/benchmark.ipynb"
+        link = urllib.parse.quote(rel)  # a link target, percent-encoded: nothing in it can end the link
         exists = (run.path / rel).exists()
         failed = " — **failed**, see *Failures and skips*" if (run.path / f"bench/{combo}/notebook.failed.json").exists() else ""
         if exists:
-            lines.append(f"- [{c['backend']}/{c['precision']}]({rel}){failed}")
+            lines.append(f"- [{md(c['backend'] + '/' + c['precision'])}]({link}){failed}")
         else:
-            lines.append(f"- {c['backend']}/{c['precision']}: no executed notebook (`{rel}` is missing){failed}")
+            lines.append(f"- {md(c['backend'] + '/' + c['precision'])}: no executed notebook ({code(rel)} is missing)"
+                         f"{failed}")
     for name, what in (("export.ipynb", "export (PyTorch → ONNX)"), ("analysis.ipynb", "this analysis")):
         # analysis.ipynb gets its name only once it completes (lib/cli.py), after this cell ran
         if (run.path / name).exists() or name == "analysis.ipynb":
@@ -1197,14 +1247,56 @@ def notebooks_markdown(run: Run) -> str:
     return "Executed notebooks of this run (paths relative to the run folder):\n\n" + "\n".join(lines)
 
 
+def reference_name(run: Run) -> str:
+    """What parity compares with, as the benchmark step recorded it (PyTorch FP32 on the CPU, or ONNX Runtime's
+    CPU EP on the FP32 ONNX for a model given as ONNX)."""
+    return next((e.get("reference") for e in run.engines.values() if e.get("reference")), None) or (
+        "PyTorch FP32 (CPU)" if ("torch", "fp32") in {(c["backend"], c["precision"]) for c in run.plan.get("combos", [])}
+        else "the FP32 reference")
+
+
+def has_baseline(run: Run) -> bool:
+    return tuple(BASELINE) in {(c["backend"], c["precision"]) for c in run.plan.get("combos", [])}
+
+
+def heading_markdown(run: Run, section: str) -> str:
+    """A section's heading and lead, naming what this run really compares with (``section``: "decision",
+    "speedup" or "parity")."""
+    base = "PyTorch eager FP32 (torch/fp32)"
+    if section == "parity":
+        return f"## Parity against {md(reference_name(run))}"
+    if section == "decision":
+        return ("### Fastest configuration per batch size\n\nLowest tail latency (p99 over every raw sample; p95 where "
+                "a point has fewer than 100 samples) and highest throughput at each batch size, among points that "
+                "passed parity"
+                + (f"; in brackets the speedup over {base} with its 95% interval from the rounds." if has_baseline(run)
+                   else "."))
+    if section == "speedup":
+        if not has_baseline(run):
+            return (f"### Speedup over {base}\n\nNot computed: {base} is not in this run"
+                    + (" (the model is given as ONNX: no PyTorch backend can run it)."
+                       if "ONNX" in reference_name(run) else "."))
+        return (f"### Speedup over {base}\n\nmedian(torch/fp32) / median(configuration), each the median over every raw "
+                "sample, at the same batch, shape and mode, with a 95% interval from both sides' round medians "
+                "(rounds, not iterations, are the independent units). `=` marks a speedup within the noise: its "
+                "interval reaches within ±1% of 1, so no difference is claimed.")
+    raise ValueError(f"section {section!r}: use decision, speedup or parity")
+
+
 def parity_note(run: Run) -> str:
-    from .parity import THRESHOLDS
+    from .parity import CALIBRATION_ITEMS, CENTRED_THRESHOLDS, THRESHOLDS
 
     src = next((e.get("reference") for e in run.engines.values()), "PyTorch FP32 (CPU)")
-    th = "; ".join(f"{p}: cosine ≥ {c}, max|err|/max|ref| ≤ {r:g}" for p, (c, r) in THRESHOLDS.items())
-    why = ("" if run.params.get("weights") else " (random weights make near-ties)")
-    return (f"Reference: {src} on the same seeded input per point. Pass thresholds — {th}. "
-            f"Top-1 agreement is shown, not gated{why}.")
+    th = "; ".join(f"{p}: cosine ≥ {c}, max|err|/max|ref| ≤ {r:g} (input-dependent part: ≥ {cc}, ≤ {cr:g})"
+                   for p, ((c, r), (cc, cr)) in ((p, (THRESHOLDS[p], CENTRED_THRESHOLDS[p])) for p in THRESHOLDS))
+    why = "" if run.params.get("weights") else " (with random weights it rarely does)"
+    return (f"Reference: {md(src)}, on a fresh seeded input per point (not the timed arrays), through the "
+            "device path (outputs fetched after a device-resident request) and the end-to-end path; a point "
+            "passes when both do, for every output. Besides the raw outputs, each output's *input-dependent "
+            f"part* is compared: minus the reference's mean output over {CALIBRATION_ITEMS} seeded calibration "
+            "inputs. With random weights most of an output is the same for every input, and the raw figures alone "
+            f"would pass a wrong engine. Pass thresholds — {th}. Top-1 agreement is shown, not gated, and only "
+            f"where the reference's top-1 class varies between inputs{why}.")
 
 
 def export_table(run: Run) -> pd.DataFrame:
@@ -1277,7 +1369,7 @@ def method_markdown(run: Run) -> str:
     timers = sorted({e.get("timer") for e in run.engines.values()} - {None})
     return "\n".join([
         "How these numbers were measured:",
-        f"- Every backend is timed by one module (`lib/timing.py`) with timer(s): {', '.join(timers) or 'n/a'} "
+        f"- Every backend is timed by one module (`lib/timing.py`) with timer(s): {md(', '.join(timers) or 'n/a')} "
         "(`cuda_event` = CUDA events on the engine's stream; `perf_counter` = host clock).",
         f"- **Rounds**: every point and mode is measured in at least {p.get('rounds', 1)} rounds. A round is a "
         f"same-shape warm-up (the point's first: {p['warmup']} s and ≥ 2 iterations; after a switch from another "

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .kernels import CATEGORIES, short_name
+from .markup import code, md
 from .report import _series_order, fmt_num
 from .results import Run
 
@@ -94,7 +95,7 @@ def kernels_markdown(run: Run) -> str:
     ]
     if kp.empty:
         lines.append("\nNo kernel profile was recorded in this run" + (
-            f" ({len(errors)} failed: {errors['error'].iloc[0][:200]})." if len(errors) else "."))
+            f" ({len(errors)} failed: {md(errors['error'].iloc[0][:200])})." if len(errors) else "."))
         return "\n".join(lines)
     lines[-1] += "\n"
     big = _ends(kp, "idxmax")
@@ -106,19 +107,19 @@ def kernels_markdown(run: Run) -> str:
             if rows.empty:
                 continue
             top, cats = rows.iloc[0], _by_category(rows)
-            lines.append(f"- **{r['series']}** at batch {r['batch']}: GPU busy {fmt_num(r['busy_ms'])} ms of "
-                         f"{fmt_num(r['device_median_ms'])} ms; most of it {cats.index[0]} "
-                         f"({fmt_num(cats.iloc[0])} ms); slowest kernel `{top['short']}` "
+            lines.append(f"- **{md(r['series'])}** at batch {r['batch']}: GPU busy {fmt_num(r['busy_ms'])} ms of "
+                         f"{fmt_num(r['device_median_ms'])} ms; most of it {md(cats.index[0])} "
+                         f"({fmt_num(cats.iloc[0])} ms); slowest kernel {code(top['short'])} "
                          f"({fmt_num(top['ms'])} ms over {fmt_count(top['calls'])} launches).")
     small = _ends(kp, "idxmin")
     launch = small[small["busy_share"] < LAUNCH_BOUND_SHARE]
     if len(launch):
-        names = ", ".join(f"{r['series']} ({r['busy_share']:.0%} busy at batch {r['batch']})"
+        names = ", ".join(f"{md(r['series'])} ({r['busy_share']:.0%} busy at batch {r['batch']})"
                           for _, r in launch.iterrows())
         lines.append(f"- Launch-bound: {names}.")
     if len(errors):
-        lines.append(f"- Not profiled: " + "; ".join(f"{r['backend']}/{r['precision']} batch {r['batch']}: "
-                                                    f"{str(r['error'])[:160]}" for _, r in errors.iterrows()) + ".")
+        lines.append(f"- Not profiled: " + "; ".join(f"{md(r['backend'] + '/' + r['precision'])} batch {r['batch']}: "
+                                                    f"{md(str(r['error'])[:160])}" for _, r in errors.iterrows()) + ".")
     return "\n".join(lines)
 
 

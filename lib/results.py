@@ -42,8 +42,13 @@ Schema (one row each; times in milliseconds unless the name says otherwise):
   res_cpu_percent_mean, and on a GPU res_gpu_util_mean, res_sm_clock_mhz_mean, res_temp_c_mean,
   res_power_w_mean, res_throttle = comma-separated throttle reasons seen, ...; peaks res_rss_mib_peak,
   res_gpu_used_mib_peak, res_gpu_proc_mib_peak from the point's characterisation, when it was bound
-  alone); torch_max_allocated_mib, framework_mem_mib, nvml_process_mib; parity_passed, parity_cosine,
-  parity_rel_err, parity_max_abs_err, parity_top1; compile_s.
+  alone); torch_max_allocated_mib (PyTorch's caching allocator: peak bytes in tensors),
+  trt_activation_mib (TensorRT: the execution context's activation scratch, fixed when the engine is
+  built), nvml_process_mib (NVML: everything the process holds on the GPU); parity_passed, parity_cosine,
+  parity_centred_cosine, parity_rel_err, parity_max_abs_err, parity_top1 (the worst output); compile_s,
+  compile_graphs.
+* ``run.parity``: a row per point and output: backend, precision, batch, shape, output, passed (the
+  point's verdict), cosine, centred_cosine, rel_err, centred_rel_err, max_abs_err, top1_agree.
 * ``run.kernel_points`` / ``kernel_points.parquet`` (GPU runs): one CUPTI-profiled point (the smallest
   and largest measured batch of each shape, profiled after the sweep's timing, see ``lib.kernels``).
   backend, precision, batch, shape, device_median_ms (the timed, un-profiled median), busy_ms (GPU busy
@@ -82,8 +87,9 @@ POINT_COLUMNS = ["backend", "precision", "device", "batch", "shape", "mode", "ti
                  "items_per_s", "rounds", "passes", "ci_low_ms", "ci_high_ms", "ci_half", "round_spread",
                  "host_slow_rounds", "unstable", "noisy", "converged", "dropped", "filtered_median_ms",
                  "filtered_mean_ms", "filtered_std_ms", "warmup_iters", "requests_per_sample",
-                 "torch_max_allocated_mib", "framework_mem_mib", "nvml_process_mib", "parity_passed", "parity_cosine",
-                 "parity_rel_err", "parity_max_abs_err", "parity_top1", "compile_s"]
+                 "torch_max_allocated_mib", "trt_activation_mib", "nvml_process_mib", "parity_passed",
+                 "parity_cosine", "parity_centred_cosine", "parity_rel_err", "parity_max_abs_err", "parity_top1",
+                 "compile_s", "compile_graphs"]
 
 # Files ``Run.to_parquet`` writes, and the table each holds.
 PARQUET_FILES = {"iterations": "iterations.parquet", "rounds": "rounds.parquet", "samples": "samples.parquet",
@@ -92,6 +98,10 @@ PARQUET_FILES = {"iterations": "iterations.parquet", "rounds": "rounds.parquet",
 KERNEL_POINT_COLUMNS = ["backend", "precision", "batch", "shape", "device_median_ms", "busy_ms", "kernel_ms", "launches",
                         "busy_share", "iters", "error"]
 KERNEL_COLUMNS = ["backend", "precision", "batch", "shape", "kernel", "short", "category", "calls", "ms"]
+
+
+PARITY_COLUMNS = ["backend", "precision", "batch", "shape", "output", "passed", "cosine", "centred_cosine",
+                  "rel_err", "centred_rel_err", "max_abs_err", "top1_agree"]
 
 
 @dataclass
@@ -108,6 +118,7 @@ class Run:
     failures: pd.DataFrame = field(default_factory=pd.DataFrame)
     kernel_points: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=KERNEL_POINT_COLUMNS))
     kernels: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=KERNEL_COLUMNS))
+    parity: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PARITY_COLUMNS))
     export: dict = field(default_factory=dict)
 
     @property
@@ -223,14 +234,17 @@ def _point_rows(rec: dict, iters: pd.DataFrame, rounds: pd.DataFrame, rule: Outl
         for k, v in res.items():
             row[f"res_{k}"] = v
         row["torch_max_allocated_mib"] = mem.get("torch_max_allocated_bytes", np.nan) / (1 << 20)
-        row["framework_mem_mib"] = next((v / (1 << 20) for k, v in mem.items() if k.endswith("_bytes")), np.nan)
+        # two unlike figures, two columns: an allocator's peak is not an engine's fixed activation scratch
+        row["trt_activation_mib"] = mem.get("trt_engine_device_memory_bytes", np.nan) / (1 << 20)
         row["nvml_process_mib"] = rec.get("nvml_process_mib")
         row["parity_passed"] = parity.get("passed")
         row["parity_cosine"] = parity.get("cosine")
+        row["parity_centred_cosine"] = parity.get("centred_cosine")
         row["parity_rel_err"] = parity.get("rel_err")
         row["parity_max_abs_err"] = parity.get("max_abs_err")
         row["parity_top1"] = parity.get("top1_agree")
         row["compile_s"] = rec.get("compile_s")
+        row["compile_graphs"] = rec.get("compile_graphs")
         rows.append(row)
     return rows
 
@@ -287,7 +301,7 @@ def load_run(path: Path | str, outliers: str | None = None) -> Run:
     plan = read_run_json(path / "plan.json")
     rule = parse_outlier_rule(outliers or params.get("outliers", "tukey"))
     run = Run(path=path, params=params, plan=plan, rule=rule)
-    iters, ticks, failures, kpoints, krows = [], [], [], [], []
+    iters, ticks, failures, kpoints, krows, prows = [], [], [], [], [], []
     measured = []  # (record, its samples, its rounds): point rows need the run-wide host baseline first
     for s in plan.get("skipped", []):
         failures.append({"backend": s["backend"], "precision": s["precision"], "batch": None, "shape": None,
@@ -338,6 +352,10 @@ def load_run(path: Path | str, outliers: str | None = None) -> Run:
             origins = {k: t - run_start for (bb, pp, k), t in starts.items() if (bb, pp) == (b, p)}
             measured.append((rec, frame, pd.DataFrame(_round_rows(rec, origins), columns=ROUND_COLUMNS)))
             par = rec.get("parity", {})
+            for name, figures in (par.get("outputs") or {}).items():
+                prows.append({"backend": b, "precision": p, "batch": rec["batch"], "shape": rec["shape"],
+                              "output": name, "passed": par.get("passed"),
+                              **{k: figures.get(k, np.nan) for k in PARITY_COLUMNS[6:]}})
             if par and not par.get("passed", True):
                 failures.append({"backend": b, "precision": p, "batch": rec["batch"], "shape": rec["shape"],
                                  "status": "parity failed", "reason": par.get("problems", "")})
@@ -367,6 +385,7 @@ def load_run(path: Path | str, outliers: str | None = None) -> Run:
     run.failures = pd.DataFrame(failures, columns=["backend", "precision", "batch", "shape", "status", "reason"])
     run.kernel_points = pd.DataFrame(kpoints, columns=KERNEL_POINT_COLUMNS)
     run.kernels = pd.DataFrame(krows, columns=KERNEL_COLUMNS)
+    run.parity = pd.DataFrame(prows, columns=PARITY_COLUMNS)
     if (path / "export.json").exists():
         run.export = read_json(path / "export.json")
     return run

@@ -29,12 +29,13 @@ MIB = 1 << 20
 class _Nvml:
     """NVML reads for one device; every call tolerates what the driver does not support."""
 
-    def __init__(self, index: int = 0):
+    def __init__(self, cuda_index: int | None = None):
         import pynvml
 
-        pynvml.nvmlInit()
+        from .gpu import nvml_handle
+
+        self.h = nvml_handle(cuda_index)  # the engines' GPU, by UUID (NVML's index 0 may be another card)
         self.nv = pynvml
-        self.h = pynvml.nvmlDeviceGetHandleByIndex(index)
         self.pid = os.getpid()
 
     def _try(self, fn, *args):

@@ -54,6 +54,7 @@ class BuildResult:
     cache_hit: bool
     build_s: float  # seconds this call spent building (0.0 on a cache hit; the original is manifest["build_s"])
     manifest: dict
+    warning: str = ""  # e.g. TensorRT-RTX reports the cached plan SUBOPTIMAL for this GPU (it runs, slower)
 
 
 # --- which TensorRT --------------------------------------------------------------------------------
@@ -366,18 +367,29 @@ def _builder_config(trt, builder, network, cfg: ModelConfig, workspace_gib: floa
     return config
 
 
-def _cached_plan_problem(trt, flavour: str, plan_path: Path) -> str | None:
-    """Why a plan whose hash matches still cannot be used here, or None. TensorRT-RTX can tell before
-    loading (needs a GPU); with TensorRT a failed deserialize tells, which the engine handles."""
-    if flavour != "tensorrt_rtx" or gpu_identity() is None or not hasattr(trt.Runtime, "get_engine_validity"):
-        return None
-    runtime = trt.Runtime(trt_logger(trt).impl)
-    validity, diagnostics = runtime.get_engine_validity(plan_path.read_bytes())
-    if validity != trt.EngineValidity.INVALID:
-        return None
+def plan_validity_message(trt, validity, diagnostics, plan_path: Path) -> tuple[str | None, str]:
+    """(why the plan cannot be used, or None; a warning, or "") from TensorRT-RTX's ``get_engine_validity``:
+    INVALID is rebuilt; SUBOPTIMAL runs, but slower than a plan built for this GPU, so it is said, not used
+    silently."""
     flags = [name for name, member in trt.EngineInvalidityDiagnostics.__members__.items()
              if int(diagnostics) & int(member)]
-    return f"TensorRT-RTX reports the cached plan {plan_path} invalid ({', '.join(flags) or 'no diagnostics'})"
+    detail = ", ".join(flags) or "no diagnostics"
+    if validity == trt.EngineValidity.INVALID:
+        return f"TensorRT-RTX reports the cached plan {plan_path} invalid ({detail})", ""
+    if validity == trt.EngineValidity.SUBOPTIMAL:
+        return None, (f"TensorRT-RTX reports the plan {plan_path} SUBOPTIMAL for this GPU ({detail}): it runs, but "
+                      f"its latencies may be worse than a plan built here; delete that folder to rebuild it")
+    return None, ""
+
+
+def _cached_plan_problem(trt, flavour: str, plan_path: Path) -> tuple[str | None, str]:
+    """(why a plan whose hash matches still cannot be used here, or None; a warning, or ""). TensorRT-RTX can
+    tell before loading (needs a GPU); with TensorRT a failed deserialize tells, which the engine handles."""
+    if flavour != "tensorrt_rtx" or gpu_identity() is None or not hasattr(trt.Runtime, "get_engine_validity"):
+        return None, ""
+    runtime = trt.Runtime(trt_logger(trt).impl)
+    validity, diagnostics = runtime.get_engine_validity(plan_path.read_bytes())
+    return plan_validity_message(trt, validity, diagnostics, plan_path)
 
 
 def build_engine(onnx_path: Path | str, cfg: ModelConfig, precision: str, cache_dir: Path | str, *,
@@ -407,9 +419,11 @@ def build_engine(onnx_path: Path | str, cfg: ModelConfig, precision: str, cache_
     if manifest and manifest.get("key") != key:
         manifest, why = None, f"{folder} holds another engine (key {manifest.get('key')})"
     if manifest and not force:
-        problem = _cached_plan_problem(trt, flavour, folder / ENGINE_FILE)
+        problem, warning = _cached_plan_problem(trt, flavour, folder / ENGINE_FILE)
         if problem is None:
-            return BuildResult(folder / ENGINE_FILE, key, True, 0.0, manifest)
+            if warning:
+                log(f"[trt] warning: {warning}")
+            return BuildResult(folder / ENGINE_FILE, key, True, 0.0, manifest, warning)
         why = problem
     if force:
         why = why or "rebuild forced"

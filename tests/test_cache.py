@@ -147,3 +147,56 @@ def test_manifest_written_atomically_beside_the_artifact(artifact):
     folder, manifest = artifact
     assert _leftovers(folder) == []
     assert json.loads((folder / "manifest.json").read_text())["sha256"] == manifest["sha256"]
+
+
+# --- make clean-cache ---------------------------------------------------------------------------
+
+def test_clean_cache_deletes_only_a_cache_folder(tmp_path):
+    from lib.cache import clean_cache
+    from lib.errors import ConfigError
+
+    cache = tmp_path / "build"
+    (cache / "onnx" / "tiny").mkdir(parents=True)
+    (cache / "trt").mkdir()
+    clean_cache(str(cache), log=lambda m: None)
+    assert not cache.exists()
+    clean_cache(str(cache), log=lambda m: None)  # missing: nothing to do, no error
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "onnx").mkdir()
+    with pytest.raises(ConfigError, match=r"notes\.txt.*refusing"):
+        clean_cache(str(tmp_path))
+    assert (tmp_path / "notes.txt").exists()
+    repo = Path(__file__).resolve().parent.parent
+    for bad in ("", "  ", "/", "~", str(repo), str(repo.parent)):
+        with pytest.raises(ConfigError, match="CACHE_DIR"):
+            clean_cache(bad)
+    assert repo.exists()
+
+
+def test_make_clean_cache_neither_expands_nor_splits_the_value(tmp_path):
+    """CACHE_DIR='$(shell touch X)' must not run the shell (make would expand it), and a value with a space is one
+    path, not two for rm -rf."""
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    marker = tmp_path / "EXPANDED"
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    for value in (f"$(shell touch {marker})", f"{keep} {tmp_path / 'other'}"):
+        proc = subprocess.run(["make", "--no-print-directory", "clean-cache", f"CACHE_DIR={value}"], cwd=repo,
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert not marker.exists(), proc.stderr
+        assert keep.exists(), proc.stderr
+    proc = subprocess.run(["make", "--no-print-directory", "clean-cache", f"CACHE_DIR={tmp_path}"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "refusing" in proc.stderr and keep.exists()
+    proc = subprocess.run(["make", "--no-print-directory", "models", f"MODELS_DIR=$(shell touch {marker})"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert not marker.exists(), proc.stderr
+    proc = subprocess.run(["make", "--no-print-directory", "help", f"BACKENDS=$(shell touch {marker})",
+                           f"PRECISIONS=$$(touch {marker})"], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert not marker.exists(), proc.stderr  # make expanded the first, bash's double quotes ran the second
+    assert f"BACKENDS=$(shell touch {marker})" in proc.stdout

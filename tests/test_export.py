@@ -4,6 +4,7 @@ dynamic named dims that ONNX Runtime runs like PyTorch at other batch sizes and 
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -163,3 +164,29 @@ def test_export_summary_writes_export_json(tiny_onnx, tmp_path):
     rows = read_json(tmp_path / "export.json")["files"]
     assert [r["sha256"] for r in rows] == [r.manifest["sha256"][:16] for r in tiny_onnx.values()]
     assert rows[0]["ORT vs PyTorch cosine"] > 0.9999
+
+
+def test_fp32_does_not_depend_on_the_fp16_converter(tiny, tmp_path, monkeypatch):
+    """A host without onnxconverter-common (sys.modules entry None: the import fails as if not installed): the
+    FP32 export still succeeds and runs; FP16 is a failed result that says why. It used to fail the whole
+    export, and with it ort/fp32."""
+    import sys
+
+    from lib.engines import Artifacts, EngineSpec, make_engine
+    from lib.export import ensure_onnx, export_summary
+    from lib.inputs import make_inputs
+
+    monkeypatch.setitem(sys.modules, "onnxconverter_common", None)
+    log = Log()
+    results = ensure_onnx(tiny, tmp_path / "onnx", precisions=("fp32", "fp16"), log=log)
+    assert results["fp32"].path.exists() and results["fp16"].path is None
+    assert "onnxconverter_common" in results["fp16"].manifest["error"] and "FP32 backends are not affected" in log.text
+    table = export_summary(results, tmp_path)
+    assert set(table["precision"]) == {"fp32", "fp16"}
+    assert "onnxconverter_common" in json.loads((tmp_path / "export.json").read_text())["files"][0]["error"]
+    onnx = {p: r.path for p, r in results.items()}
+    spec = EngineSpec(model=tiny, precision="fp32", device="cpu", artifacts=Artifacts(onnx=onnx))
+    with make_engine("ort", spec) as engine:
+        assert engine.infer(make_inputs(tiny, 2, tiny.shapes[0]))["logits"].shape == (2, 10)
+    with pytest.raises(Exception, match="no fp16 ONNX model was exported"):
+        make_engine("ort", EngineSpec(model=tiny, precision="fp16", device="cpu", artifacts=Artifacts(onnx=onnx))).load()

@@ -1,4 +1,5 @@
-"""FLOPs per item (counted once, cached in the run folder) and peaks (datasheet table or measured)."""
+"""FLOPs per item (counted by the benchmark step into the run folder, only read by the analysis) and peaks
+(datasheet table or measured)."""
 
 from __future__ import annotations
 
@@ -32,42 +33,85 @@ def test_count_flops_matches_hand_count():
     assert flops.count_flops(cfg, "64x64")[0] == 4 * (TINY_FLOPS - 320) + 320
 
 
-def test_ensure_flops_counts_once_and_caches(tmp_path, monkeypatch):
+def _tiny():
+    return get_model("tiny_cnn", FIXTURE_MODELS)
+
+
+def test_record_flops_counts_once_and_read_flops_reads_it(tmp_path, monkeypatch):
     run = lib.load_run(make_fake_run(tmp_path, gpu=True))
-    f = flops.ensure_flops(run)
-    assert list(f["shape"]) == ["32x32"] and f.iloc[0]["flops_per_item"] == TINY_FLOPS
+    cfg = _tiny()
+    flops.record_flops(run.path, cfg, [cfg.parse_shape("32x32")])
     stored = json.loads((run.path / "flops.json").read_text())
     assert stored["shapes"]["32x32"]["flops_per_item"] == TINY_FLOPS and "FlopCounterMode" in stored["method"]
+    f = flops.read_flops(run)
+    assert list(f["shape"]) == ["32x32"] and f.iloc[0]["flops_per_item"] == TINY_FLOPS
 
     def boom(*a, **k):
         raise AssertionError("counted twice")
 
     monkeypatch.setattr(flops, "count_flops", boom)
-    assert flops.ensure_flops(lib.load_run(run.path)).iloc[0]["flops_per_item"] == TINY_FLOPS
+    flops.record_flops(run.path, cfg, [cfg.parse_shape("32x32")])  # already there: not counted again
+    t = flops.by_op_table(run)
+    assert list(t["operator"]) == ["aten.convolution", "aten.addmm"]
+    assert np.isclose(t["% of the shape's FLOPs"].sum(), 100)
 
 
-def test_model_without_load_py_gets_nan_with_a_note(tmp_path):
+def test_onnx_graph_count_agrees_with_torch(tiny_onnx):
+    cfg = _tiny()
+    for label in ("32x32", "64x64"):
+        total, by_op = flops.count_onnx_flops(tiny_onnx["fp32"].path, cfg, label)
+        assert total == flops.count_flops(cfg, label)[0]
+        assert set(by_op) == {"onnx.Conv", "onnx.Gemm"}
+    assert flops.count_onnx_flops(tiny_onnx["fp32"].path, cfg, "32x32")[0] == TINY_FLOPS
+
+
+def test_model_given_as_onnx_is_counted_from_the_graph(tmp_path, tiny_onnx):
     models = tmp_path / "models" / "onnx_only"
     models.mkdir(parents=True)
-    cfg = (FIXTURE_MODELS / "tiny_cnn" / "config.yaml").read_text().replace("name: tiny_cnn", "name: onnx_only")
-    (models / "config.yaml").write_text(cfg)
-    (models / "model.onnx").write_bytes(b"not really onnx")
+    cfg_text = (FIXTURE_MODELS / "tiny_cnn" / "config.yaml").read_text().replace("name: tiny_cnn", "name: onnx_only")
+    (models / "config.yaml").write_text(cfg_text)
+    (models / "model.onnx").write_bytes(Path(tiny_onnx["fp32"].path).read_bytes())
+    cfg = get_model("onnx_only", tmp_path / "models")
     path = make_fake_run(tmp_path / "reports", gpu=False)
-    params = json.loads((path / "params.json").read_text())
-    params.update(model="onnx_only", models_dir=str(tmp_path / "models"))
-    (path / "params.json").write_text(json.dumps(params))
-    f = flops.ensure_flops(lib.load_run(path))
-    assert math.isnan(f.iloc[0]["flops_per_item"]) and "no load.py" in f.iloc[0]["note"]
+    stored = flops.record_flops(path, cfg, [cfg.parse_shape("32x32")], models / "model.onnx")
+    assert stored["source"] == "onnx" and stored["shapes"]["32x32"]["flops_per_item"] == TINY_FLOPS
+    assert "ONNX" in flops.read_flops(lib.load_run(path)).iloc[0]["method"]
 
 
-def test_copied_run_without_its_models_folder_gets_a_note(tmp_path):
-    path = make_fake_run(tmp_path, gpu=False)
+def test_bert_attention_is_counted():
+    """SDPA on the CPU used to count 0 FLOPs: the attention's two matrix multiplies per layer were missing
+    (2.7% of BERT-base at sequence 128)."""
+    pytest.importorskip("transformers")
+    cfg = get_model("bert_base")
+    total, by_op = flops.count_flops(cfg, "128")
+    attention = 12 * 2 * 2 * 128 * 128 * 768  # 12 layers x (QK^T and AV) x 2 FLOPs per MAC x seq^2 x hidden
+    assert by_op.get("aten.bmm", 0) == attention, by_op
+    assert total == by_op["aten.addmm"] + attention
+
+
+def test_read_flops_without_the_file_says_so(tmp_path):
+    f = flops.read_flops(lib.load_run(make_fake_run(tmp_path, gpu=False)))
+    assert math.isnan(f.iloc[0]["flops_per_item"]) and "no flops.json" in f.iloc[0]["note"]
+
+
+def test_analysis_never_runs_the_code_a_run_folder_names(tmp_path):
+    """A run folder received from someone else names its models_dir; the analysis must not build (import) the
+    model from there. Before the fix the FLOP count built it and so ran that folder's load.py."""
+    import shutil
+
+    evil = tmp_path / "their-models" / "tiny_cnn"
+    shutil.copytree(FIXTURE_MODELS / "tiny_cnn", evil)
+    marker = tmp_path / "load.py-ran"
+    (evil / "load.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n" + (evil / "load.py").read_text())
+    path = make_fake_run(tmp_path / "reports", gpu=True)
     params = json.loads((path / "params.json").read_text())
-    params["models_dir"] = "/nowhere/on/this/machine"  # the folder it had on the machine it ran on
+    params["models_dir"] = str(evil.parent)
     (path / "params.json").write_text(json.dumps(params))
-    f = flops.ensure_flops(lib.load_run(path))
-    # tiny_cnn is a test fixture, not in the repository's models/: NaN, and the note says where it looked
-    assert math.isnan(f.iloc[0]["flops_per_item"]) and "/nowhere/on/this/machine (missing)" in f.iloc[0]["note"]
+    from test_report import run_analysis_cells
+
+    run_analysis_cells(path)
+    assert not marker.exists(), "analysing the run folder ran its load.py"
+    assert not (path / "flops.json").exists()
 
 
 @pytest.mark.parametrize("name, label", [
@@ -95,7 +139,8 @@ def test_fp32_with_tf32_uses_the_tf32_peak(tmp_path):
     assert set(pk) == {"tf32", "fp16"}
     assert pk["tf32"].tflops == 494.5 and pk["tf32"].source == "datasheet" and "TF32" in pk["tf32"].label
     assert pk["fp16"].tflops == 989.5
-    eff = flops.efficiency(run, flops.ensure_flops(run), pk)
+    flops.record_flops(run.path, _tiny(), [_tiny().parse_shape("32x32")])
+    eff = flops.efficiency(run, flops.read_flops(run), pk)
     r = eff[(eff["backend"] == "trt") & (eff["batch"] == 1) & (eff["mode"] == "throughput")].iloc[0]
     assert np.isclose(r["achieved_tflops"], TINY_FLOPS * r["items_per_s"] / 1e12)
     assert np.isclose(r["peak_share"], r["achieved_tflops"] / 989.5)

@@ -243,6 +243,13 @@ def test_report_from_a_given_onnx(tmp_path):
                                                                                                       "features"}
     assert (run / "report.html").exists()
     assert sorted(p.name for p in (models / "onnx_mlp").iterdir()) == ["config.yaml", "model.onnx"]
+    # the report names the real reference, and FLOPs come from the ONNX graph (no PyTorch module to count)
+    page = (run / "report.html").read_text()
+    assert "Parity against ONNX Runtime FP32 (CPU EP)" in page and "Parity against PyTorch" not in page
+    assert "Speedup over PyTorch eager FP32" in page and "Not computed" in page
+    flops = json.loads((run / "flops.json").read_text())
+    assert flops["source"] == "onnx" and all(e["flops_per_item"] > 0 for e in flops["shapes"].values())
+    assert "the FP32 ONNX graph" in page
 
 
 @pytest.mark.skipif("is_given_onnx" not in open(REPO / "lib" / "plan.py").read(),

@@ -119,3 +119,123 @@ def test_other_dtypes_compare_in_float64(ref):
     out = {k: v.astype(np.float16) for k, v in ref.items()}
     r = compare_outputs(out, ref, "fp16", "logits")
     assert r["passed"] and 0 < r["rel_err"] < 1e-3
+
+
+# --- the input-dependent part -----------------------------------------------------------------------
+
+def _biased(seed=0, n=16, share=0.04):
+    """Logits like a random-weights model's: a large part that is the same for every input plus a small
+    input-dependent part (``share`` of the norm); returns (outputs, the constant part)."""
+    rng = np.random.default_rng(seed)
+    bias = rng.normal(0, 1, 10)
+    x = rng.normal(0, 1, (n, 10))
+    x *= share * np.linalg.norm(np.tile(bias, (n, 1))) / np.linalg.norm(x)
+    return {"logits": (bias + x).astype(np.float32)}, {"logits": bias}
+
+
+def _error_in_input_part(ref, centre, share, seed=5):
+    rng = np.random.default_rng(seed)
+    part = ref["logits"].astype(np.float64) - centre["logits"]
+    noise = rng.normal(0, 1, part.shape)
+    return {"logits": (ref["logits"] + noise * share * np.linalg.norm(part) / np.linalg.norm(noise)).astype(np.float32)}
+
+
+def test_a_5_percent_error_in_the_input_dependent_part_fails():
+    ref, centre = _biased()
+    out = _error_in_input_part(ref, centre, 0.05)
+    raw = compare_outputs(out, ref, "fp16", "logits")
+    assert raw["passed"]  # the old check: raw figures hardly move, so this engine passed
+    for precision in ("fp32", "fp16"):
+        r = compare_outputs(out, ref, precision, "logits", centre=centre)
+        assert not r["passed"] and "input-dependent part" in r["problems"], (precision, r)
+        assert r["outputs"]["logits"]["centred_cosine"] < 0.999
+    ok = compare_outputs(_error_in_input_part(ref, centre, 0.005), ref, "fp16", "logits", centre=centre)
+    assert ok["passed"], ok["problems"]  # rounding-sized errors still pass
+
+
+def test_another_inputs_outputs_fail_when_centred():
+    ref, centre = _biased(seed=0)
+    other = {"logits": (centre["logits"] + (_biased(seed=1)[0]["logits"] - _biased(seed=1)[1]["logits"]))}
+    assert compare_outputs(other, ref, "bf16", "logits")["cosine"] > 0.99  # raw: looks the same
+    r = compare_outputs(other, ref, "bf16", "logits", centre=centre)
+    assert not r["passed"] and r["centred_cosine"] < 0.5
+
+
+def test_top1_left_out_where_it_means_nothing():
+    ref, centre = _biased()
+    r = compare_outputs(ref, ref, "fp32", "logits", centre=centre, top1_meaningful=False)
+    assert np.isnan(r["top1_agree"]) and "same top-1 class" in r["top1_note"]
+    assert "top1_agree" not in r["outputs"]["logits"]
+
+
+def test_each_output_keeps_its_own_figures(ref):
+    out = _perturbed(ref, 1e-4)
+    out["embedding"] = _perturbed(ref, 2e-2)["embedding"]
+    r = compare_outputs(out, ref, "fp32", "logits")
+    assert r["outputs"]["logits"]["rel_err"] < 1e-3 < r["outputs"]["embedding"]["rel_err"]
+
+
+# --- check_parity on a real engine ------------------------------------------------------------------
+
+class _Ref:
+    """The reference as lib.bench keeps it: the tiny model in FP32 on the CPU."""
+
+    def __init__(self, module, cfg):
+        self.module, self.cfg = module, cfg
+
+    def get(self, key, inputs):
+        import torch
+
+        with torch.no_grad():
+            return {"logits": self.module(torch.from_numpy(inputs["image"])).numpy()}
+
+
+class _Faulty:
+    """A real engine whose outputs get an error: ``how`` = "input part" (5 % of the input-dependent part, on the
+    device path only) or "stale" (the outputs of the timed input, whatever is asked)."""
+
+    def __init__(self, engine, centre, how):
+        self.e, self.centre, self.how = engine, centre, how
+        self.timed = None
+
+    def bind(self, inputs):
+        if self.timed is None:
+            self.timed = self.e.infer(inputs)
+        self.e.bind(inputs)
+
+    def run_bound(self):
+        self.e.run_bound()
+
+    def fetch(self):
+        out = self.e.fetch()
+        if self.how == "stale":
+            return self.timed
+        return _error_in_input_part(out, self.centre, 0.05)
+
+    def infer(self, inputs):
+        return self.timed if self.how == "stale" else self.e.infer(inputs)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_check_parity_on_a_real_engine(tiny, tiny_module, precision):
+    from lib.engines import EngineSpec, make_engine
+    from lib.inputs import make_inputs
+    from lib.parity import calibration_centre, check_parity
+
+    shape = tiny.shapes[0]
+    ref = _Ref(tiny_module, tiny)
+    with make_engine("torch", EngineSpec(model=tiny, precision=precision, device="cpu")) as engine:
+        engine.bind(make_inputs(tiny, 4, shape, seed=0))  # the timed arrays
+        r = check_parity(engine, tiny, 4, shape, 0, precision, ref, "bs4")
+        assert r["passed"], r["problems"]
+        assert set(r["paths"]) == {"device", "end_to_end"} and r["centred_cosine"] > 0.9
+        assert not np.array_equal(engine.bound_inputs["image"], make_inputs(tiny, 4, shape, seed=0)["image"])
+        if precision != "fp32":
+            return
+        centre, _ = calibration_centre(tiny, shape, 0, ref)
+        for how in ("input part", "stale"):
+            faulty = _Faulty(engine, centre, how)
+            faulty.bind(make_inputs(tiny, 4, shape, seed=0))
+            bad = check_parity(faulty, tiny, 4, shape, 0, precision, ref, "bs4")
+            assert not bad["passed"] and "input-dependent part" in bad["problems"], (how, bad)
+            assert not bad["paths"]["device"]["passed"]

@@ -327,3 +327,25 @@ def test_plan_step_imports_no_torch_and_fails_fast(tmp_path):
         assert rc == rc_expected, proc.stderr
         assert torch_imported == "False"
         assert float(seconds) < 5, seconds  # UX guard (the issue's bound), not a benchmark
+
+
+@pytest.mark.parametrize("change, shown", [
+    ({"trt_workspace_gib": "2"}, "TRT_WORKSPACE=4.0 there, 2.0 now"),
+    ({"trt_opt_level": "5"}, "TRT_OPT_LEVEL=3 there, 5 now"),
+    ({"cache_dir": "OTHER"}, "CACHE_DIR="),
+    ({"models_dir": "OTHER"}, "MODELS_DIR="),
+])
+def test_resume_refuses_other_engine_and_folder_settings(tmp_path, change, shown):
+    """These used to be silently kept from the first run: a resume with another TensorRT workspace, cache or
+    models folder measured with the old ones while the command line said otherwise."""
+    import shutil
+
+    first = _plan(tmp_path)
+    if "models_dir" in change:  # an existing folder with the same model in it
+        shutil.copytree(Path(TINY["models_dir"]), tmp_path / "OTHER")
+    value = change.get("cache_dir") or change.get("models_dir")
+    changes = {k: (str(tmp_path / v) if k in ("cache_dir", "models_dir") else v) for k, v in change.items()}
+    with pytest.raises(ConfigError) as e:
+        _plan(tmp_path, run_id=first.run_dir.name, **changes)
+    assert shown in str(e.value) and "was run with other parameters" in str(e.value), str(e.value)
+    assert value is None or str(tmp_path / value) in str(e.value)

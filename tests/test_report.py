@@ -376,7 +376,7 @@ def test_analysis_notebook_handles_edge_runs(tmp_path, case, capsys, monkeypatch
     ns = run_analysis_cells(path)
     out = capsys.readouterr().out
     assert "Traceback" not in out
-    assert (path / "flops.json").exists()
+    assert not (path / "flops.json").exists()  # the analysis reads files only; the benchmark step counts FLOPs
     if case == "all crashed":
         assert ns["run"].points.empty and "No backend produced numbers" in out
     if case == "two shapes":
@@ -480,3 +480,95 @@ def test_real_run_analysis_outputs(real_run_dir):
         assert f">{section}<" in html or f">{section}</a>" in html, section
     assert 'href="bench/torch-fp32/benchmark.ipynb"' in html
     assert "% of peak" in html and "measured" in html
+
+
+def test_resources_note_says_why_the_gpu_was_not_sampled(tmp_path):
+    """The sampler's NVML error is kept in engine.json and the report quotes it (it used to be dropped)."""
+    run_dir = make_fake_run(tmp_path, gpu=True)
+    eng = run_dir / "bench" / "torch-fp32" / "engine.json"
+    e = json.loads(eng.read_text())
+    e["sampler_gpu_error"] = "GpuError: NVML cannot start (NVMLError_LibraryNotFound)"
+    eng.write_text(json.dumps(e))
+    note = report.resources_note(lib.load_run(run_dir))
+    assert "no GPU figures (NVML) for torch/fp32" in note and "NVMLError_LibraryNotFound" in note
+
+
+def test_parity_failed_points_are_marked_in_the_plots(gpu_run):
+    """The fake run's torch/fp16 batch 1 failed parity: the latency plot crosses it out and says so."""
+    import matplotlib.pyplot as plt
+
+    fig = report.plot_latency_vs_batch(gpu_run, "device")
+    labels = [t.get_text() for ax in fig.axes for t in (ax.get_legend().get_texts() if ax.get_legend() else [])]
+    assert "parity failed" in labels
+    crosses = [ln for ax in fig.axes for ln in ax.lines if ln.get_marker() == "x"]
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [1]
+    plt.close("all")
+
+
+def test_parity_table_has_a_row_per_output(tmp_path):
+    run_dir = make_fake_run(tmp_path, gpu=False, failures=False)
+    for pj in run_dir.glob("bench/*/points/*.json"):
+        rec = json.loads(pj.read_text())
+        rec["parity"]["outputs"] = {"logits": {"cosine": 0.99999, "rel_err": 1e-4, "max_abs_err": 1e-4,
+                                               "centred_cosine": 0.9999, "centred_rel_err": 1e-3},
+                                    "embedding": {"cosine": 0.9991, "rel_err": 2e-3, "max_abs_err": 3e-3,
+                                                  "centred_cosine": 0.9990, "centred_rel_err": 1e-2}}
+        pj.write_text(json.dumps(rec))
+    t = report.parity_table(lib.load_run(run_dir))
+    assert set(t["output"]) == {"logits", "embedding"} and len(t) == 2 * len(t.drop_duplicates(
+        ["backend", "precision", "batch", "shape"]))
+    assert "cosine, input-dependent part" in t.columns
+
+
+# --- summary bugs (issue 12) -----------------------------------------------------------------------------
+
+def test_budget_bullet_names_the_input_shape_and_the_table_lists_every_fit(tmp_path):
+    run = lib.load_run(make_fake_run(tmp_path, gpu=True, shapes=("32x32", "64x64"), batches=(1, 2, 4, 8, 16)))
+    text = report.budget_markdown(run, 1000.0)
+    assert "(shape 32x32)" in text or "(shape 64x64)" in text
+    assert "shape (" not in text  # was the pandas row's own .shape, e.g. "shape (38,)"
+    n = int(text.split(" configurations meet the budget")[0].rsplit(" ", 1)[-1])
+    assert n > 8 and len(report.budget_table(run, 1000.0)) == n  # was cut to 8 rows
+
+
+def test_unstable_table_says_none_when_nothing_is_unstable(gpu_run):
+    gpu_run.points["unstable"] = False
+    u = report.unstable_table(gpu_run)
+    assert list(u.columns) == ["unstable points"] and len(u) == 1 and u.iloc[0, 0].startswith("none")
+
+
+def test_no_usable_points_gives_an_empty_frame_not_rows_of_nan(gpu_run):
+    gpu_run.points["parity_passed"] = False
+    assert report._usable(gpu_run).empty
+
+
+def test_a_peak_the_model_beats_is_not_quoted_as_a_share(cpu_run):
+    eff = pd.DataFrame([{"backend": "ort", "precision": "fp32", "batch": 16, "shape": "32x32", "mode": "device",
+                         "items_per_s": 1e4, "gflop_per_item": 1.0, "achieved_tflops": 0.45, "peak_tflops": 0.2,
+                         "peak_share": 2.249, "peak_label": "measured", "peak_source": "measured"}])
+    text = report.summary_markdown(cpu_run, None, 10.0, eff)
+    assert "224.9%" not in text and "no share of peak is given" in text
+
+
+def test_cpu_ep_fallback_is_reported(gpu_run):
+    gpu_run.engines["trt/fp16"].setdefault("info", {})["cpu_ep_fallback"] = (
+        "Fail: This session contains graph nodes that are assigned to the default CPU EP")
+    text = report.summary_markdown(gpu_run, None, 10.0)
+    assert "runs part of the graph on the CPU EP" in text and "trt/fp16" in text
+
+
+def test_allocator_peak_and_tensorrt_scratch_are_separate_columns(tmp_path):
+    """They used to share one "framework MiB" column (torch's allocator peak vs TensorRT's activation scratch)."""
+    run_dir = make_fake_run(tmp_path, gpu=True, failures=False)
+    for pj in run_dir.glob("bench/*/points/*.json"):
+        rec = json.loads(pj.read_text())
+        rec["memory"] = ({"trt_engine_device_memory_bytes": 3 << 20, "trt_io_buffer_bytes": 1 << 20}
+                         if rec["backend"] == "trt" else {"torch_max_allocated_bytes": 40 << 20,
+                                                          "torch_max_reserved_bytes": 64 << 20})
+        pj.write_text(json.dumps(rec))
+    run = lib.load_run(run_dir)
+    p = run.points.set_index("backend")
+    assert (p.loc["trt", "trt_activation_mib"] == 3).all() and p.loc["trt", "torch_max_allocated_mib"].isna().all()
+    assert (p.loc["torch", "torch_max_allocated_mib"] == 40).all() and p.loc["torch", "trt_activation_mib"].isna().all()
+    cols = report.summary_table(run).columns
+    assert "torch allocator peak MiB" in cols and "TensorRT activation MiB" in cols and "framework MiB" not in cols

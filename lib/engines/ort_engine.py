@@ -25,6 +25,40 @@ def ort_install_hint() -> str:
     return "pip install onnxruntime-gpu (its CPU provider also serves CPU-only machines)"
 
 
+def cuda_provider_reason(providers: list[str], version: str) -> str | None:
+    """Why ORT cannot run on CUDA: the installed package has no CUDA provider (the CPU-only onnxruntime)."""
+    if "CUDAExecutionProvider" in providers:
+        return None
+    return (f"onnxruntime {version} has no CUDAExecutionProvider (it offers {', '.join(providers) or 'none'}: the "
+            f"CPU-only package?); pip uninstall onnxruntime && pip install onnxruntime-gpu")
+
+
+def linked_trt_major(provider_lib) -> int | None:
+    """The TensorRT major version ONNX Runtime's TensorRT EP library was linked against (its libnvinfer.so.N
+    dependency), or None when it cannot be read. Read from the library's bytes: the dependency name is a
+    plain string in its dynamic section, and loading the library to find out would need CUDA's libraries."""
+    import re
+    from pathlib import Path
+
+    try:
+        found = re.search(rb"libnvinfer\.so\.(\d+)", Path(provider_lib).read_bytes())
+    except OSError:
+        return None
+    return int(found.group(1)) if found else None
+
+
+def trt_version_reason(linked: int | None, installed: str | None, ort_version: str) -> str | None:
+    """Why the TensorRT EP cannot load the installed TensorRT: a different major version than it links."""
+    if linked is None or not installed:
+        return None
+    major = int(str(installed).split(".")[0])
+    if major == linked:
+        return None
+    return (f"onnxruntime {ort_version}'s TensorRT EP links TensorRT {linked} (libnvinfer.so.{linked}), but TensorRT "
+            f"{installed} is installed; install TensorRT {linked}.x for ort-trt (e.g. pip install "
+            f"'tensorrt-cu12>={linked},<{linked + 1}'), or leave ort-trt out")
+
+
 @register_engine
 class OrtEngine(Engine):
     backend = "ort"
@@ -46,7 +80,12 @@ class OrtEngine(Engine):
         if device == "cuda":
             from .torch_engine import _cuda_reason
 
-            return _cuda_reason()
+            reason = _cuda_reason()
+            if reason:
+                return reason
+            import onnxruntime as ort
+
+            return cuda_provider_reason(list(ort.get_available_providers()), ort.__version__)
         return None
 
     def _providers(self):
@@ -78,7 +117,7 @@ class OrtEngine(Engine):
         self._ort = ort
         path = self.spec.artifacts.onnx.get(self.spec.precision)
         if path is None:
-            raise UnavailableError(f"{self.label}: no {self.spec.precision} ONNX model was exported")
+            raise UnavailableError(f"{self.label}: no {self.spec.precision} ONNX model was exported (export.json in the run folder says why)")
         if self.spec.device == "cuda" and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # the pip-installed CUDA/cuDNN libraries, if any
         so = ort.SessionOptions()
@@ -87,7 +126,23 @@ class OrtEngine(Engine):
         if self.spec.options.get("ort_threads"):
             so.intra_op_num_threads = int(self.spec.options["ort_threads"])
         wanted = self._providers()
-        self.session = ort.InferenceSession(str(path), sess_options=so, providers=wanted)
+        self.session = None
+        if self.spec.device == "cuda":
+            # First with CPU fallback disabled: a node the GPU provider cannot run would otherwise run on the
+            # CPU EP unnoticed (copies and host time inside "GPU" figures). If that fails, the session is made
+            # with fallback and the report says which message ORT gave.
+            strict = ort.SessionOptions()
+            strict.graph_optimization_level, strict.log_severity_level = so.graph_optimization_level, 3
+            if self.spec.options.get("ort_threads"):
+                strict.intra_op_num_threads = int(self.spec.options["ort_threads"])
+            strict.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+            try:
+                self.session = ort.InferenceSession(str(path), sess_options=strict, providers=wanted)
+                self.info["cpu_ep_fallback"] = "none"
+            except Exception as e:  # noqa: BLE001 - ORT raises its own Fail/RuntimeException types
+                self.info["cpu_ep_fallback"] = " ".join(f"{type(e).__name__}: {e}".split())[:600]
+        if self.session is None:
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=wanted)
         got = self.session.get_providers()
         first = wanted[0] if isinstance(wanted[0], str) else wanted[0][0]
         if got[0] != first:
@@ -231,7 +286,23 @@ class OrtTensorRT(OrtEngine):
             return reason
         from .trt_engine import tensorrt_unavailable_reason
 
-        return tensorrt_unavailable_reason(rtx_ok=False)
+        reason = tensorrt_unavailable_reason(rtx_ok=False)
+        if reason:
+            return reason
+        from pathlib import Path
+
+        import onnxruntime as ort
+
+        if "TensorrtExecutionProvider" not in ort.get_available_providers():
+            return f"onnxruntime {ort.__version__} has no TensorrtExecutionProvider"
+        lib = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_tensorrt.so"
+        try:
+            import tensorrt
+
+            installed = tensorrt.__version__
+        except Exception as e:  # noqa: BLE001 - a TensorRT that will not import cannot serve the EP either
+            return f"TensorRT does not import ({type(e).__name__}: {str(e)[:200]})"
+        return trt_version_reason(linked_trt_major(lib), installed, ort.__version__)
 
     def _providers(self):
         cfg = self.spec.model

@@ -230,17 +230,48 @@ class TorchCompile(_TorchBase):
             return "inductor on CPU needs a C compiler (none on PATH)"
         return None
 
+    # Shapes one engine may compile. dynamo's recompile_limit (8 by default) counts the graphs compiled for one
+    # function; past it, dynamo silently runs the function eagerly. A sweep compiles one graph per bound shape
+    # (dynamic=False), so the limit is raised per engine, and reaching it is made an error, never eager numbers.
+    MAX_SHAPES = 256
+
     def _wrap(self, model):
+        import torch._dynamo.config as dynamo_config
+
         mode = self.spec.options.get("compile_mode", "default")
-        self.info["compile_mode"] = mode
-        return self._torch.compile(model, mode=mode, dynamic=False)
+        backend = self.spec.options.get("compile_backend", "inductor")  # "eager": dynamo without codegen (tests)
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, self.MAX_SHAPES)
+        dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4 * self.MAX_SHAPES)
+        if hasattr(dynamo_config, "fail_on_recompile_limit_hit"):
+            dynamo_config.fail_on_recompile_limit_hit = True
+        self.info.update(compile_mode=mode, compile_backend=backend)
+        self._compiled_shapes: dict[tuple, int] = {}
+        return self._torch.compile(model, mode=mode, dynamic=False, backend=backend)
 
     def _bind(self, host_inputs):
+        from torch._dynamo.utils import counters
+
         super()._bind(host_inputs)
+        shape = tuple(tuple(t.shape) for t in self._inputs)
+        before = counters["stats"]["unique_graphs"]
         t0 = time.perf_counter()
         self._run_bound()  # first call of this shape: compiles
         self._sync()
-        self.info["compile_s"] = time.perf_counter() - t0
+        compile_s = time.perf_counter() - t0
+        graphs = counters["stats"]["unique_graphs"] - before
+        if shape not in self._compiled_shapes and graphs < 1:
+            # a new shape that compiled nothing ran eagerly (a limit, a fallback): its numbers would be eager's
+            raise UnavailableError(f"{self.label}: torch.compile compiled no graph for input shape {shape} "
+                                   f"(dynamo ran it eagerly; {len(self._compiled_shapes)} shapes compiled before, "
+                                   f"recompile_limit {self._torch._dynamo.config.recompile_limit}); not measured "
+                                   f"as torch-compile")
+        if shape in self._compiled_shapes:  # bound again (parity, kernel profile): keep the first bind's figures
+            self._compiled_shapes[shape] += graphs
+            return
+        self._compiled_shapes[shape] = graphs
+        self.info["compile_s"] = compile_s
+        self.info["compile_graphs"] = graphs  # graphs dynamo compiled for this shape (its first call)
+        self.info["compile_graphs_total"] = sum(self._compiled_shapes.values())
 
 
 def _cuda_reason() -> str | None:

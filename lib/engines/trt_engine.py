@@ -110,7 +110,7 @@ class TrtEngine(Engine):
         self._trt, self._flavour = import_trt()
         onnx = spec.artifacts.onnx.get(spec.precision)
         if onnx is None:
-            raise UnavailableError(f"{self.label}: no {spec.precision} ONNX model was exported")
+            raise UnavailableError(f"{self.label}: no {spec.precision} ONNX model was exported (export.json in the run folder says why)")
         if spec.artifacts.cache_dir is None:
             raise BenchbookError(f"{self.label}: needs a cache folder (spec.artifacts.cache_dir) for its engines")
         self._log = spec.options.get("log") or print
@@ -141,7 +141,8 @@ class TrtEngine(Engine):
                           "engine_key": result.key, "engine_path": str(result.path), "cache_hit": result.cache_hit,
                           "build_s": result.build_s, "engine_build_s": result.manifest.get("build_s"),
                           "target": result.manifest.get("target"), "workspace_gib": build["workspace_gib"],
-                          "opt_level": build["opt_level"], "tf32": build["tf32"], "onnx": str(onnx)})
+                          "opt_level": build["opt_level"], "tf32": build["tf32"], "onnx": str(onnx),
+                          "plan_warning": result.warning})
 
     def _deserialize(self, result):
         """The engine, or None when TensorRT refuses the plan (its reasons land in self._logger.errors)."""

@@ -74,3 +74,33 @@ def test_backend_matches_reference_and_times(effnet, backend, precision):
             assert outputs["logits"].shape == (1, 1000)
             result = compare_outputs(outputs, ref, precision, "logits")
             assert result["passed"], result["problems"]
+
+
+class _CpuReference:
+    """lib.bench's reference, in memory: PyTorch FP32 on the CPU."""
+
+    def __init__(self, cfg):
+        self.model = build_model(cfg)
+
+    def get(self, key, inputs):
+        with torch.inference_mode():
+            return {"logits": self.model(torch.from_numpy(inputs["input"])).numpy()}
+
+
+@pytest.mark.parametrize("backend,precision", CUDA_BACKENDS)
+def test_backend_passes_parity_on_the_input_dependent_part(effnet, backend, precision):
+    """lib.parity.check_parity as the sweep runs it: fresh input, device and end-to-end paths, centred
+    thresholds. Checks that CENTRED_THRESHOLDS (set from CPU BF16 figures) hold for real GPU backends."""
+    from lib.parity import check_parity
+
+    cfg, artifacts = effnet
+    reason = engine_class(backend).unavailable_reason("cuda")
+    if reason:
+        pytest.skip(reason)
+    ref = _CpuReference(cfg)
+    with make_engine(backend, EngineSpec(model=cfg, precision=precision, device="cuda", artifacts=artifacts)) as eng:
+        for batch in (1, 8):
+            eng.bind(make_inputs(cfg, batch, cfg.shapes[0], seed=3))
+            r = check_parity(eng, cfg, batch, cfg.shapes[0], 3, precision, ref, f"bs{batch}")
+            print(backend, precision, batch, r["cosine"], r["centred_cosine"], r["centred_rel_err"], r["paths"])
+            assert r["passed"], r["problems"]

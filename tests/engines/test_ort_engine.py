@@ -96,3 +96,32 @@ def test_thread_option(tiny, spec):
         assert engine.session.get_session_options().intra_op_num_threads == 1
         out = engine.infer(make_inputs(tiny, 1, tiny.shapes[0]))
     assert np.isfinite(out["logits"]).all()
+
+
+# --- what the installed onnxruntime can really run (planned from its providers and libraries) -------------
+
+def test_cpu_only_onnxruntime_is_not_planned_for_cuda():
+    from lib.engines.ort_engine import cuda_provider_reason
+
+    assert cuda_provider_reason(["CUDAExecutionProvider", "CPUExecutionProvider"], "1.31.1") is None
+    why = cuda_provider_reason(["CPUExecutionProvider"], "1.31.1")
+    assert "no CUDAExecutionProvider" in why and "onnxruntime-gpu" in why
+
+
+def test_tensorrt_ep_needs_the_tensorrt_major_it_links():
+    """onnxruntime-gpu 1.31 links TensorRT 10; the tensorrt extra allows 11: ort-trt must not be planned then."""
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    from lib.engines.ort_engine import linked_trt_major, trt_version_reason
+
+    lib = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_tensorrt.so"
+    if not lib.exists():
+        pytest.skip("this onnxruntime has no TensorRT EP library")
+    linked = linked_trt_major(lib)
+    assert isinstance(linked, int) and linked >= 8  # read from the real library: 10 for onnxruntime-gpu 1.31
+    assert trt_version_reason(linked, f"{linked}.13.0", ort.__version__) is None
+    why = trt_version_reason(linked, f"{linked + 1}.0.1", ort.__version__)
+    assert f"links TensorRT {linked}" in why and f"TensorRT {linked + 1}.0.1 is installed" in why
+    assert linked_trt_major(lib.parent / "no-such-library.so") is None

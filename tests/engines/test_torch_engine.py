@@ -112,3 +112,66 @@ def test_helpers():
     t = torch.zeros(2)
     assert as_output_list(t) == [t] and as_output_list((t, t)) == [t, t] and as_output_list({"a": t}) == [t]
     assert torch_dtype("fp16") is torch.float16 and torch_dtype("bf16") is torch.bfloat16
+
+
+def _compile_sweep(tiny, backend: str, batches) -> list[dict]:
+    """torch-compile over ``batches`` (one shape each), as lib.bench binds them: per point, the compile info."""
+    from torch._dynamo.utils import counters
+
+    spec = EngineSpec(model=tiny, precision="fp32", device="cpu", options={"compile_backend": backend})
+    seen = []
+    with make_engine("torch-compile", spec) as engine:
+        for b in batches:
+            before = counters["stats"]["unique_graphs"]
+            inputs = make_inputs(tiny, b, tiny.shapes[0], seed=0)
+            engine.bind(inputs)
+            for _ in range(3):  # timed requests: nothing compiles any more
+                engine.run_bound()
+            assert counters["stats"]["unique_graphs"] - before == engine.info["compile_graphs"]
+            seen.append({"batch": b, "graphs": engine.info["compile_graphs"], "compile_s": engine.info["compile_s"]})
+    return seen
+
+
+def test_torch_compile_compiles_every_point_past_the_recompile_limit(tiny):
+    """Eleven batch sizes (dynamo's default recompile_limit is 8): every point compiles its own graph; before
+    the fix the ninth and later ran eagerly, still labelled torch-compile. dynamo's own "eager" backend keeps
+    this fast; the inductor test below does the same with real code generation."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    seen = _compile_sweep(tiny, "eager", range(1, 12))
+    assert [s["graphs"] for s in seen] == [1] * 11, seen
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_past_the_recompile_limit(tiny):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    seen = _compile_sweep(tiny, "inductor", range(1, 11))
+    assert all(s["graphs"] >= 1 for s in seen), seen
+
+
+def test_torch_compile_refuses_a_shape_it_did_not_compile(tiny):
+    """A limit hit (here: set to 2 by hand) fails the point with the reason instead of measuring eager."""
+    import torch._dynamo
+    import torch._dynamo.config as dynamo_config
+
+    from lib.engines.torch_engine import TorchCompile
+
+    torch._dynamo.reset()
+    spec = EngineSpec(model=tiny, precision="fp32", device="cpu", options={"compile_backend": "eager"})
+    old = TorchCompile.MAX_SHAPES
+    saved = dynamo_config.recompile_limit
+    try:
+        TorchCompile.MAX_SHAPES = 2
+        dynamo_config.recompile_limit = 2
+        with make_engine("torch-compile", spec) as engine:
+            for b in (1, 2):
+                engine.bind(make_inputs(tiny, b, tiny.shapes[0], seed=0))
+            with pytest.raises(Exception, match="recompile_limit|compiled no graph"):
+                engine.bind(make_inputs(tiny, 3, tiny.shapes[0], seed=0))
+    finally:
+        TorchCompile.MAX_SHAPES = old
+        dynamo_config.recompile_limit = saved
+        torch._dynamo.reset()

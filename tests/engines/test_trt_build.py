@@ -321,3 +321,17 @@ def test_build_efficientnet_b1(effnet, effnet_onnx, tmp_path, build_kw, precisio
     assert not r.cache_hit and r.manifest["key_parts"]["profiles"]["input"]["max"] == [128, 3, 240, 240]
     assert ("HALF" in r.manifest["network_dtypes"]) == (precision == "fp16")
     assert build_engine(effnet_onnx[precision], effnet, precision, tmp_path, log=Log(), **build_kw).cache_hit
+
+
+def test_a_suboptimal_plan_is_said_not_used_silently(tmp_path):
+    """TensorRT-RTX's own validity values (the real enums): INVALID is rebuilt, SUBOPTIMAL is used with a warning
+    (it was used silently), VALID is quiet."""
+    trt = pytest.importorskip("tensorrt_rtx")
+    from lib.trt_build import plan_validity_message
+
+    plan = tmp_path / "engine.plan"
+    problem, warning = plan_validity_message(trt, trt.EngineValidity.SUBOPTIMAL, 0, plan)
+    assert problem is None and "SUBOPTIMAL" in warning and str(plan) in warning
+    problem, warning = plan_validity_message(trt, trt.EngineValidity.INVALID, 0, plan)
+    assert "invalid" in problem and warning == ""
+    assert plan_validity_message(trt, trt.EngineValidity.VALID, 0, plan) == (None, "")
