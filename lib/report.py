@@ -1294,8 +1294,9 @@ def parity_note(run: Run) -> str:
             "device path (outputs fetched after a device-resident request) and the end-to-end path; a point "
             "passes when both do, for every output. Besides the raw outputs, each output's *input-dependent "
             f"part* is compared: minus the reference's mean output over {CALIBRATION_ITEMS} seeded calibration "
-            "inputs. With random weights most of an output is the same for every input, and the raw figures alone "
-            f"would pass a wrong engine. Pass thresholds — {th}. Top-1 agreement is shown, not gated, and only "
+            "inputs" + ("" if run.params.get("weights") else
+                        ". With random weights most of an output is the same for every input, and the raw figures "
+                        "alone would pass a wrong engine") + f". Pass thresholds — {th}. Top-1 agreement is shown, not gated, and only "
             f"where the reference's top-1 class varies between inputs{why}.")
 
 

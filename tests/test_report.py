@@ -533,8 +533,9 @@ def test_budget_bullet_names_the_input_shape_and_the_table_lists_every_fit(tmp_p
 
 def test_unstable_table_says_none_when_nothing_is_unstable(gpu_run):
     gpu_run.points["unstable"] = False
+    gpu_run.points["noisy"] = False
     u = report.unstable_table(gpu_run)
-    assert list(u.columns) == ["unstable points"] and len(u) == 1 and u.iloc[0, 0].startswith("none")
+    assert list(u.columns) == ["flagged points"] and len(u) == 1 and u.iloc[0, 0].startswith("none")
 
 
 def test_no_usable_points_gives_an_empty_frame_not_rows_of_nan(gpu_run):
