@@ -18,7 +18,6 @@ stack that ``faulthandler`` wrote into that log, and the last lines the notebook
 from __future__ import annotations
 
 import argparse
-import collections
 import html
 import logging
 import os
@@ -32,9 +31,11 @@ from pathlib import Path
 
 from .cache import atomic_write_json, atomic_write_text, read_json
 from .errors import BenchbookError, RunInterrupted, StepFailed
+from .terminal import KernelEcho
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = {"export": "00_export.ipynb", "benchmark": "10_benchmark.ipynb", "analysis": "20_analysis.ipynb"}
+NOTEBOOKS = {"export": "00_export.ipynb", "benchmark": "10_benchmark.ipynb", "analysis": "20_analysis.ipynb",
+             "compare": "30_compare.ipynb"}
 RECORD_CHARS = 1500  # a failure record's length: the report shows the last 1500 characters (lib/results.py)
 
 
@@ -89,19 +90,6 @@ _QUIET = ("Executing", "Input Notebook", "Output Notebook", "Working directory",
           "Executing Cell", "Ending Cell")
 
 
-class _Tail(logging.Handler):
-    """The last lines a notebook printed (papermill logs the kernel's output), for failure records."""
-
-    def __init__(self, lines: int = 30):
-        super().__init__(logging.INFO)
-        self.lines: collections.deque[str] = collections.deque(maxlen=lines)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        if not msg.startswith(_QUIET):
-            self.lines.extend(ln.rstrip() for ln in _ANSI.sub("", msg).splitlines() if ln.strip())
-
-
 class _Kernel:
     """What is known about one notebook's kernel: its log file, its process and what it printed."""
 
@@ -109,7 +97,7 @@ class _Kernel:
         self.log_path = log_path
         self.process = None
         self.ipc_prefix = ""
-        self.tail = _Tail()
+        self.tail = KernelEcho()  # what the kernel prints reaches the terminal through it; it keeps the last lines
 
     def manager_class(self):
         """A kernel manager that sends the kernel's stderr to ``log_path`` and remembers the process."""
@@ -232,19 +220,20 @@ def _kernel_env() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *paths])
 
 
-def _run_papermill(name: str, output: Path, parameters: dict, kernel: _Kernel, log_output: bool = True) -> None:
+def _run_papermill(name: str, output: Path, parameters: dict, kernel: _Kernel) -> None:
     import papermill
 
-    # Stream what the kernel prints (progress lines) to the terminal; papermill logs it at INFO.
+    # papermill's own log lines (which notebook, which cell) are noise here; its warnings are not.
     logger = logging.getLogger("papermill")
     if not any(isinstance(h, logging.StreamHandler) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler.addFilter(lambda r: not r.getMessage().startswith(_QUIET))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+        logger.setLevel(logging.WARNING)
         logger.propagate = False
-    logger.addHandler(kernel.tail)
+    # What the kernel prints (progress lines) reaches the terminal line by line; its display outputs
+    # (tables, figures) stay in the executed notebook: log_output=False, the printed streams go to stdout_file.
     _kernel_env()
     output.parent.mkdir(parents=True, exist_ok=True)
     kernel.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -252,12 +241,13 @@ def _run_papermill(name: str, output: Path, parameters: dict, kernel: _Kernel, l
     fault = f"__import__('faulthandler').enable(open({str(kernel.log_path)!r}, 'a'), all_threads=False)"
     try:
         papermill.execute_notebook(str(ROOT / "notebooks" / NOTEBOOKS[name]), str(output), parameters=parameters,
-                                   kernel_name="python3", log_output=log_output, progress_bar=False,
+                                   kernel_name="python3", log_output=False, progress_bar=False,
+                                   stdout_file=kernel.tail, stderr_file=kernel.tail,
                                    cwd=str(ROOT / "notebooks"), request_save_on_cell_execute=True,
                                    kernel_manager_class=kernel.manager_class(),
                                    extra_arguments=[f"--IPKernelApp.exec_lines={fault}"])
     finally:
-        logger.removeHandler(kernel.tail)
+        kernel.tail.flush()
         kernel.remove_sockets()
 
 
@@ -295,7 +285,8 @@ def _notebook(args, run_dir: Path) -> int:
         out_dir = run_dir / "bench" / args.combo
         out = out_dir / "benchmark.ipynb"
         kernel = _Kernel(out_dir / "kernel.log")
-        _log(f"[make] benchmark {backend}/{precision}: executing notebooks/{NOTEBOOKS['benchmark']} -> {out}")
+        stage = f"[make] benchmark {backend}/{precision}{_stage_of(run_dir, backend, precision)}"
+        _log(f"{stage}: notebooks/{NOTEBOOKS['benchmark']}")
         (out_dir / "notebook.failed.json").unlink(missing_ok=True)
         try:
             _run_papermill("benchmark", out, {**base, "backend": backend, "precision": precision}, kernel)
@@ -308,16 +299,16 @@ def _notebook(args, run_dir: Path) -> int:
             atomic_write_json(out_dir / "notebook.failed.json", {
                 "error": record, "summary": summary, "exception": type(e).__name__, "notebook": str(out),
                 "kernel_log": str(kernel.log_path), "seconds": time.perf_counter() - t0})
-            _log(f"[make] benchmark {backend}/{precision} FAILED after {time.perf_counter() - t0:.0f} s "
+            _log(f"{stage} FAILED after {time.perf_counter() - t0:.0f} s "
                  f"(recorded; the sweep goes on): {summary[:400]}")
             return 0
         atomic_write_text(out_dir / "notebook.done", f"{time.perf_counter() - t0:.1f}\n")
-        _log(f"[make] benchmark {backend}/{precision} finished in {time.perf_counter() - t0:.0f} s")
+        _log(f"{stage} finished in {time.perf_counter() - t0:.0f} s")
         return 0
     if args.name == "export":
         out = run_dir / "export.ipynb"
         kernel = _Kernel(run_dir / "export.kernel.log")
-        _log(f"[make] export: executing notebooks/{NOTEBOOKS['export']} -> {out}")
+        _log(f"[make] export: notebooks/{NOTEBOOKS['export']}")
         plan = read_json(run_dir / "plan.json")
         (run_dir / "export.failed.json").unlink(missing_ok=True)
         try:
@@ -342,10 +333,9 @@ def _notebook(args, run_dir: Path) -> int:
         return 0
     out = run_dir / "analysis.ipynb"
     kernel = _Kernel(run_dir / "analysis.kernel.log")
-    _log(f"[make] analysis: executing notebooks/{NOTEBOOKS['analysis']} -> {out}")
+    _log(f"[make] analysis: notebooks/{NOTEBOOKS['analysis']}")
     try:
-        _run_papermill("analysis", out, {"run_dir": str(run_dir), "outliers": base["outliers"]}, kernel,
-                       log_output=False)
+        _run_papermill("analysis", out, {"run_dir": str(run_dir), "outliers": base["outliers"]}, kernel)
     except KeyboardInterrupt:
         raise
     except Exception as e:
@@ -355,6 +345,15 @@ def _notebook(args, run_dir: Path) -> int:
                          f"{run_dir} are kept") from None
     _log(f"[make] analysis finished in {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def _stage_of(run_dir: Path, backend: str, precision: str) -> str:
+    """" (2/10)": where this backend/precision stands in the run's sweep, as the plan ordered it."""
+    try:
+        combos = [(c["backend"], c["precision"]) for c in read_json(run_dir / "plan.json")["combos"]]
+        return f" ({combos.index((backend, precision)) + 1}/{len(combos)})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def cmd_export_record(args) -> int:
@@ -387,7 +386,18 @@ def cmd_html(args) -> int:
     from .html_report import render_report
 
     path = render_report(Path(args.run_dir))
-    _log(f"[make] report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    _log(f"[make] {path.name} rendered ({path.stat().st_size / 1e6:.1f} MB)")  # the summary prints its path
+    return 0
+
+
+def cmd_summary(args) -> int:
+    """The end of ``make report``: refresh the index, then two or three lines on the run."""
+    from .html_report import render_index
+    from .terminal import run_summary
+
+    render_index(Path(args.reports_dir))
+    for line in run_summary(Path(args.run_dir)):
+        _log(line)
     return 0
 
 
@@ -418,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--known-vars", default="", help="the parameters make reads")
     p.set_defaults(fn=cmd_plan)
     p = sub.add_parser("notebook")
-    p.add_argument("name", choices=sorted(NOTEBOOKS))
+    p.add_argument("name", choices=["analysis", "benchmark", "export"])
     p.add_argument("--run-dir", required=True)
     p.add_argument("--combo", default="", help="<backend>-<precision>, for the benchmark notebook")
     p.add_argument("--stamp", default="", help="file to write when the export succeeded")
@@ -429,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("html")
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_html)
+    p = sub.add_parser("summary")
+    p.add_argument("run_dir")
+    p.add_argument("--reports-dir", default="reports")
+    p.set_defaults(fn=cmd_summary)
     p = sub.add_parser("index")
     p.add_argument("reports_dir", nargs="?", default="reports")
     p.set_defaults(fn=cmd_index)

@@ -15,7 +15,6 @@ machines into ``reports/`` compare the same.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -37,7 +36,6 @@ __all__ = ["Comparison", "parse_runs", "load_comparison", "ratios", "ratio_table
            "runs_table", "differences_table", "failures_table", "plot_ratios", "plot_overlay",
            "plot_latency_throughput", "links_markdown", "title_markdown", "method_markdown", "main"]
 
-ROOT = Path(__file__).resolve().parent.parent
 KEY = ["backend", "precision", "batch", "shape", "mode"]
 LINESTYLES = ["-", "--", ":", "-."]
 MARKERS = ["o", "s", "^", "D", "v", "P"]
@@ -411,8 +409,7 @@ def _new_out_dir(root: Path) -> Path:
 
 def run_compare(runs, outliers: str = "", reports_dir: str | Path = "reports", log=print) -> Path:
     """Check the runs, execute the comparison notebook into a new folder and render compare.html there."""
-    import papermill
-
+    from .cli import _Kernel, _run_papermill
     from .html_report import render_index, render_notebook
     from .stats import parse_outlier_rule
 
@@ -422,21 +419,18 @@ def run_compare(runs, outliers: str = "", reports_dir: str | Path = "reports", l
     reports_dir = Path(reports_dir)
     out = _new_out_dir(reports_dir / "compare")
     t0 = time.perf_counter()
-    log(f"[compare] {len(paths)} runs -> {out}")
-    # the kernel imports lib from this checkout, whatever PYTHONPATH the caller had
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(
-        os.pathsep) if p])
-    papermill.execute_notebook(str(ROOT / "notebooks" / "30_compare.ipynb"), str(out / "compare.ipynb"),
-                               parameters={"runs": shlex.join(str(p) for p in paths), "outliers": outliers or "",
-                                           "out_dir": str(out.resolve())},
-                               kernel_name="python3", progress_bar=False, log_output=False,
-                               cwd=str(ROOT / "notebooks"))
+    log(f"[compare] {len(paths)} runs: " + ", ".join(p.name for p in paths) + " (the first is the reference)")
+    # the same kernel set-up as a report's notebooks: Unix sockets (no TCP, so no ipykernel warning about
+    # it), the kernel's own stderr in a log file, only printed lines on the terminal
+    _run_papermill("compare", out / "compare.ipynb", {"runs": shlex.join(str(p) for p in paths),
+                                                      "outliers": outliers or "", "out_dir": str(out.resolve())},
+                   _Kernel(out / "compare.kernel.log"))
     models = sorted({load_run(p).params.get("model") for p in paths})
     page = render_notebook(out / "compare.ipynb", out / "compare.html",
                            title=f"benchbook comparison — {', '.join(models)} — {out.name}")
     if (reports_dir / "index.html").exists():
         render_index(reports_dir)
-    log(f"[compare] {page} ({page.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.0f} s)")
+    log(f"compare: {page} ({page.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.0f} s)")
     return page
 
 

@@ -226,7 +226,8 @@ def make_plan(params: RunParams, reports_dir: Path | str = "reports", run_id: st
     """Validate ``params``, resolve what runs, and create (or resume) the run folder.
 
     The checks run cheapest first and none imports torch unless WEIGHTS is given; nothing is
-    written before every check has passed."""
+    written before every check has passed. ``log=None``: say nothing (a kernel re-opening its run)."""
+    log = log or (lambda msg: None)
     check_make_path("REPORTS_DIR", str(reports_dir))
     reports_dir = Path(reports_dir).expanduser().resolve()
     run_id = str(run_id or "").strip()

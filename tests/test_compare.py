@@ -129,6 +129,9 @@ def test_compare_real_run_with_a_copy_from_another_machine(tmp_path_factory, tmp
     pages = list((reports / "compare").glob("*/compare.html"))
     assert len(pages) == 1
     page = pages[0]
+    # issue 14: no kernel noise ("Kernel is running over TCP without encryption"), the page's path once, last
+    assert "TCP" not in proc.stderr and "WARNING" not in proc.stderr, proc.stderr
+    assert proc.stderr.count(str(page.parent)) == 1 and proc.stderr.strip().splitlines()[-1].startswith(f"compare: {page}")
     ratios = pd.read_csv(page.parent / "ratios.csv")
     assert len(ratios) == len(lib.load_run(a).points) and (ratios["verdict"] == "no clear change").all()
     text = page.read_text()
