@@ -255,6 +255,17 @@ def _points_on_disk(run_dir: Path) -> int:
     return sum(1 for _ in run_dir.glob("bench/*/points/*.json"))
 
 
+def _remove_run_folder(run_dir: Path) -> None:
+    """A run folder this run made and nothing was measured in; its model's folder too when that is now empty."""
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        run_dir.parent.rmdir()
+    except OSError:
+        pass  # other runs of the model live there
+
+
 def _interrupted(run_dir: Path, step: str) -> RunInterrupted:
     n = _points_on_disk(run_dir)
     return RunInterrupted(f"interrupted during {step}: the {n} point{'s' if n != 1 else ''} measured so far "
@@ -323,7 +334,10 @@ def _notebook(args, run_dir: Path) -> int:
             summary, record = _describe_failure(e, kernel)
             atomic_write_json(run_dir / "export.failed.json", {"error": record, "summary": summary})
             if getattr(e, "ename", None) in ("ModelError", "WeightsError", "ConfigError"):
-                # the model itself cannot be built (its load.py raised): no backend could run; stop here
+                # the model itself cannot be built (its load.py raised): no backend could run; stop here,
+                # and leave no run folder behind that holds nothing measured (the error says all it knew)
+                if not plan.get("resumed") and not _points_on_disk(run_dir):
+                    _remove_run_folder(run_dir)
                 raise BenchbookError(" ".join(str(e.evalue).split())) from None
             _log(f"[make] export FAILED (recorded; backends that need ONNX will fail): {summary[:400]}")
             return 0

@@ -336,6 +336,7 @@ def test_load_py_that_raises_stops_the_run_at_the_export(tmp_path):
     assert errors == [f"error: model 'broken': build_model() in {models / 'broken' / 'load.py'} raised RuntimeError "
                       f"(line 5): cannot reach the checkpoint server"], proc.stderr
     assert "Traceback" not in proc.stderr and "[make] benchmark" not in proc.stderr
+    assert not (tmp_path / "r" / "broken").exists()  # issue 14: no empty run folder left behind
     print(f"load.py error reported after {seconds:.1f} s (a kernel had to start and import torch)")
 
 
