@@ -17,8 +17,11 @@ from .cache import atomic_write_text, read_json
 __all__ = ["render_report", "render_notebook", "render_index"]
 
 _STYLE = """<style>
-body { max-width: 1240px; margin: 0 auto; padding: 0 20px 60px; box-sizing: border-box; }
+body { max-width: 1240px; margin: 0 auto; box-sizing: border-box; }
 .jp-Notebook { padding: 0 !important; }
+/* the body is the notebook element: its own padding keeps text off the window's edge on a narrow screen */
+body.jp-Notebook { padding: 0 20px 60px !important; }
+@media (max-width: 900px) { body.jp-Notebook { padding: 0 14px 40px !important; } }
 .jp-Cell { padding: 0 !important; }
 .jp-OutputArea-output { overflow-x: auto; max-width: 100%; }
 .jp-RenderedHTMLCommon { padding-right: 0 !important; }

@@ -421,8 +421,10 @@ def test_write_tables_and_links(gpu_run):
                  "speedup.csv"):
         assert name in written and (gpu_run.path / name).exists()
     md = report.notebooks_markdown(gpu_run)
-    assert "(bench/torch-fp32/benchmark.ipynb)" in md and "(bench/trt-fp16/benchmark.ipynb)" in md
-    assert "(bench/ort-fp32/benchmark.ipynb)" not in md and "is missing" in md  # crashed before writing it
+    assert "`bench/torch-fp32/benchmark.ipynb`" in md and "`bench/trt-fp16/benchmark.ipynb`" in md
+    assert "ort/fp32: no executed notebook" in md and "is missing" in md  # crashed before writing it
+    # issue 14: named, not linked: a report mailed on its own has no dead links
+    assert "](" not in md and "](" not in report.data_markdown(gpu_run, written)
 
 
 def test_run_copied_elsewhere_loads_the_same(tmp_path):
