@@ -78,8 +78,12 @@ def cmd_plan(args) -> int:
     _log(f"[plan] {params.model} on {plan.device}: batch sizes {plan.batch_sizes}, shapes {plan.shapes}; "
          f"{len(plan.combos)} backend/precision runs: "
          + ", ".join(f"{c['backend']}/{c['precision']}" for c in plan.combos))
+    by_reason: dict[str, list[str]] = {}  # one line per reason, not per backend (six "needs a GPU" on a CPU)
     for s in plan.skipped:
-        _log(f"[plan]   skipped {s['backend']}/{s['precision']}: {s['reason']}")
+        by_reason.setdefault(s["reason"], []).append(s["backend"] if s["precision"] == "*"
+                                                     else f"{s['backend']}/{s['precision']}")
+    for reason, names in by_reason.items():
+        _log(f"[plan]   skipped {', '.join(names)}: {reason}")
     _log(f"[plan] run folder {plan.run_dir} ({time.perf_counter() - t0:.1f} s)")
     print(plan.run_dir)
     return 0

@@ -162,8 +162,9 @@ def speedup_bars(d: pd.DataFrame, series_order: list[str], palette: dict, fmt_x,
     hi, lo = np.nanmax(d["ci_high"]), np.nanmin(d["ci_low"])
     log = hi / max(lo, 1e-9) > 20  # a huge range: bars on a log axis, or the small ones vanish
     n_series = d["series"].nunique()
-    fig, axes = plt.subplots(len(shapes), 1, figsize=(MAX_WIDTH_IN, 3.4 * len(shapes) + 0.3), squeeze=False,
-                             sharey=True)
+    n_bars = n_series * d["batch"].nunique()  # per panel: the figure grows with them, up to the column
+    fig, axes = plt.subplots(len(shapes), 1, figsize=(min(MAX_WIDTH_IN, max(5.0, 2.0 + 0.3 * n_bars)),
+                                                      3.4 * len(shapes) + 0.3), squeeze=False, sharey=True)
     for ax, shape in zip(axes[:, 0], shapes):
         sub = d[d["shape"] == shape]
         batches = sorted(sub["batch"].unique())

@@ -498,7 +498,7 @@ def efficiency_table(run: Run, eff: pd.DataFrame, mode: str | None = None) -> pd
     out = pd.DataFrame({"configuration": d["series"], "batch": d["batch"], "shape": d["shape"],
                         "items/s": d["items_per_s"], "GFLOP per item": d["gflop_per_item"],
                         "achieved TFLOP/s": d["achieved_tflops"], "peak TFLOP/s": d["peak_tflops"],
-                        "% of peak": d["peak_share"], "peak used": d["peak_label"]})
+                        "% of peak": d["peak_share"]})  # which peak each precision uses is listed above the table
     if not _multi_shape(run):
         out = out.drop(columns="shape")
     return out.sort_values(["configuration", "batch"]).reset_index(drop=True)
@@ -526,8 +526,10 @@ def plot_efficiency(run: Run, eff: pd.DataFrame, mode: str | None = None):
         ax.set_ylabel(label)
         ax.set_ylim(bottom=0)
         ax.set_title(f"{label} ({MODE_SHORT[mode]})")
-        ax.legend()
     fig.tight_layout()
+    from .plots import legend_below
+
+    legend_below(fig, *axes[0, 0].get_legend_handles_labels())  # below the axes, not over the batch-1 points
     return fig
 
 
