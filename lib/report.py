@@ -263,7 +263,11 @@ def decision_table(run: Run, sp: pd.DataFrame | None = None) -> pd.DataFrame:
             f"{t.iloc[0]['series']}: {fmt_num(t.iloc[0]['items_per_s'])} items/s"
             f"{_speedup_of(sp, t.iloc[0]['series'], batch, shape, rate_mode)}") if len(t) else "–"
         rows.append(row)
+    from .plots import shape_key
+
     out = pd.DataFrame(rows)
+    out = out.iloc[sorted(range(len(out)), key=lambda i: (shape_key(out["shape"].iloc[i]), out["batch"].iloc[i]))]
+    out = out.reset_index(drop=True)  # shapes in numeric order, as in every other section
     return out if _multi_shape(run) else out.drop(columns="shape")
 
 
@@ -342,7 +346,13 @@ def speedup_table(sp: pd.DataFrame, run: Run | None = None) -> pd.DataFrame:
     grid.columns = [f"batch {b}" for b in grid.columns]
     order = {m: i for i, m in enumerate(MODE_SHORT.values())}
     grid = grid.reset_index().rename(columns={"mode_label": "mode", "series": "configuration"})
-    grid = grid.sort_values(["mode", "configuration"], key=lambda s: s.map(order) if s.name == "mode" else s)
+    from .plots import shape_key
+
+    series = {s: i for i, s in enumerate(_series_order(run))} if run is not None else {}
+    by = {"mode": lambda s: s.map(order), "configuration": lambda s: s.map(lambda v: series.get(v, len(series))),
+          "shape": lambda s: s.map(shape_key)}
+    cols = [c for c in ("mode", "shape", "configuration") if c in grid]
+    grid = grid.sort_values(cols, key=lambda s: by[s.name](s), kind="stable")
     return grid.reset_index(drop=True)
 
 
@@ -1080,7 +1090,13 @@ def export_table(run: Run) -> pd.DataFrame:
             d = d.rename(columns={"path": f"file (under CACHE_DIR)" if cache else "file"})
         if "sha256" in d:
             d["sha256"] = d["sha256"].map(lambda v: str(v)[:12])
-        return d
+        # the reader's order and short headers; a column with nothing in it (no FP16 file) is left out
+        names = {"precision": "precision", "source": "source", "file (under CACHE_DIR)": "file (under CACHE_DIR)",
+                 "file": "file", "MB": "MB", "export/convert s (original)": "export s", "cache hit": "cache hit",
+                 "ORT vs PyTorch cosine": "ORT vs PyTorch cosine",
+                 "FP16 vs FP32 ONNX cosine (ORT CPU)": "FP16 vs FP32 cosine", "sha256": "sha256"}
+        cols = [c for c in names if c in d and d[c].notna().any()] + [c for c in d if c not in names]
+        return d[cols].rename(columns=names)
     why = (run.export or {}).get("error") or (run.export or {}).get("note") or "no export record in this run"
     return pd.DataFrame({"export": [str(why)[-600:]]})
 

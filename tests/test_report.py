@@ -479,6 +479,10 @@ def test_tables_sort_batches_and_shapes_as_numbers(tmp_path):
         first = frame.assign(cfg=cfg).drop_duplicates("cfg")
         assert list(frame.assign(cfg=cfg).query("cfg == @first.cfg.iloc[0]")["shape"].drop_duplicates()) == \
             ["16x16", "128x128"]
+    sp = report.speedups(run)
+    assert list(report.decision_table(run, sp)["shape"].drop_duplicates()) == ["16x16", "128x128"]
+    grid = report.speedup_table(sp, run)
+    assert list(grid[grid["mode"] == grid["mode"].iloc[0]]["shape"].drop_duplicates()) == ["16x16", "128x128"]
     from lib.plots import sorted_shapes
 
     assert sorted_shapes(["512", "128", "1024"]) == ["128", "512", "1024"]
