@@ -159,7 +159,7 @@ def test_crashing_backend_takes_down_only_its_own_kernel(faulty):
     (run_dir,) = (reports / "faulty").iterdir()
     load_py = faulty["models"] / "faulty" / "load.py"
     summary = f"kernel crashed (SIGSEGV: Segmentation fault) at {load_py} line "
-    assert f"[make] benchmark torch/fp32 FAILED after" in out and summary in out, out[-4000:]
+    assert "[make] benchmark torch/fp32 (1/2) FAILED after" in out and summary in out, out[-4000:]
 
     torch_dir, ort_dir = run_dir / "bench" / "torch-fp32", run_dir / "bench" / "ort-fp32"
     failed = read_json(torch_dir / "notebook.failed.json")
@@ -277,6 +277,7 @@ def test_interrupt_keeps_points_and_resume_measures_only_the_missing(faulty):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert f"[torch/fp32] resuming: {len(kept2)} of 3 points already on disk" in out
+    assert out.count(f"[plan] run {run_a.name} exists") == 1  # said once, by the plan step (issue 14)
     assert f"{3 - len(kept2)} points to measure" in out
     assert len(_check_points(points)) == 3
     assert {p: ((points / p).stat().st_mtime_ns, (points / p).read_bytes()) for p in before} == before
