@@ -49,7 +49,7 @@ PARAMS := MODEL BACKENDS PRECISIONS BATCH_SIZES SHAPES WARMUP ITERS DURATION ROU
   HOST_SLOW DEVICE OUTLIERS WEIGHTS SEED \
   UNSTABLE_CV CHANNELS_LAST TF32 COMPILE_MODE TRT_WORKSPACE TRT_OPT_LEVEL RUN_ID REPORTS_DIR MODELS_DIR CACHE_DIR \
   DATA
-OTHER_VARS := PYTHON VENV EXTRAS PLAN RUNS PYTHONPATH SHELL REPRO_TOL HOG FIDELITY_BATCH
+OTHER_VARS := PYTHON VENV EXTRAS PLAN RUNS PYTHONPATH SHELL REPRO_TOL HOG FIDELITY_BATCH LAB_PORT
 CMDLINE_VARS = $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v)))
 UNKNOWN_VARS = $(filter-out $(PARAMS) $(OTHER_VARS),$(CMDLINE_VARS))
 
@@ -115,8 +115,12 @@ test-fast:
 models:
 	@$(PYTHON) -m lib.cli models $(if $(value MODELS_DIR),--models-dir $(call qv,MODELS_DIR))
 
+# Localhost only, with the token Jupyter generates (the URL it prints carries it). As root (containers,
+# cloud GPU hosts) Jupyter refuses to start without --allow-root, so it is added there and only there.
+LAB_PORT ?= 8888
 lab:
-	$(PYTHON) -m jupyter lab --ServerApp.ip=127.0.0.1 --no-browser --notebook-dir=notebooks
+	$(PYTHON) -m jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --no-browser \
+	  --notebook-dir=notebooks$(if $(filter 0,$(shell id -u)), --allow-root)
 
 # --- the report pipeline -----------------------------------------------------------------
 # The plan step validates every parameter (seconds, before any heavy work), creates the run folder
@@ -146,8 +150,7 @@ BENCH_DONE := $(foreach c,$(COMBOS_REVERSED),$(RUN_DIR)/bench/$(subst @,-,$(c))/
 .NOTPARALLEL:
 
 execute: $(RUN_DIR)/report.html
-	@$(PYTHON) -m lib.cli index $(call qv,REPORTS_DIR)
-	@echo "report: $(RUN_DIR)/report.html"
+	@$(PYTHON) -m lib.cli summary $(RUN_DIR) --reports-dir $(call qv,REPORTS_DIR)
 
 # Export (cached by content hash under $(CACHE_DIR)/onnx): redone only when the model's files change.
 $(ONNX_STAMP): $(ONNX_DEPS) notebooks/00_export.ipynb lib/export.py

@@ -33,9 +33,11 @@ from pathlib import Path
 
 from .cache import atomic_write_json, atomic_write_text, read_json
 from .errors import BenchbookError, RunInterrupted, StepFailed
+from .terminal import KernelEcho
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = {"export": "00_export.ipynb", "benchmark": "10_benchmark.ipynb", "analysis": "20_analysis.ipynb"}
+NOTEBOOKS = {"export": "00_export.ipynb", "benchmark": "10_benchmark.ipynb", "analysis": "20_analysis.ipynb",
+             "compare": "30_compare.ipynb"}
 # A write the disk refused (full, over quota, over the file size limit): one line naming the file, no traceback.
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 RECORD_CHARS = 1500  # a failure record's length: the report shows the last 1500 characters (lib/results.py)
@@ -80,8 +82,12 @@ def cmd_plan(args) -> int:
     _log(f"[plan] {params.model} on {plan.device}: batch sizes {plan.batch_sizes}, shapes {plan.shapes}; "
          f"{len(plan.combos)} backend/precision runs: "
          + ", ".join(f"{c['backend']}/{c['precision']}" for c in plan.combos))
+    by_reason: dict[str, list[str]] = {}  # one line per reason, not per backend (six "needs a GPU" on a CPU)
     for s in plan.skipped:
-        _log(f"[plan]   skipped {s['backend']}/{s['precision']}: {s['reason']}")
+        by_reason.setdefault(s["reason"], []).append(s["backend"] if s["precision"] == "*"
+                                                     else f"{s['backend']}/{s['precision']}")
+    for reason, names in by_reason.items():
+        _log(f"[plan]   skipped {', '.join(names)}: {reason}")
     _log(f"[plan] run folder {plan.run_dir} ({time.perf_counter() - t0:.1f} s)")
     print(plan.run_dir)
     return 0
@@ -92,19 +98,6 @@ _QUIET = ("Executing", "Input Notebook", "Output Notebook", "Working directory",
           "Executing Cell", "Ending Cell")
 
 
-class _Tail(logging.Handler):
-    """The last lines a notebook printed (papermill logs the kernel's output), for failure records."""
-
-    def __init__(self, lines: int = 30):
-        super().__init__(logging.INFO)
-        self.lines: collections.deque[str] = collections.deque(maxlen=lines)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        if not msg.startswith(_QUIET):
-            self.lines.extend(ln.rstrip() for ln in _ANSI.sub("", msg).splitlines() if ln.strip())
-
-
 class _Kernel:
     """What is known about one notebook's kernel: its log file, its process and what it printed."""
 
@@ -112,7 +105,7 @@ class _Kernel:
         self.log_path = log_path
         self.process = None
         self.ipc_prefix = ""
-        self.tail = _Tail()
+        self.tail = KernelEcho()  # what the kernel prints reaches the terminal through it; it keeps the last lines
 
     def manager_class(self):
         """A kernel manager that sends the kernel's stderr to ``log_path`` and remembers the process."""
@@ -235,19 +228,20 @@ def _kernel_env() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *paths])
 
 
-def _run_papermill(name: str, output: Path, parameters: dict, kernel: _Kernel, log_output: bool = True) -> None:
+def _run_papermill(name: str, output: Path, parameters: dict, kernel: _Kernel) -> None:
     import papermill
 
-    # Stream what the kernel prints (progress lines) to the terminal; papermill logs it at INFO.
+    # papermill's own log lines (which notebook, which cell) are noise here; its warnings are not.
     logger = logging.getLogger("papermill")
     if not any(isinstance(h, logging.StreamHandler) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler.addFilter(lambda r: not r.getMessage().startswith(_QUIET))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+        logger.setLevel(logging.WARNING)
         logger.propagate = False
-    logger.addHandler(kernel.tail)
+    # What the kernel prints (progress lines) reaches the terminal line by line; its display outputs
+    # (tables, figures) stay in the executed notebook: log_output=False, the printed streams go to stdout_file.
     _kernel_env()
     output.parent.mkdir(parents=True, exist_ok=True)
     kernel.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,12 +249,13 @@ def _run_papermill(name: str, output: Path, parameters: dict, kernel: _Kernel, l
     fault = f"__import__('faulthandler').enable(open({str(kernel.log_path)!r}, 'a'), all_threads=False)"
     try:
         papermill.execute_notebook(str(ROOT / "notebooks" / NOTEBOOKS[name]), str(output), parameters=parameters,
-                                   kernel_name="python3", log_output=log_output, progress_bar=False,
+                                   kernel_name="python3", log_output=False, progress_bar=False,
+                                   stdout_file=kernel.tail, stderr_file=kernel.tail,
                                    cwd=str(ROOT / "notebooks"), request_save_on_cell_execute=True,
                                    kernel_manager_class=kernel.manager_class(),
                                    extra_arguments=[f"--IPKernelApp.exec_lines={fault}"])
     finally:
-        logger.removeHandler(kernel.tail)
+        kernel.tail.flush()
         kernel.remove_sockets()
 
 
@@ -275,6 +270,17 @@ def _rounds_on_disk(run_dir: Path) -> tuple[int, int]:
         rounds += n
         points += n > 0
     return rounds, points
+
+
+def _remove_run_folder(run_dir: Path) -> None:
+    """A run folder this run made and nothing was measured in; its model's folder too when that is now empty."""
+    import shutil
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        run_dir.parent.rmdir()
+    except OSError:
+        pass  # other runs of the model live there
 
 
 def _interrupted(run_dir: Path, step: str) -> RunInterrupted:
@@ -335,7 +341,8 @@ def _notebook(args, run_dir: Path) -> int:
             _log(f"[make] benchmark {backend}/{precision} pass 2: skipped, its pass 1 crashed (recorded)")
             return 0
         what = f"pass {bench_pass}" if bench_pass else "both passes"
-        _log(f"[make] benchmark {backend}/{precision} {what}: executing notebooks/{NOTEBOOKS['benchmark']} -> {out}")
+        stage = f"[make] benchmark {backend}/{precision} {what}{_stage_of(run_dir, backend, precision)}"
+        _log(f"{stage}: notebooks/{NOTEBOOKS['benchmark']}")
         (out_dir / "notebook.failed.json").unlink(missing_ok=True)
         device = read_run_json(run_dir / "plan.json").get("device", "cpu")
         try:
@@ -353,16 +360,16 @@ def _notebook(args, run_dir: Path) -> int:
             atomic_write_json(out_dir / "notebook.failed.json", {
                 "error": record, "summary": summary, "exception": type(e).__name__, "notebook": str(out),
                 "kernel_log": str(kernel.log_path), "seconds": time.perf_counter() - t0, "pass": bench_pass})
-            _log(f"[make] benchmark {backend}/{precision} {what} FAILED after "
-                 f"{time.perf_counter() - t0:.0f} s (recorded; the sweep goes on): {summary[:400]}")
+            _log(f"{stage} FAILED after {time.perf_counter() - t0:.0f} s "
+                 f"(recorded; the sweep goes on): {summary[:400]}")
             return 0
         atomic_write_text(done, f"{time.perf_counter() - t0:.1f}\n")
-        _log(f"[make] benchmark {backend}/{precision} {what} finished in {time.perf_counter() - t0:.0f} s")
+        _log(f"{stage} finished in {time.perf_counter() - t0:.0f} s")
         return 0
     if args.name == "export":
         out = run_dir / "export.ipynb"
         kernel = _Kernel(run_dir / "export.kernel.log")
-        _log(f"[make] export: executing notebooks/{NOTEBOOKS['export']} -> {out}")
+        _log(f"[make] export: notebooks/{NOTEBOOKS['export']}")
         plan = read_json(run_dir / "plan.json")
         (run_dir / "export.failed.json").unlink(missing_ok=True)
         try:
@@ -377,7 +384,10 @@ def _notebook(args, run_dir: Path) -> int:
             summary, record = _describe_failure(e, kernel)
             atomic_write_json(run_dir / "export.failed.json", {"error": record, "summary": summary})
             if getattr(e, "ename", None) in ("ModelError", "WeightsError", "ConfigError"):
-                # the model itself cannot be built (its load.py raised): no backend could run; stop here
+                # the model itself cannot be built (its load.py raised): no backend could run; stop here,
+                # and leave no run folder behind that holds nothing measured (the error says all it knew)
+                if not plan.get("resumed") and not any(run_dir.glob("bench/*/points/*.json")):
+                    _remove_run_folder(run_dir)
                 raise BenchbookError(" ".join(str(e.evalue).split())) from None
             _log(f"[make] export FAILED (recorded; backends that need ONNX will fail): {summary[:400]}")
             return 0
@@ -391,12 +401,11 @@ def _notebook(args, run_dir: Path) -> int:
     # failed analysis as done.
     partial, failed = run_dir / ".analysis.partial.ipynb", run_dir / "analysis.failed.ipynb"
     kernel = _Kernel(run_dir / "analysis.kernel.log")
-    _log(f"[make] analysis: executing notebooks/{NOTEBOOKS['analysis']} -> {out}")
+    _log(f"[make] analysis: notebooks/{NOTEBOOKS['analysis']}")
     out.unlink(missing_ok=True)
     failed.unlink(missing_ok=True)
     try:
-        _run_papermill("analysis", partial, {"run_dir": str(run_dir), "outliers": base["outliers"]}, kernel,
-                       log_output=False)
+        _run_papermill("analysis", partial, {"run_dir": str(run_dir), "outliers": base["outliers"]}, kernel)
     except KeyboardInterrupt:
         partial.unlink(missing_ok=True)
         raise
@@ -410,6 +419,15 @@ def _notebook(args, run_dir: Path) -> int:
     partial.replace(out)
     _log(f"[make] analysis finished in {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def _stage_of(run_dir: Path, backend: str, precision: str) -> str:
+    """" (2/10)": where this backend/precision stands in the run's sweep, as the plan ordered it."""
+    try:
+        combos = [(c["backend"], c["precision"]) for c in read_json(run_dir / "plan.json")["combos"]]
+        return f" ({combos.index((backend, precision)) + 1}/{len(combos)})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def cmd_export_record(args) -> int:
@@ -442,7 +460,18 @@ def cmd_html(args) -> int:
     from .html_report import render_report
 
     path = render_report(Path(args.run_dir))
-    _log(f"[make] report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    _log(f"[make] {path.name} rendered ({path.stat().st_size / 1e6:.1f} MB)")  # the summary prints its path
+    return 0
+
+
+def cmd_summary(args) -> int:
+    """The end of ``make report``: refresh the index, then two or three lines on the run."""
+    from .html_report import render_index
+    from .terminal import run_summary
+
+    render_index(Path(args.reports_dir))
+    for line in run_summary(Path(args.run_dir)):
+        _log(line)
     return 0
 
 
@@ -483,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--known-vars", default="", help="the parameters make reads")
     p.set_defaults(fn=cmd_plan)
     p = sub.add_parser("notebook")
-    p.add_argument("name", choices=sorted(NOTEBOOKS))
+    p.add_argument("name", choices=["analysis", "benchmark", "export"])
     p.add_argument("--run-dir", required=True)
     p.add_argument("--combo", default="", help="<backend>-<precision>, for the benchmark notebook")
     p.add_argument("--pass", dest="bench_pass", type=int, choices=(0, 1, 2), default=0,
@@ -501,6 +530,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("html")
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_html)
+    p = sub.add_parser("summary")
+    p.add_argument("run_dir")
+    p.add_argument("--reports-dir", default="reports")
+    p.set_defaults(fn=cmd_summary)
     p = sub.add_parser("index")
     p.add_argument("reports_dir", nargs="?", default="reports")
     p.set_defaults(fn=cmd_index)

@@ -16,7 +16,6 @@ machines into ``reports/`` compare the same.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -32,6 +31,7 @@ import pandas as pd
 from .cache import new_folder
 from .errors import BenchbookError
 from .markup import code, md
+from .plots import sorted_shapes
 from .report import MODE_SHORT, _plain_log, fmt_num, fmt_x, relpath
 from .results import Run, check_run_dir, load_run
 from .stats import ratio_interval, verdict
@@ -40,7 +40,6 @@ __all__ = ["Comparison", "parse_runs", "load_comparison", "ratios", "ratio_table
            "runs_table", "differences_table", "failures_table", "plot_ratios", "plot_overlay",
            "plot_latency_throughput", "links_markdown", "title_markdown", "method_markdown", "main"]
 
-ROOT = Path(__file__).resolve().parent.parent
 KEY = ["backend", "precision", "batch", "shape", "mode"]
 LINESTYLES = ["-", "--", ":", "-."]
 MARKERS = ["o", "s", "^", "D", "v", "P"]
@@ -143,7 +142,10 @@ def _env_items(run: Run) -> dict:
              "GPU driver": gpu.get("driver"), "CUDA (driver)": gpu.get("cuda_driver"), "CPU": env.get("cpu"),
              "cores usable": env.get("cpu_affinity"), "host": env.get("hostname"), "python": env.get("python")}
     items.update({f"version: {k}": v for k, v in libs.items()})
-    items.update({f"param: {k}": v for k, v in run.params.items() if k not in ("cache_dir", "models_dir", "options")})
+    # each parameter once: those the plan resolves (auto -> the values that ran) appear as resolved below
+    resolved = ("model", "device", "batch_sizes", "shapes", "backends", "precisions")
+    items.update({f"param: {k}": v for k, v in run.params.items()
+                  if k not in ("cache_dir", "models_dir", "options", *resolved)})
     items["batch sizes"] = ", ".join(map(str, run.plan.get("batch_sizes", [])))
     items["shapes"] = ", ".join(run.plan.get("shapes", []))
     items["backends"] = ", ".join(f"{c['backend']}/{c['precision']}" for c in run.plan.get("combos", []))
@@ -193,15 +195,12 @@ def ratio_table(cmp: Comparison) -> pd.DataFrame:
     d = cmp.ratios
     if d.empty:
         return pd.DataFrame({"ratio": ["no backend/precision/batch/shape/mode was measured by both runs"]})
-    multi_shape = d["shape"].nunique() > 1
-    out = pd.DataFrame({
+    out = pd.DataFrame({  # the shape column stays even with one shape: the rows name what they compare
         "run": d["run"] + " / " + d["vs"], "configuration": d["backend"] + "/" + d["precision"], "batch": d["batch"],
         "shape": d["shape"], "mode": d["mode"].map(MODE_SHORT).fillna(d["mode"]),
         f"median {d['vs'].iloc[0]} ms": d["median_a_ms"],
         ("median ms" if d["run"].nunique() > 1 else f"median {d['run'].iloc[0]} ms"): d["median_b_ms"], "ratio": d["ratio"],
         "95% CI": [f"{fmt_num(lo)}–{fmt_num(hi)}" for lo, hi in zip(d["ci_low"], d["ci_high"])], "verdict": d["verdict"]})
-    if not multi_shape:
-        out = out.drop(columns="shape")
     if d["run"].nunique() == 1:
         out = out.drop(columns="run")
     order = {m: i for i, m in enumerate(MODE_SHORT.values())}
@@ -347,8 +346,8 @@ def plot_overlay(cmp: Comparison, modes: tuple[str, ...] = ("device", "end_to_en
     if not modes:
         return None
     pal = _palette(cmp)
-    shapes = sorted(p["shape"].unique())
-    fig, axes = plt.subplots(len(shapes), len(modes), figsize=(5.6 * len(modes) + 1.6, 4.0 * len(shapes)),
+    shapes = sorted_shapes(p["shape"])
+    fig, axes = plt.subplots(len(shapes), len(modes), figsize=(min(4.8 * len(modes), 9.6), 4.0 * len(shapes)),
                              squeeze=False)
     for i, shape in enumerate(shapes):
         for j, mode in enumerate(modes):
@@ -368,9 +367,17 @@ def plot_overlay(cmp: Comparison, modes: tuple[str, ...] = ("device", "end_to_en
             ax.set_xlabel("batch size")
             ax.set_ylabel("median latency (ms, log)")
             ax.set_title(f"{MODE_SHORT.get(mode, mode)}" + (f" — shape {shape}" if len(shapes) > 1 else ""))
-    handles, labels = axes[0, -1].get_legend_handles_labels()
-    axes[0, -1].legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
+    # one legend for the figure: a colour per configuration, then a line style per run, named
+    from matplotlib.lines import Line2D
+
+    from .plots import legend_below
+
+    drawn = [s for s in pal if (p["series"] == s).any()]
+    handles = [Line2D([], [], color=pal[s], lw=2) for s in drawn]
+    handles += [Line2D([], [], color="#555", ls=LINESTYLES[k % 4], marker=MARKERS[k % 6], ms=5)
+                for k in range(len(cmp.labels))]
+    legend_below(fig, handles, drawn + [f"{lab}: {cmp.runs[k].path.name}" for k, lab in enumerate(cmp.labels)])
     return fig
 
 
@@ -419,8 +426,7 @@ def _new_out_dir(root: Path) -> Path:
 
 def run_compare(runs, outliers: str = "", reports_dir: str | Path = "reports", log=print) -> Path:
     """Check the runs, execute the comparison notebook into a new folder and render compare.html there."""
-    import papermill
-
+    from .cli import _Kernel, _run_papermill
     from .html_report import render_index, render_notebook
     from .stats import parse_outlier_rule
 
@@ -434,21 +440,18 @@ def run_compare(runs, outliers: str = "", reports_dir: str | Path = "reports", l
     reports_dir = Path(reports_dir)
     out = _new_out_dir(reports_dir / "compare")
     t0 = time.perf_counter()
-    log(f"[compare] {len(paths)} runs -> {out}")
-    # the kernel imports lib from this checkout, whatever PYTHONPATH the caller had
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(
-        os.pathsep) if p])
-    papermill.execute_notebook(str(ROOT / "notebooks" / "30_compare.ipynb"), str(out / "compare.ipynb"),
-                               parameters={"runs": shlex.join(str(p) for p in paths), "outliers": outliers or "",
-                                           "out_dir": str(out.resolve())},
-                               kernel_name="python3", progress_bar=False, log_output=False,
-                               cwd=str(ROOT / "notebooks"))
+    log(f"[compare] {len(paths)} runs: " + ", ".join(p.name for p in paths) + " (the first is the reference)")
+    # the same kernel set-up as a report's notebooks: Unix sockets (no TCP, so no ipykernel warning about
+    # it), the kernel's own stderr in a log file, only printed lines on the terminal
+    _run_papermill("compare", out / "compare.ipynb", {"runs": shlex.join(str(p) for p in paths),
+                                                      "outliers": outliers or "", "out_dir": str(out.resolve())},
+                   _Kernel(out / "compare.kernel.log"))
     models = sorted({load_run(p).params.get("model") for p in paths})
     page = render_notebook(out / "compare.ipynb", out / "compare.html",
                            title=f"benchbook comparison — {', '.join(models)} — {out.name}")
     if (reports_dir / "index.html").exists():
         render_index(reports_dir)
-    log(f"[compare] {page} ({page.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.0f} s)")
+    log(f"compare: {page} ({page.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.0f} s)")
     return page
 
 

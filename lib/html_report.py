@@ -18,8 +18,11 @@ from .cache import atomic_write_text, read_json
 __all__ = ["render_report", "render_notebook", "render_index"]
 
 _STYLE = """<style>
-body { max-width: 1240px; margin: 0 auto; padding: 0 20px 60px; box-sizing: border-box; }
+body { max-width: 1240px; margin: 0 auto; box-sizing: border-box; }
 .jp-Notebook { padding: 0 !important; }
+/* the body is the notebook element: its own padding keeps text off the window's edge on a narrow screen */
+body.jp-Notebook { padding: 0 20px 60px !important; }
+@media (max-width: 900px) { body.jp-Notebook { padding: 0 14px 40px !important; } }
 .jp-Cell { padding: 0 !important; }
 .jp-OutputArea-output { overflow-x: auto; max-width: 100%; }
 .jp-RenderedHTMLCommon { padding-right: 0 !important; }
@@ -124,6 +127,7 @@ def render_notebook(nb_path: Path, out: Path, title: str | None = None) -> Path:
     import jinja2
     import nbformat
     from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
 
     nb = nbformat.read(nb_path, as_version=4)
     if title:
@@ -131,6 +135,8 @@ def render_notebook(nb_path: Path, out: Path, title: str | None = None) -> Path:
     exporter = HTMLExporter(template_name="lab", extra_loaders=[jinja2.DictLoader({"benchbook.html.j2": _TEMPLATE})],
                             template_file="benchbook.html.j2")
     exporter.exclude_input = True
+    # a notebook's opening cell says what it needs and does: for its reader in JupyterLab, not the report's
+    exporter.register_preprocessor(TagRemovePreprocessor(remove_cell_tags={"notebook-only"}), enabled=True)
     exporter.exclude_input_prompt = True
     exporter.exclude_output_prompt = True
     body, _ = exporter.from_notebook_node(nb)
@@ -153,34 +159,7 @@ def render_report(run_dir: Path) -> Path:
 
 
 def render_index(reports_dir: Path) -> Path:
-    rows = []
-    for report in sorted(reports_dir.glob("*/*/report.html"), reverse=True):
-        run_dir = report.parent
-        try:
-            params, plan = read_json(run_dir / "params.json"), read_json(run_dir / "plan.json")
-        except (OSError, ValueError):
-            continue
-        gpu = ""
-        for eng in sorted(run_dir.glob("bench/*/engine.json")):
-            g = (read_json(eng).get("environment") or {}).get("gpu") or {}
-            gpu = g.get("name") or ""
-            break
-        combos = ", ".join(f"{c['backend']}/{c['precision']}" for c in plan.get("combos", []))
-        href = urllib.parse.quote(f"{run_dir.relative_to(reports_dir).as_posix()}/report.html")  # folder names are data
-        rows.append(f"<tr><td>{html.escape(str(params['model']))}</td><td><a href=\"{href}\">"
-                    f"{html.escape(run_dir.name)}</a></td><td>{html.escape(str(plan['device']))}</td>"
-                    f"<td>{html.escape(gpu)}</td><td>{html.escape(str(plan['batch_sizes']))}</td>"
-                    f"<td>{html.escape(', '.join(plan['shapes']))}</td><td>{html.escape(combos)}</td></tr>")
-    compares = []
-    for page in sorted(reports_dir.glob("compare/*/compare.html"), reverse=True):
-        compares.append(f"<li><a href=\"{urllib.parse.quote(page.relative_to(reports_dir).as_posix())}\">"
-                        f"{html.escape(page.parent.name)}</a></li>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>benchbook runs</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}</style></head><body>"
-            "<h1>benchbook runs</h1><table><tr><th>model</th><th>run</th><th>device</th><th>GPU</th>"
-            "<th>batch sizes</th><th>shapes</th><th>backends</th></tr>" + "".join(rows) + "</table>"
-            + (f"<h2>Comparisons</h2><ul>{''.join(compares)}</ul>" if compares else "") + "</body></html>")
-    out = reports_dir / "index.html"
-    atomic_write_text(out, page)
-    return out
+    """``reports/index.html`` (lib.index_page)."""
+    from .index_page import render_index as render
+
+    return render(reports_dir)

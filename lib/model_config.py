@@ -18,6 +18,7 @@ resolution, ``seq`` for BERT). A shape gives one value per shape dim, written
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,14 +50,16 @@ DATA_KEYS = ("kind", "low", "high")
 OUTPUT_KEYS = ("name", "dims")
 DEFAULTS_KEYS = ("batch_sizes", "cpu_batch_sizes", "shapes", "cpu_shapes")
 PREPROCESSING_KEYS = ("resize", "crop", "mean", "std")
+# What ``task:`` may say (shown by `make models` and in the report; a typo there would be shown as is).
+TASKS = ("image-classification", "classification", "object-detection", "segmentation", "text-encoder",
+         "text-classification", "other")
 
 
 def _check_keys(where: _Where, fieldname: str, raw: dict, valid: tuple[str, ...]) -> None:
-    import difflib
-
     for key in raw:
         if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=1)
+            # a key cut short (top_k for top_k_output) is as likely a slip as a misspelt one
+            close = difflib.get_close_matches(str(key), valid, n=1) or [v for v in valid if v.startswith(str(key))][:1]
             hint = f"did you mean {close[0]!r}? " if close else ""
             prefix = f"{fieldname}." if fieldname else ""
             raise where.error(f"{prefix}{key}", f"unknown key; {hint}valid keys here: {', '.join(valid)}")
@@ -173,7 +176,7 @@ class ModelConfig:
         parts = text.split("x")
         if len(parts) != len(dims) or not all(p.strip().lstrip("-").isdecimal() for p in parts):
             raise ConfigError(f"SHAPES: {text!r} is not a shape of model {self.name!r}; expected {form}, e.g. "
-                              f"{self.shapes[0].label if self.shapes else 'x'.join('1' for _ in dims)}")
+                              f"{self.shapes[0].label if self.shapes else self.opt_shape().label}")
         values = tuple((d, int(p)) for d, p in zip(dims, parts))
         for d, v in values:
             lo, hi = self.profile_range(d)
@@ -181,6 +184,14 @@ class ModelConfig:
                 raise ConfigError(f"SHAPES: {text!r}: {d}={v} is outside the profile of model {self.name!r} "
                                   f"({d} from {lo} to {hi}, set in {self.path} inputs[*].profile)")
         return Shape(values)
+
+    def opt_shape(self) -> Shape:
+        """The profile's opt value of each shape dim: an example shape that always fits the profile."""
+        opt = {}
+        for spec in self.inputs:
+            for d, v in zip(spec.dims, spec.opt):
+                opt.setdefault(d, v)
+        return Shape(tuple((d, opt[d]) for d in self.shape_dims))
 
     def check_batch(self, batch: int) -> None:
         lo, hi = self.profile_range(BATCH_DIM)
@@ -211,11 +222,14 @@ def _parse_input(where: _Where, i: int, raw: Any) -> InputSpec:
     n = len(dims)
     example = _int_list(where, f"{f}.example", raw["example"], n)
     runtime = _int_list(where, f"{f}.runtime", raw["runtime"], n)
+    if BATCH_DIM in dims and dims[0] != BATCH_DIM:  # where the dim sits is a matter of dims, not of runtime
+        raise where.error(f"{f}.dims", f"'{BATCH_DIM}' is dim {dims.index(BATCH_DIM)} of {dims}; it must be the "
+                          f"first dim (and -1 in runtime)")
     for j, (d, r) in enumerate(zip(dims, runtime)):
         if r == 0 or r < -1:
             raise where.error(f"{f}.runtime[{j}]", f"{r} is not valid: use a positive size or -1 for dynamic")
-        if d == BATCH_DIM and (j != 0 or r != -1):
-            raise where.error(f"{f}.runtime", f"the '{BATCH_DIM}' dim must be first and dynamic (-1)")
+        if d == BATCH_DIM and r != -1:
+            raise where.error(f"{f}.runtime[{j}]", f"the '{BATCH_DIM}' dim must be dynamic (-1), got {r}")
     if BATCH_DIM not in dims:
         raise where.error(f"{f}.dims", f"needs a '{BATCH_DIM}' dim first, got {dims}")
     profile = raw.get("profile", {})
@@ -250,6 +264,8 @@ def _parse_input(where: _Where, i: int, raw: Any) -> InputSpec:
 
 def _parse_shapes(where: _Where, cfg: ModelConfig, key: str, raw: Any) -> tuple[Shape, ...]:
     """``defaults.<key>``: a non-empty list of shapes of ``cfg``; errors name the field."""
+    if isinstance(raw, str):  # `shapes: static` or `shapes: 224x224, 288x288`, as the docs write a single one
+        raw = [part.strip() for part in raw.split(",") if part.strip()]
     if not isinstance(raw, list) or not raw:
         raise where.error(f"defaults.{key}", f"expected a list of shapes like "
                           f"{'x'.join('<'+d+'>' for d in cfg.shape_dims) or 'static'}, got {raw!r}")
@@ -307,9 +323,17 @@ def parse_model_config(raw: Any, path: Path | str) -> ModelConfig:
         raise where.error("defaults.cpu_batch_sizes", f"expected positive integers, got {list(cpu_batch_sizes)}")
     top_k = raw.get("top_k_output")
     if top_k is not None and top_k not in {o.name for o in outputs}:
-        raise where.error("top_k_output", f"{top_k!r} is not an output name ({', '.join(o.name for o in outputs)})")
+        names = [o.name for o in outputs]
+        close = difflib.get_close_matches(str(top_k), names, n=1)
+        raise where.error("top_k_output", f"{top_k!r} is not an output name; "
+                          + (f"did you mean {close[0]!r}? " if close else "") + f"outputs: {', '.join(names)}")
+    task = str(raw.get("task", "other"))
+    if task not in TASKS:
+        close = difflib.get_close_matches(task, TASKS, n=1)
+        raise where.error("task", f"{task!r} is not a task; " + (f"did you mean {close[0]!r}? " if close else "")
+                          + f"valid: {', '.join(TASKS)}")
     cfg = ModelConfig(name=name, path=Path(path), inputs=inputs, outputs=tuple(outputs), batch_sizes=batch_sizes,
-                      cpu_batch_sizes=cpu_batch_sizes, shapes=(), description=str(raw.get("description", "")), task=str(raw.get("task", "other")),
+                      cpu_batch_sizes=cpu_batch_sizes, shapes=(), description=str(raw.get("description", "")), task=task,
                       preprocessing=preprocessing, top_k_output=top_k)
     shapes = _parse_shapes(where, cfg, "shapes", defaults.get("shapes", ["static"] if not cfg.shape_dims else None))
     cpu_shapes: tuple[Shape, ...] = ()

@@ -91,6 +91,11 @@ def get_model(name: str, models_dir: Path | str | None = None) -> ModelConfig:
         close = difflib.get_close_matches(name, list(models), n=1, cutoff=0.6) or [
             m for m in models if m.lower() == str(name).lower()]
         hint = f"did you mean {close[0]}? " if close else ""
+        # MODEL is a config's `name:`; a folder of that name whose config says otherwise is the likely slip
+        by_folder = [m for m in models.values() if m.folder.name == name]
+        if by_folder:
+            hint = (f"the folder {by_folder[0].folder} holds model {by_folder[0].name!r} (MODEL is the config's "
+                    f"name: field): MODEL={by_folder[0].name}? ")
         raise ModelError(f"MODEL={name!r} is not a model; {hint}available: {avail} (the folders with a config.yaml "
                          f"under {Path(models_dir or default_models_dir())}; `make models` lists them)")
     return models[name]

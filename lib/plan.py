@@ -263,7 +263,8 @@ def make_plan(params: RunParams, reports_dir: Path | str = "reports", run_id: st
     The checks run cheapest first and none imports torch unless WEIGHTS is given; nothing is
     written before every check has passed. ``strict_resume`` (the command line's plan step): a RUN_ID
     must name an existing run, and one that a live process is running is refused (the benchmark
-    notebooks re-plan inside that very run; tests name new runs)."""
+    notebooks re-plan inside that very run; tests name new runs). ``log=None``: say nothing (a kernel re-opening its run)."""
+    log = log or (lambda msg: None)
     check_make_path("REPORTS_DIR", str(reports_dir))
     reports_dir = Path(reports_dir).expanduser().resolve()
     run_id = str(run_id or "").strip()

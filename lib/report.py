@@ -17,7 +17,6 @@ import io
 import json
 import math
 import os
-import urllib.parse
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -31,7 +30,7 @@ from .stats import ratio_interval, verdict
 __all__ = ["show", "table", "fmt_num", "MODE_LABELS", "BASELINE", "title_markdown", "summary_markdown",
            "decision_table", "speedups", "speedup_table", "plot_speedups", "budget_table", "budget_markdown",
            "plot_latency_throughput", "efficiency_markdown", "efficiency_table", "plot_efficiency",
-           "summary_table", "best_per_batch", "parity_table", "environment_table", "params_table",
+           "summary_table", "measurements_table", "best_per_batch", "parity_table", "environment_table", "params_table",
            "engines_table", "plot_latency_vs_batch", "plot_throughput_vs_batch", "plot_distributions",
            "plot_resources", "plot_timeline", "plot_health", "health_table", "health_markdown", "unstable_table",
            "failures_table", "outlier_note", "write_tables", "data_markdown", "notebooks_markdown",
@@ -329,7 +328,11 @@ def decision_table(run: Run, sp: pd.DataFrame | None = None) -> pd.DataFrame:
             f"{t.iloc[0]['series']}: {fmt_num(t.iloc[0]['items_per_s'])} items/s"
             f"{_speedup_of(sp, t.iloc[0]['series'], batch, shape, rate_mode)}") if len(t) else "–"
         rows.append(row)
+    from .plots import shape_key
+
     out = pd.DataFrame(rows)
+    out = out.iloc[sorted(range(len(out)), key=lambda i: (shape_key(out["shape"].iloc[i]), out["batch"].iloc[i]))]
+    out = out.reset_index(drop=True)  # shapes in numeric order, as in every other section
     return out if _multi_shape(run) else out.drop(columns="shape")
 
 
@@ -382,7 +385,8 @@ def budget_markdown(run: Run, budget_ms: float = 10.0, mode: str = "end_to_end")
     return (f"**Latency budget ({what})**: the highest throughput within it is **{md(b['series'])} at batch "
             f"{b['batch']}**{shape}: "
             f"{fmt_num(b['items_per_s'])} items/s at {tail_label(run)} {fmt_num(b['tail_ms'])} ms. "
-            f"{len(within)} configurations meet the budget, {n_over} do not. "
+            f"{_n(len(within), 'configuration')} meet{'s' if len(within) == 1 else ''} the budget, {n_over} "
+            f"do{'es' if n_over == 1 else ''} not. "
             f"(Budget: the analysis notebook's `budget_ms` parameter; throughput = batch / median latency, "
             f"one batch at a time.)")
 
@@ -409,89 +413,43 @@ def speedup_table(sp: pd.DataFrame, run: Run | None = None) -> pd.DataFrame:
     grid.columns = [f"batch {b}" for b in grid.columns]
     order = {m: i for i, m in enumerate(MODE_SHORT.values())}
     grid = grid.reset_index().rename(columns={"mode_label": "mode", "series": "configuration"})
-    grid = grid.sort_values(["mode", "configuration"], key=lambda s: s.map(order) if s.name == "mode" else s)
+    from .plots import shape_key
+
+    series = {s: i for i, s in enumerate(_series_order(run))} if run is not None else {}
+    by = {"mode": lambda s: s.map(order), "configuration": lambda s: s.map(lambda v: series.get(v, len(series))),
+          "shape": lambda s: s.map(shape_key)}
+    cols = [c for c in ("mode", "shape", "configuration") if c in grid]
+    grid = grid.sort_values(cols, key=lambda s: by[s.name](s), kind="stable")
     return grid.reset_index(drop=True)
 
 
 def plot_speedups(run: Run, sp: pd.DataFrame, mode: str = "end_to_end"):
-    """Speedup over PyTorch eager FP32 per batch size with its 95% CI (error bars), one bar per series."""
+    """Speedup over PyTorch eager FP32 per batch size with its 95% CI (error bars), one bar per series
+    (``lib.plots.speedup_bars``)."""
+    from .plots import speedup_bars
+
     if sp is None or sp.empty:
         return None
     d = sp[(sp["mode"] == mode)].assign(series=lambda x: x["backend"] + "/" + x["precision"])
     d = d[d["series"] != "/".join(BASELINE)]
     if d.empty:
         return None
-    pal = _palette(run)
-    shapes = sorted(d["shape"].unique())
-    n_bars = d["batch"].nunique() * max(d["series"].nunique(), 1)
-    fig, axes = plt.subplots(1, len(shapes), figsize=(min(3.5 + 0.75 * n_bars, 12), 3.3), squeeze=False)
-    for ax, shape in zip(axes[0], shapes):
-        sub = d[d["shape"] == shape]
-        batches = sorted(sub["batch"].unique())
-        series = [s for s in _series_order(run) if s in set(sub["series"])]
-        w = min(0.8 / max(len(series), 1), 0.3)
-        for i, s in enumerate(series):
-            g = sub[sub["series"] == s].set_index("batch").reindex(batches)
-            x = np.arange(len(batches)) + (i - (len(series) - 1) / 2) * w
-            yerr = np.vstack([g["speedup"] - g["ci_low"], g["ci_high"] - g["speedup"]])
-            ax.bar(x, g["speedup"], w, color=pal.get(s), label=s, yerr=yerr, capsize=3, ecolor="#333")
-            for xi, v in zip(x, g["speedup"]):
-                if np.isfinite(v):
-                    ax.annotate(_x(v), (xi, v), textcoords="offset points", xytext=(0, 6), ha="center",
-                                fontsize=7)
-        ax.axhline(1, color="#444", lw=1, ls="--")
-        hi, lo = np.nanmax(sub["ci_high"]), np.nanmin(sub["ci_low"])
-        if hi / max(lo, 1e-9) > 20:  # a huge range: bars on a log axis, or the small ones vanish
-            ax.set_yscale("log")
-            ax.set_ylim(min(0.5, lo * 0.7), hi * 2)
-            _plain_log(ax)
-        ax.set_xticks(np.arange(len(batches)), [f"batch {b}" for b in batches])
-        ax.set_ylabel("speedup over torch/fp32 (×)")
-        ax.set_title(f"Speedup, {MODE_SHORT.get(mode, mode)} median, 95% interval from rounds"
-                     + (f" — shape {shape}" if len(shapes) > 1 else ""))
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    return fig
+    return speedup_bars(d, _series_order(run), _palette(run), _x, _plain_log,
+                        f"Speedup over torch/fp32, {MODE_SHORT.get(mode, mode)} median, 95% interval from rounds")
 
 
 def plot_latency_throughput(run: Run, budget_ms: float | None = 10.0, stat: str = "tail_ms",
                             modes: tuple[str, ...] = ("end_to_end", "device")):
     """Latency–throughput trade-off: x = p99 latency (every sample), y = items/s (batch / median
-    latency); one curve per series over its batch sizes (labelled). The dashed line is the budget."""
+    latency); one faint curve per series over its batch sizes, the Pareto frontier drawn and labelled
+    (``lib.plots.latency_throughput``). The dashed line is the budget."""
+    from .plots import latency_throughput
+
     ok = _usable(run)
     if ok.empty:
         return None
-    modes = tuple(m for m in modes if (ok["mode"] == m).any())
-    shapes = sorted(ok["shape"].unique())
-    if not modes or not shapes:
-        return None
-    pal = _palette(run)
-    fig, axes = plt.subplots(len(shapes), len(modes), figsize=(6.2 * len(modes), 4.6 * len(shapes)), squeeze=False)
-    for i, shape in enumerate(shapes):
-        for j, mode in enumerate(modes):
-            ax = axes[i, j]
-            sub = ok[(ok["shape"] == shape) & (ok["mode"] == mode)]
-            for s in [s for s in _series_order(run) if s in set(sub["series"])]:
-                g = sub[sub["series"] == s].sort_values("batch")
-                ax.plot(g[stat], g["items_per_s"], "-o", color=pal.get(s), label=s, ms=5)
-                for r in g.itertuples(index=False):
-                    ax.annotate(f"bs {r.batch}", (getattr(r, stat), r.items_per_s), textcoords="offset points",
-                                xytext=(4, 4), fontsize=7, color=pal.get(s))
-            if budget_ms:
-                ax.axvline(budget_ms, color="#c0392b", ls="--", lw=1)
-                ax.annotate(f"budget {_g(budget_ms)} ms", (budget_ms, 0), xycoords=("data", "axes fraction"),
-                            xytext=(3, 4), textcoords="offset points", color="#c0392b", fontsize=8, va="bottom")
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            _plain_log(ax, "x")
-            _plain_log(ax, "y")
-            ax.set_xlabel(f"{tail_label(run)} {MODE_SHORT[mode]} latency (ms, log)")
-            ax.set_ylabel("items / s (log)")
-            ax.set_title(f"{MODE_SHORT[mode]}" + (f" — shape {shape}" if len(shapes) > 1 else "")
-                         + ": up and left is better")
-            ax.legend(loc="best")
-    fig.tight_layout()
-    return fig
+    return latency_throughput(ok, _series_order(run), _palette(run), MODE_SHORT, _plain_log, budget_ms, stat, modes,
+                              tail=tail_label(run), mark=_mark_parity_failed)
 
 
 def title_markdown(run: Run) -> str:
@@ -661,7 +619,7 @@ def efficiency_table(run: Run, eff: pd.DataFrame, mode: str | None = None) -> pd
     out = pd.DataFrame({"configuration": d["series"], "batch": d["batch"], "shape": d["shape"],
                         "items/s": d["items_per_s"], "GFLOP per item": d["gflop_per_item"],
                         "achieved TFLOP/s": d["achieved_tflops"], "peak TFLOP/s": d["peak_tflops"],
-                        "% of peak": d["peak_share"], "peak used": d["peak_label"]})
+                        "% of peak": d["peak_share"]})  # which peak each precision uses is listed above the table
     if not _multi_shape(run):
         out = out.drop(columns="shape")
     return out.sort_values(["configuration", "batch"]).reset_index(drop=True)
@@ -674,7 +632,7 @@ def plot_efficiency(run: Run, eff: pd.DataFrame, mode: str | None = None):
     d = eff[eff["mode"] == mode].assign(series=lambda x: x["backend"] + "/" + x["precision"])
     pal = _palette(run)
     has_share = d["peak_share"].notna().any()
-    fig, axes = plt.subplots(1, 2 if has_share else 1, figsize=(12 if has_share else 6.5, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if has_share else 1, figsize=(9.6 if has_share else 6.5, 3.8), squeeze=False)
     for ax, col, label in zip(axes[0], ("achieved_tflops", "peak_share"), ("achieved TFLOP/s", "share of peak (%)")):
         for shape in sorted(d["shape"].unique()):
             for s in [s for s in _series_order(run) if s in set(d["series"])]:
@@ -689,8 +647,10 @@ def plot_efficiency(run: Run, eff: pd.DataFrame, mode: str | None = None):
         ax.set_ylabel(label)
         ax.set_ylim(bottom=0)
         ax.set_title(f"{label} ({MODE_SHORT[mode]})")
-        ax.legend()
     fig.tight_layout()
+    from .plots import legend_below
+
+    legend_below(fig, *axes[0, 0].get_legend_handles_labels())  # below the axes, not over the batch-1 points
     return fig
 
 
@@ -721,6 +681,54 @@ def summary_table(run: Run, mode: str | None = None) -> pd.DataFrame:
     return out.sort_values(["mode", "shape", "batch", "median ms"]).reset_index(drop=True)
 
 
+def _in_order(run: Run, frame: pd.DataFrame, then: tuple[str, ...] = ("shape", "batch")) -> pd.DataFrame:
+    """Rows by configuration (the plan's order), then shape (numerically, as every section orders them),
+    then batch (as a number, never as text)."""
+    from .plots import shape_key
+
+    order = {s: i for i, s in enumerate(_series_order(run))}
+    keys = {"_series": (frame["backend"] + "/" + frame["precision"]).map(lambda s: order.get(s, len(order))),
+            "_shape": frame["shape"].map(shape_key), "_batch": pd.to_numeric(frame["batch"], errors="coerce")}
+    cols = ["_series"] + [f"_{c}" for c in then]
+    return (frame.assign(**{k: keys[k] for k in cols}).sort_values(cols, kind="stable").drop(columns=cols)
+            .reset_index(drop=True))
+
+
+def measurements_table(run: Run) -> pd.DataFrame:
+    """"All measurements" for a reader: one row per point and mode, the columns that decide (median and its
+    95 % interval from the rounds, the supported tail percentile, items/s, CV, flags, rounds, samples) and the
+    resources that explain them; the full set of statistics is in ``summary.csv`` and ``points.parquet``."""
+    p = run.points
+    if p.empty:
+        return p
+    out = pd.DataFrame({"configuration": p["backend"] + "/" + p["precision"], "batch": p["batch"],
+                        "shape": p["shape"], "mode": p["mode"].map(lambda m: MODE_SHORT.get(m, m)),
+                        "median ms": p["median_ms"],
+                        "95% interval ms": [f"{fmt_num(lo)}–{fmt_num(hi)}" for lo, hi in zip(p["ci_low_ms"], p["ci_high_ms"])],
+                        f"{tail_label(run)} ms": p["tail_ms"], "items/s": p["items_per_s"],
+                        "CV": p["cv"], "unstable": p["unstable"]})
+    if "noisy" in p:
+        out["noisy"] = p["noisy"].values
+    out["rounds"] = p["rounds"].values
+    out["samples"] = p["n"].values
+    extra = {"nvml_process_mib": "VRAM MiB", "res_gpu_util_mean": "GPU util %", "res_power_w_mean": "power W",
+             "res_rss_mib_peak": "peak RSS MiB"}
+    for k, label in extra.items():
+        if k in p and p[k].map(lambda v: not _isnan(v) and v != "").any():
+            if label == "peak RSS MiB" and "VRAM MiB" in out:
+                continue  # on a GPU the device memory is the one that limits
+            out[label] = p[k].values
+    if not _multi_shape(run):
+        out = out.drop(columns="shape")
+    from .plots import shape_key
+
+    keys = pd.DataFrame({"m": p["mode"].map({m: i for i, m in enumerate(MODE_SHORT)}).values,
+                         "s": p["shape"].map(shape_key).values, "b": p["batch"].values,
+                         "c": (p["backend"] + "/" + p["precision"]).map(
+                             {s: i for i, s in enumerate(_series_order(run))}).values})
+    return out.iloc[keys.sort_values(["m", "s", "b", "c"], kind="stable").index].reset_index(drop=True)
+
+
 def parity_table(run: Run) -> pd.DataFrame:
     """A row per point and output (a model with several outputs shows each, not only the worst)."""
     d = run.parity
@@ -737,7 +745,7 @@ def parity_table(run: Run) -> pd.DataFrame:
             "max_abs_err": "max |err|", "top1_agree": "top-1 agreement"}
     cols = {k: v for k, v in cols.items() if k in d and (k not in ("centred_cosine", "centred_rel_err", "top1_agree",
                                                                      "output") or d[k].notna().any())}
-    return d[list(cols)].rename(columns=cols).reset_index(drop=True)
+    return _in_order(run, d[list(cols)].rename(columns=cols))
 
 
 def environment_table(run: Run) -> pd.DataFrame:
@@ -811,38 +819,18 @@ def _mark_parity_failed(ax, g: pd.DataFrame, x: str, y: str) -> None:
 
 
 def _lineplot(run: Run, y: str, mode: str, ylabel: str, title: str, logy: bool):
+    from .plots import lines_by_batch, sorted_shapes
+
     p = run.points[run.points["mode"] == mode].assign(series=lambda d: d["backend"] + "/" + d["precision"])
     if p.empty:
         return None
-    pal = _palette(run)
-    shapes = [s for s in run.plan.get("shapes", []) if s in set(p["shape"])] or sorted(p["shape"].unique())
-    fig, axes = plt.subplots(1, len(shapes), figsize=(6.4 * len(shapes), 3.8), squeeze=False)
-    for ax, shape in zip(axes[0], shapes):
-        sub = p[p["shape"] == shape]
-        for s in [s for s in _series_order(run) if s in set(sub["series"])]:
-            g = sub[sub["series"] == s].sort_values("batch")
-            ax.plot(g["batch"], g[y], "-o", color=pal.get(s), label=s, ms=5)
-            flagged = (g["unstable"] | g["noisy"]) if "noisy" in g else g.get("unstable")
-            if flagged is not None and flagged.any():
-                u = g[flagged]
-                ax.plot(u["batch"], u[y], "o", mfc="none", mec="#d35400", ms=11, mew=1.5)
-            _mark_parity_failed(ax, g, "batch", y)
-        ax.set_xscale("log", base=2)
-        if logy:
-            ax.set_yscale("log")
-            _plain_log(ax)
-        batches = sorted(sub["batch"].unique())
-        ax.set_xticks(batches, [str(b) for b in batches])
-        ax.set_xlabel("batch size")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title + (f" — shape {shape}" if len(shapes) > 1 else ""))
-        ax.legend()
-    fig.tight_layout()
-    return fig
+    shapes = sorted_shapes(p["shape"])
+    return lines_by_batch(p, y, shapes, _series_order(run), _palette(run), _plain_log, ylabel, title, logy,
+                          float(run.params.get("unstable_cv", 0.05)), mark=_mark_parity_failed)
 
 
 def plot_latency_vs_batch(run: Run, mode: str = "device"):
-    """Median latency per batch size (an orange ring marks an unstable point)."""
+    """Median latency per batch size (a black ring marks an unstable point)."""
     return _lineplot(run, "median_ms", mode, "median latency (ms, log)", f"Latency, {MODE_SHORT.get(mode, mode)}", True)
 
 
@@ -896,7 +884,9 @@ def plot_throughput_vs_batch(run: Run):
 
 
 def plot_distributions(run: Run, mode: str = "device"):
-    """Latency distribution per batch size (outliers filtered by the run's rule, as in the tables)."""
+    """Latency distribution per batch size (outliers filtered by the run's rule, as in the tables), log axis."""
+    from .plots import distributions
+
     it = run.iterations
     if it.empty:
         return None
@@ -904,31 +894,8 @@ def plot_distributions(run: Run, mode: str = "device"):
     keep = np.zeros(len(it), dtype=bool)
     for _, idx in it.groupby(["series", "batch", "shape"]).groups.items():
         keep[it.index.get_indexer(idx)] = run.rule.keep_mask(it.loc[idx, "ms"].to_numpy())
-    it = it[keep]
-    pal = _palette(run)
-    batches = sorted(it["batch"].unique())
-    if not batches:
-        return None
-    fig, axes = plt.subplots(1, len(batches), figsize=(max(3.6 * len(batches), 7), 3.6), squeeze=False)
-    for ax, b in zip(axes[0], batches):
-        sub = it[it["batch"] == b]
-        labels, data, colors = [], [], []
-        for s in [s for s in _series_order(run) if s in set(sub["series"])]:
-            for shape in sorted(sub["shape"].unique()):
-                x = sub[(sub["series"] == s) & (sub["shape"] == shape)]["ms"].to_numpy()
-                if len(x):
-                    labels.append(s + (f"\n{shape}" if sub["shape"].nunique() > 1 else ""))
-                    data.append(x)
-                    colors.append(pal.get(s))
-        bp = ax.boxplot(data, patch_artist=True, widths=0.6, flierprops={"markersize": 2})
-        for patch, c in zip(bp["boxes"], colors):
-            patch.set_facecolor(c)
-            patch.set_alpha(0.6)
-        ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, ha="right", fontsize=8)
-        ax.set_title(f"batch {b}")
-        ax.set_ylabel(f"{MODE_SHORT.get(mode, mode)} latency (ms)")
-    fig.tight_layout()
-    return fig
+    return distributions(it[keep], _series_order(run), _palette(run), _plain_log,
+                         f"{MODE_SHORT.get(mode, mode)} latency (ms, log)")
 
 
 def plot_resources(run: Run):
@@ -944,7 +911,7 @@ def plot_resources(run: Run):
     if not metrics:
         return "No resource figures: no sampler tick fell inside a steady window (measurements too short?)."
     pal = _palette(run)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(min(4.2 * len(metrics), 12.5), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(min(3.2 * len(metrics), 9.6), 3.4), squeeze=False)
     series = [s for s in _series_order(run) if s in set(p["series"])]
     batches = sorted(p["batch"].unique())
     w = 0.8 / max(len(series), 1)
@@ -999,6 +966,11 @@ def _throttle_frame(s: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({r: names.map(lambda n, r=r: r in n) for r in THROTTLING}, index=s.index)
 
 
+def _n(count: int, noun: str) -> str:
+    """'1 configuration', '3 configurations'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def health_table(run: Run) -> pd.DataFrame:
     """Per backend/precision sweep: what the device did while it ran. On a GPU: SM clock (median,
     minimum, and the GPU's maximum), temperature, power against the limit, and the share of ticks
@@ -1022,8 +994,8 @@ def health_table(run: Run) -> pd.DataFrame:
             lim = env_gpu.get("power_limit_w")
             row.update({"SM MHz median": num("sm_clock_mhz").median(), "SM MHz min": num("sm_clock_mhz").min(),
                         "temp °C max": num("temp_c").max(), "power W mean": num("power_w").mean(),
-                        "power W max": num("power_w").max(),
-                        "share of power limit": num("power_w").max() / lim if lim else np.nan,
+                        # the peak against the limit (the mean says how hard it worked, the peak whether it capped)
+                        "% of power limit, max": num("power_w").max() / lim if lim else np.nan,
                         "GPU util % mean": num("gpu_util").mean()})
             th = _throttle_frame(busy)
             any_th = th.any(axis=1) if len(th.columns) else pd.Series(False, index=busy.index)
@@ -1140,7 +1112,7 @@ def plot_health(run: Run) -> list:
         th = _throttle_frame(t) if gpu and not t.empty else pd.DataFrame()
         th_rows = [c for c in th.columns if th[c].any()] if not th.empty else []
         ratios = [2.4, 0.9, 0.9, 0.9, 0.2 * max(len(th_rows), 1) + 0.3] if gpu else [2.4, 0.9, 0.9]
-        fig, axes = plt.subplots(len(ratios), 1, figsize=(12, 1.05 * sum(ratios) + 0.5), sharex=True,
+        fig, axes = plt.subplots(len(ratios), 1, figsize=(9.6, 1.05 * sum(ratios) + 0.5), sharex=True,
                                  gridspec_kw={"height_ratios": ratios, "hspace": 0.12})
         ax = axes[0]
         cmap = plt.get_cmap("tab20")
@@ -1211,8 +1183,10 @@ def write_tables(run: Run, sp: pd.DataFrame | None = None, eff: pd.DataFrame | N
 
 
 def data_markdown(run: Run, written: list[str]) -> str:
-    files = ", ".join(f"[`{w}`]({w})" for w in written)
-    return (f"Written to the run folder: {files}.\n\n"
+    # Names, not links: a report mailed or copied on its own carries none of these files (they stay in the
+    # run folder), and a link to one would be dead.
+    files = ", ".join(f"`{w}`" for w in written)
+    return (f"In the run folder `{run.path.name}/` beside this report (they do not travel inside it): {files}.\n\n"
             "- `iterations.parquet`: a row per timed sample (backend, precision, batch, shape, mode, iter, ms, "
             "wall_ms, t_s, requests).\n"
             "- `samples.parquet`: a row per resource-sampler tick (backend, precision, t_s, label, rss_mib, "
@@ -1227,24 +1201,24 @@ def data_markdown(run: Run, written: list[str]) -> str:
 
 
 def notebooks_markdown(run: Run) -> str:
-    """Relative links to the executed notebooks in the run folder (they open wherever the folder is copied)."""
+    """The executed notebooks in the run folder, by path (not linked: they do not travel with a mailed report)."""
     lines = []
     for c in run.plan.get("combos", []):
         combo = f"{c['backend']}-{c['precision']}"
         rel = f"bench/{combo}/benchmark.ipynb"
-        link = urllib.parse.quote(rel)  # a link target, percent-encoded: nothing in it can end the link
         exists = (run.path / rel).exists()
         failed = " — **failed**, see *Failures and skips*" if (run.path / f"bench/{combo}/notebook.failed.json").exists() else ""
         if exists:
-            lines.append(f"- [{md(c['backend'] + '/' + c['precision'])}]({link}){failed}")
+            lines.append(f"- {md(c['backend'] + '/' + c['precision'])}: {code(rel)}{failed}")
         else:
             lines.append(f"- {md(c['backend'] + '/' + c['precision'])}: no executed notebook ({code(rel)} is missing)"
                          f"{failed}")
     for name, what in (("export.ipynb", "export (PyTorch → ONNX)"), ("analysis.ipynb", "this analysis")):
         # analysis.ipynb gets its name only once it completes (lib/cli.py), after this cell ran
         if (run.path / name).exists() or name == "analysis.ipynb":
-            lines.append(f"- [{what}]({name})")
-    return "Executed notebooks of this run (paths relative to the run folder):\n\n" + "\n".join(lines)
+            lines.append(f"- {what}: `{name}`")
+    return (f"Executed notebooks of this run, in its folder `{run.path.name}/` (open them with `make lab` or "
+            "JupyterLab; they are not inside this report):\n\n" + "\n".join(lines))
 
 
 def reference_name(run: Run) -> str:
@@ -1301,9 +1275,25 @@ def parity_note(run: Run) -> str:
 
 
 def export_table(run: Run) -> pd.DataFrame:
+    """The exported ONNX files for a reader: the path under the cache folder (not the absolute one),
+    a short hash; everything else the export recorded is in the run folder's ``export.json``."""
     files = run.export.get("files") if run.export else None
     if files:
-        return pd.DataFrame(files)
+        d = pd.DataFrame(files)
+        cache = str(run.params.get("cache_dir") or "")
+        if "path" in d:
+            d["path"] = d["path"].map(lambda v: os.path.relpath(str(v), cache) if cache and str(v).startswith(cache)
+                                      else str(v))
+            d = d.rename(columns={"path": f"file (under CACHE_DIR)" if cache else "file"})
+        if "sha256" in d:
+            d["sha256"] = d["sha256"].map(lambda v: str(v)[:12])
+        # the reader's order and short headers; a column with nothing in it (no FP16 file) is left out
+        names = {"precision": "precision", "source": "source", "file (under CACHE_DIR)": "file (under CACHE_DIR)",
+                 "file": "file", "MB": "MB", "export/convert s (original)": "export s", "cache hit": "cache hit",
+                 "ORT vs PyTorch cosine": "ORT vs PyTorch cosine",
+                 "FP16 vs FP32 ONNX cosine (ORT CPU)": "FP16 vs FP32 cosine", "sha256": "sha256"}
+        cols = [c for c in names if c in d and d[c].notna().any()] + [c for c in d if c not in names]
+        return d[cols].rename(columns=names)
     why = (run.export or {}).get("error") or (run.export or {}).get("note") or "no export record in this run"
     return pd.DataFrame({"export": [str(why)[-600:]]})
 

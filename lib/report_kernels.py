@@ -170,7 +170,7 @@ def plot_kernel_categories(run: Run):
     for shape, g in kp.groupby("shape", sort=False):
         ends = {"smallest batch": _ends(g, "idxmin"), "largest batch": _ends(g, "idxmax")}
         n = max(len(v) for v in ends.values())
-        fig, axes = plt.subplots(1, 2, figsize=(13, 0.42 * n + 1.6))
+        fig, axes = plt.subplots(1, 2, figsize=(9.6, 0.42 * n + 1.6))  # the page's column (lib.plots.MAX_WIDTH_IN)
         used = set()
         for ax, (title, sel) in zip(axes, ends.items()):
             order = [s for s in _series_order(run) if s in set(sel["series"])]

@@ -40,7 +40,8 @@ def refused(tmp_path: Path, *args: str) -> str:
     assert len(ours) == 1 and ours[0].startswith("error: "), proc.stderr
     assert "Traceback" not in proc.stderr and not proc.stdout.strip(), proc.stdout + proc.stderr
     assert seconds < UX_SECONDS, f"{seconds:.1f} s: {ours[0]}"
-    assert not list((tmp_path / "reports").rglob("params.json")) and not (tmp_path / "cache").exists()
+    # nothing at all, not even an empty run or model folder (issue 14)
+    assert not list((tmp_path / "reports").rglob("*")) and not (tmp_path / "cache").exists()
     return ours[0]
 
 

@@ -129,6 +129,9 @@ def test_compare_real_run_with_a_copy_from_another_machine(tmp_path_factory, tmp
     pages = list((reports / "compare").glob("*/compare.html"))
     assert len(pages) == 1
     page = pages[0]
+    # issue 14: no kernel noise ("Kernel is running over TCP without encryption"), the page's path once, last
+    assert "TCP" not in proc.stderr and "WARNING" not in proc.stderr, proc.stderr
+    assert proc.stderr.count(str(page.parent)) == 1 and proc.stderr.strip().splitlines()[-1].startswith(f"compare: {page}")
     ratios = pd.read_csv(page.parent / "ratios.csv")
     assert len(ratios) == len(lib.load_run(a).points) and (ratios["verdict"] == "no clear change").all()
     text = page.read_text()
@@ -168,3 +171,27 @@ def test_compare_notebook_handles_edge_runs(tmp_path, case):
     else:
         assert set(ns["cmp"].ratios["mode"]) == {"device", "end_to_end"}
     plt.close("all")
+
+
+# --- issue 14: what the compare page says -------------------------------------------------------------
+
+def test_overlay_legend_names_every_run_and_the_ratio_table_its_shapes(two_gpu_runs):
+    import matplotlib.pyplot as plt
+
+    cmp = compare.load_comparison(list(map(str, two_gpu_runs)))
+    fig = compare.plot_overlay(cmp)
+    texts = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
+    assert "A: 20260101-000000-cuda" in texts and "B: 20260102-000000-cuda" in texts, texts
+    assert fig.get_size_inches()[0] <= 9.6
+    plt.close("all")
+    assert "shape" in compare.ratio_table(cmp).columns  # even with one shape
+
+
+def test_what_differs_lists_each_parameter_once_with_every_value(tmp_path):
+    a = make_fake_run(tmp_path / "a", gpu=True, run_id="20260101-000000-cuda", batches=(1, 4))
+    b = make_fake_run(tmp_path / "b", gpu=True, run_id="20260102-000000-cuda", batches=(1, 4, 16), seed=1)
+    diff = compare.differences_table(compare.load_comparison([str(a), str(b)]))
+    batch_rows = [k for k in diff["item"] if "batch" in k]
+    assert batch_rows == ["batch sizes"], list(diff["item"])
+    row = diff[diff["item"] == "batch sizes"].iloc[0]
+    assert (row["A"], row["B"]) == ("1, 4", "1, 4, 16")

@@ -165,7 +165,7 @@ def test_crashing_backend_takes_down_only_its_own_kernel(faulty):
     (run_dir,) = (reports / "faulty").iterdir()
     load_py = faulty["models"] / "faulty" / "load.py"
     summary = f"kernel crashed (SIGSEGV: Segmentation fault) at {load_py} line "
-    assert f"[make] benchmark torch/fp32 FAILED after" in out and summary in out, out[-4000:]
+    assert "[make] benchmark torch/fp32 (1/2) FAILED after" in out and summary in out, out[-4000:]
 
     torch_dir, ort_dir = run_dir / "bench" / "torch-fp32", run_dir / "bench" / "ort-fp32"
     failed = read_json(torch_dir / "notebook.failed.json")
@@ -298,6 +298,7 @@ def test_interrupt_keeps_points_and_resume_measures_only_the_missing(faulty):
     final = _check_points(points)
     assert all(final[k][:len(r)] == r for k, r in kept2.items())
     assert all(len([x for x in r if x["mode"] == m]) >= 2 for r in final.values() for m in ("device", "end_to_end"))
+    assert out.count(f"[plan] run {run_a.name} exists") == 1  # said once, by the plan step (issue 14)
     assert read_json(run_a / "bench" / "torch-fp32" / "done.json")["ok"] == 3
     assert (run_a / "report.html").is_file()
     snapshot_a = _snapshot(run_a)
@@ -354,6 +355,7 @@ def test_load_py_that_raises_stops_the_run_at_the_export(tmp_path):
     assert errors == [f"error: model 'broken': build_model() in {models / 'broken' / 'load.py'} raised RuntimeError "
                       f"(line 5): cannot reach the checkpoint server"], proc.stderr
     assert "Traceback" not in proc.stderr and "[make] benchmark" not in proc.stderr
+    assert not (tmp_path / "r" / "broken").exists()  # issue 14: no empty run folder left behind
     print(f"load.py error reported after {seconds:.1f} s (a kernel had to start and import torch)")
 
 

@@ -47,16 +47,32 @@ window.addEventListener("load", function () {
     return !(h && h.charAt(0) === "#" && (document.getElementById(h.slice(1)) ||
                                          document.getElementById(decodeURIComponent(h.slice(1)))));
   });
+  // the page's text column: what a table or an image may take without a scroll bar or a downscale
+  var cs = getComputedStyle(document.body);
+  var column = document.body.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+  var wideTables = Array.prototype.slice.call(document.querySelectorAll("table")).filter(function (t) {
+    return t.getBoundingClientRect().width > column + 1;
+  }).map(function (t) {
+    var th = Array.prototype.slice.call(t.querySelectorAll("th"), 0, 4).map(function (h) { return h.textContent.trim(); });
+    return th.join(" | ") + ": " + Math.round(t.getBoundingClientRect().width) + " px";
+  });
+  var wideImages = imgs.filter(function (i) { return i.naturalWidth > column + 1; })
+                       .map(function (i) { return i.naturalWidth; });
+  var relative = Array.prototype.slice.call(document.querySelectorAll("a[href]")).map(function (a) {
+    return a.getAttribute("href");
+  }).filter(function (h) { return !/^(#|[a-z][a-z0-9+.-]*:)/i.test(h); });
   var verdict = {images: imgs.length, bad_images: bad, toc_links: toc.length, missing_toc: missing,
                  errors: window.__bbErrors, page_width: document.documentElement.scrollWidth,
-                 window_width: window.innerWidth, tables: document.querySelectorAll("table").length};
+                 window_width: window.innerWidth, tables: document.querySelectorAll("table").length,
+                 column: column, wide_tables: wideTables, wide_images: wideImages, relative_links: relative,
+                 left_margin: Math.round((document.querySelector("h1, h2, p") || document.body).getBoundingClientRect().left)};
   document.title = "BBCHECK " + JSON.stringify(verdict);
 });
 </script>"""
 
 
-def check_in_browser(page: Path) -> dict:
-    """Load a copy of ``page`` (with the probe) in headless Chromium at 1280 px; the probe's verdict."""
+def check_in_browser(page: Path, width: int = WIDTH) -> dict:
+    """Load a copy of ``page`` (with the probe) in headless Chromium at ``width`` px; the probe's verdict."""
     assert CHROMIUM, "chromium is not installed"
     text = page.read_text()
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,7 +84,7 @@ def check_in_browser(page: Path) -> dict:
             proc = subprocess.run(
                 [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp}", f"--window-size={WIDTH},900", "--virtual-time-budget=10000",
+                 f"--user-data-dir={tmp}", f"--window-size={width},900", "--virtual-time-budget=10000",
                  "--dump-dom", probe.resolve().as_uri()],
                 capture_output=True, text=True, timeout=120)
         finally:
@@ -127,6 +143,30 @@ def test_real_report_renders(tmp_path_factory):
     assert_self_contained(page)
     v = assert_renders(page, min_images=6, min_toc=12)
     assert v["tables"] >= 8
+
+
+GPU_LIKE = {("torch", "fp32"): 4.5, ("torch", "fp16"): 5.2, ("torch", "bf16"): 5.1, ("torch-cudagraph", "fp32"): 1.0,
+            ("torch-cudagraph", "fp16"): 1.4, ("torch-compile", "fp16"): 3.3, ("ort", "fp32"): 1.6,
+            ("ort", "fp16"): 1.64, ("ort-cudagraph", "fp32"): 0.99, ("ort-cudagraph", "fp16"): 0.86}
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_gpu_report_with_ten_configurations_is_legible(tmp_path):
+    """Issue 14: an H200-like run (10 configurations x 4 batch sizes, 2 shapes) read at 1280 and 800 px:
+    no image wider than the text column (a browser would shrink its text), no table wider than it, the
+    text off the window's edge; and a copy of report.html alone (as mailed) has no relative links."""
+    run_dir = make_fake_run(tmp_path, gpu=True, combos=GPU_LIKE, batches=(1, 8, 32, 128), shapes=("16x16", "32x32"),
+                            gpu_name="NVIDIA H200")
+    page = _render(run_dir)
+    mailed = tmp_path / "mailed" / "report.html"
+    mailed.parent.mkdir()
+    shutil.copy(page, mailed)
+    wide = check_in_browser(mailed)
+    assert wide["wide_images"] == [] and wide["wide_tables"] == [], wide
+    assert wide["relative_links"] == [], wide["relative_links"]
+    narrow = check_in_browser(mailed, width=800)
+    assert narrow["left_margin"] >= 10 and narrow["page_width"] <= 800, narrow
 
 
 @needs_chromium

@@ -106,7 +106,7 @@ def test_check_batch(tiny):
 
 def test_two_inputs_share_a_dim_and_the_profile_intersects(tmp_path):
     raw = {
-        "name": "two_in", "task": "text",
+        "name": "two_in", "task": "text-encoder",
         "inputs": [
             {"name": "ids", "dtype": "int64", "dims": ["batch", "seq"], "example": [2, 16], "runtime": [-1, -1],
              "profile": {"min": [1, 8], "opt": [4, 64], "max": [8, 128]}, "data": {"kind": "randint", "low": 0, "high": 100}},
@@ -190,8 +190,15 @@ BAD = [
     ("runtime-minus-two", _set("inputs.0.runtime.3", -2), "inputs[0].runtime[3]", "-2 is not valid"),
     ("batch-not-first", lambda raw: raw["inputs"][0].update(dims=["channels", "batch", "height", "width"],
                                                             runtime=[3, -1, -1, -1]),
-     "inputs[0].runtime", "must be first"),
-    ("batch-static", _set("inputs.0.runtime.0", 2), "inputs[0].runtime", "dynamic"),
+     "inputs[0].dims", "must be the first dim"),
+    ("batch-static", _set("inputs.0.runtime.0", 2), "inputs[0].runtime[0]", "dynamic"),
+    # issue 14: a batch dim in the wrong place is a matter of dims, even when runtime marks it dynamic
+    ("batch-misplaced", lambda raw: raw["inputs"][0].update(dims=["channels", "height", "batch", "width"],
+                                                            runtime=[3, -1, -1, -1]), "inputs[0].dims", "dim 2"),
+    ("top-k-short-key", lambda raw: raw.update(top_k=raw.pop("top_k_output")), "top_k",
+     "did you mean 'top_k_output'"),
+    ("top-k-typo-value", _set("top_k_output", "logit"), "top_k_output", "did you mean 'logits'"),
+    ("bad-task", _set("task", "image-clasification"), "task", "did you mean 'image-classification'"),
     ("profile-not-mapping", _set("inputs.0.profile", [1, 2]), "inputs[0].profile", "mapping"),
     ("profile-no-max", _set("inputs.0.profile.max", DELETE), "inputs[0].profile.max", "missing"),
     ("profile-min-gt-max", _set("inputs.0.profile.min", [1, 3, 80, 16]), "inputs[0].profile", "min <= opt <= max"),
@@ -210,7 +217,8 @@ BAD = [
     ("batch-size-outside-profile", _set("defaults.batch_sizes", [1, 32]), "defaults.batch_sizes", "32"),
     ("cpu-batch-size-outside-profile", _set("defaults.cpu_batch_sizes", [64]), "defaults.cpu_batch_sizes", "64"),
     ("shapes-missing", _set("defaults.shapes", DELETE), "defaults.shapes", "<height>x<width>"),
-    ("shapes-not-list", _set("defaults.shapes", "32x32"), "defaults.shapes", "list of shapes"),
+    ("shapes-not-list", _set("defaults.shapes", 32), "defaults.shapes", "list of shapes"),
+    ("shape-wrong-form-example-fits", _set("defaults.shapes", "32"), "defaults.shapes", "e.g. 32x32"),
     ("shape-outside-profile", _set("defaults.shapes", ["32x32", "8x8"]), "defaults.shapes", "height=8"),
     ("shape-wrong-form", _set("defaults.shapes", ["32"]), "defaults.shapes", "<height>x<width>"),
     ("typo-top-level-key", lambda raw: raw.update(ouputs=raw.pop("outputs")), "ouputs", "did you mean 'outputs'"),
@@ -234,6 +242,24 @@ def test_malformed_config_names_file_and_field(make_model, tiny_raw, change, fie
     if field is not None:
         assert msg.startswith(f"{path}: {field}: "), msg
     assert reason in msg, msg
+
+
+@pytest.mark.parametrize("text, labels", [("32x32", ["32x32"]), ("32x32, 48x48", ["32x32", "48x48"])])
+def test_shapes_may_be_written_as_one_string(tmp_path, tiny_raw, text, labels):
+    """Issue 14: `shapes: 32x32` (or `shapes: static`), as the docs write it, not only `[32x32]`."""
+    raw = copy.deepcopy(tiny_raw)
+    raw["defaults"]["shapes"] = text
+    assert [s.label for s in parse_model_config(raw, tmp_path / "config.yaml").shapes] == labels
+
+
+def test_static_shapes_as_one_string(tmp_path, tiny_raw):
+    raw = copy.deepcopy(tiny_raw)
+    spec = raw["inputs"][0]
+    spec.update(runtime=[-1, 3, 32, 32], example=[2, 3, 32, 32],
+                profile={"min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [16, 3, 32, 32]})
+    raw["defaults"]["shapes"] = "static"
+    raw["defaults"].pop("cpu_shapes", None)
+    assert [s.label for s in parse_model_config(raw, tmp_path / "config.yaml").shapes] == ["static"]
 
 
 def test_invalid_yaml_names_the_file(make_model):

@@ -83,6 +83,14 @@ def test_unknown_model_lists_the_available_ones():
         get_model("nope", FIXTURES)
 
 
+def test_model_named_by_its_folder_points_to_its_name(make_model):
+    """Issue 14: MODEL is the config's name: field; naming the folder instead says which name to use."""
+    make_model("my_folder", name="tiny_renamed")
+    with pytest.raises(ModelError) as e:
+        get_model("my_folder", make_model.root)
+    assert "MODEL=tiny_renamed?" in str(e.value) and "name: field" in str(e.value)
+
+
 def test_malformed_config_fails_discovery(make_model):
     make_model("good")
     path = make_model("bad", top_k_output="nope")

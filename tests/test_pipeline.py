@@ -57,7 +57,7 @@ def pipeline(tmp_path_factory):
 def test_first_run_builds_everything(pipeline):
     run1 = pipeline["runs"][0]
     out = pipeline["procs"][0].stdout + pipeline["procs"][0].stderr
-    assert "[make] export: executing" in out
+    assert "[make] export: notebooks/00_export.ipynb" in out
     assert f"report: {run1}/report.html" in out
     for name in ("params.json", "plan.json", "plan.mk", "export.ipynb", "export.json", "analysis.ipynb", "report.html"):
         assert (run1 / name).is_file(), name
@@ -68,6 +68,23 @@ def test_first_run_builds_everything(pipeline):
     export = read_json(run1 / "export.json")
     assert [f["precision"] for f in export["files"]] == ["fp32"]
     assert export["files"][0]["ORT vs PyTorch cosine"] > 0.9999
+
+
+def test_terminal_shows_progress_not_tables(pipeline):
+    """Issue 14: the notebooks' tables and blank lines stay out of the terminal; a fresh run does not
+    say it resumes; the end-of-run summary names the best configurations, the flagged points and the
+    report, once."""
+    run1 = pipeline["runs"][0]
+    err = pipeline["procs"][0].stderr
+    lines = err.splitlines()
+    assert all(ln.strip() for ln in lines), "blank lines in the terminal"
+    assert "rows x" not in err and "median ms" not in err and "cache hit" not in err  # no DataFrame dumps
+    assert "exists: its" not in err and "already on disk" not in err  # only a resumed run says that
+    assert "[make] benchmark torch/fp32 (1/2)" in err and "[make] benchmark ort/fp32 (2/2)" in err
+    done = [ln for ln in lines if ln.startswith("[done]")]
+    assert len(done) == 2 and "lowest latency: " in done[0] and "highest throughput: " in done[0]
+    assert re.search(r"\d+ unstable", done[1])
+    assert err.count(f"{run1}/report.html") == 1 and lines[-1] == f"report: {run1}/report.html"
 
 
 def test_first_run_records_that_it_exported(pipeline):

@@ -440,8 +440,10 @@ def test_write_tables_and_links(gpu_run):
                  "speedup.csv"):
         assert name in written and (gpu_run.path / name).exists()
     md = report.notebooks_markdown(gpu_run)
-    assert "(bench/torch-fp32/benchmark.ipynb)" in md and "(bench/trt-fp16/benchmark.ipynb)" in md
-    assert "(bench/ort-fp32/benchmark.ipynb)" not in md and "is missing" in md  # crashed before writing it
+    assert "`bench/torch-fp32/benchmark.ipynb`" in md and "`bench/trt-fp16/benchmark.ipynb`" in md
+    assert "ort/fp32: no executed notebook" in md and "is missing" in md  # crashed before writing it
+    # issue 14: named, not linked: a report mailed on its own has no dead links
+    assert "](" not in md and "](" not in report.data_markdown(gpu_run, written)
 
 
 def test_run_copied_elsewhere_loads_the_same(tmp_path):
@@ -573,3 +575,62 @@ def test_allocator_peak_and_tensorrt_scratch_are_separate_columns(tmp_path):
     assert (p.loc["torch", "torch_max_allocated_mib"] == 40).all() and p.loc["torch", "trt_activation_mib"].isna().all()
     cols = report.summary_table(run).columns
     assert "torch allocator peak MiB" in cols and "TensorRT activation MiB" in cols and "framework MiB" not in cols
+# --- issue 14: order and legibility rules that can be checked without a browser ---------------------------
+
+def test_tables_sort_batches_and_shapes_as_numbers(tmp_path):
+    run = lib.load_run(make_fake_run(tmp_path, gpu=True, batches=(1, 8, 32, 128), shapes=("128x128", "16x16"),
+                                     failures=False))
+    for frame in (report.parity_table(run), report.measurements_table(run)):
+        cfg = frame["configuration"] if "configuration" in frame else frame["backend"] + "/" + frame["precision"]
+        for (_, shape), g in frame.assign(cfg=cfg).groupby(["cfg", "shape"], sort=False):
+            if "mode" in g:
+                g = g[g["mode"] == g["mode"].iloc[0]]
+            assert list(g["batch"]) == sorted(g["batch"]), list(g["batch"])
+        first = frame.assign(cfg=cfg).drop_duplicates("cfg")
+        assert list(frame.assign(cfg=cfg).query("cfg == @first.cfg.iloc[0]")["shape"].drop_duplicates()) == \
+            ["16x16", "128x128"]
+    sp = report.speedups(run)
+    assert list(report.decision_table(run, sp)["shape"].drop_duplicates()) == ["16x16", "128x128"]
+    grid = report.speedup_table(sp, run)
+    assert list(grid[grid["mode"] == grid["mode"].iloc[0]]["shape"].drop_duplicates()) == ["16x16", "128x128"]
+    from lib.plots import sorted_shapes
+
+    assert sorted_shapes(["512", "128", "1024"]) == ["128", "512", "1024"]
+    assert sorted_shapes(["288x288", "224x224", "static"]) == ["static", "224x224", "288x288"]
+
+
+def test_modes_are_worded_as_everywhere_else_in_the_measurements_table(gpu_run):
+    modes = set(report.measurements_table(gpu_run)["mode"])
+    assert modes == {"device-resident", "end-to-end", "pipelined"}
+
+
+def test_speedup_panels_share_one_scale(tmp_path):
+    import matplotlib.pyplot as plt
+
+    run = lib.load_run(make_fake_run(tmp_path, gpu=True, shapes=("16x16", "32x32"), failures=False))
+    fig = report.plot_speedups(run, report.speedups(run), "end_to_end")
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 2 and len({ax.get_yscale() for ax in axes}) == 1 and len({ax.get_ylim() for ax in axes}) == 1
+    titles = [ax.get_title() for ax in axes]
+    assert titles == ["shape 16x16", "shape 32x32"]
+    plt.close("all")
+
+
+def test_latency_throughput_labels_do_not_collide(tmp_path):
+    import matplotlib.pyplot as plt
+
+    combos = {(b, p): base for (b, p), base in zip(
+        [("torch", "fp32"), ("torch", "fp16"), ("torch", "bf16"), ("torch-cudagraph", "fp32"), ("torch-cudagraph", "fp16"),
+         ("torch-compile", "fp16"), ("ort", "fp32"), ("ort", "fp16"), ("ort-cudagraph", "fp32"), ("ort-cudagraph", "fp16")],
+        [4.5, 5.2, 5.1, 1.0, 1.4, 3.3, 1.6, 1.64, 0.99, 0.86])}
+    run = lib.load_run(make_fake_run(tmp_path, gpu=True, combos=combos, batches=(1, 8, 32, 128), failures=False))
+    fig = report.plot_latency_throughput(run, 10.0)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(r) for t in ax.texts]
+        assert boxes, "the frontier is labelled"
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert fig.legends and all(not ax.get_legend() for ax in fig.axes)  # one legend, below the panels
+    assert fig.get_size_inches()[0] <= 9.6
+    plt.close("all")
