@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .cache import atomic_write_bytes, atomic_write_json, read_json
+from .energy import EnergyMeter
 from .engines import Artifacts, EngineSpec, make_engine
 from .environment import collect_environment
 from .export import ensure_onnx
@@ -201,7 +202,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, log=print) ->
                       artifacts=Artifacts(onnx=onnx, cache_dir=Path(params.cache_dir), weights=params.weights or None,
                                           models_dir=params.models_path),
                       options={**params.engine_options(), "log": log})
-    with Sampler(gpu=gpu) as sampler:
+    with Sampler(gpu=gpu) as sampler, EnergyMeter(device) as meter:  # energy: lib/energy.py
         baseline = dict(sampler.baseline)
         t0 = time.perf_counter()
         log(f"[{label}] loading on {device} ...")
@@ -213,7 +214,8 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, log=print) ->
         atomic_write_json(out / "engine.json", {
             "backend": backend, "precision": precision, "device": device, "summary": engine.summary,
             "load_s": load_s, "info": engine.info, "baseline": baseline, "after_load": after_load,
-            "timer": engine.timer().name, "reference": reference.source(), "environment": env})
+            "timer": engine.timer().name, "reference": reference.source(), "environment": env,
+            "energy": meter.describe()})
         try:
             for i, (batch, shape) in enumerate(todo, 1):
                 key = point_key(batch, shape)
@@ -233,7 +235,8 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, log=print) ->
                                   modes={m: {"timer": r.timer, "n": len(r.ms), "warmup_iters": r.warmup_iters,
                                              "warmup_s": r.warmup_s, "requests_per_sample": r.requests_per_sample,
                                              "window": r.window, "median_ms": float(np.median(r.ms)),
-                                             "resources": Sampler.summarize_window(sampler.window(*r.window))}
+                                             "resources": Sampler.summarize_window(sampler.window(*r.window)),
+                                             "energy": meter.window(*r.window, len(r.ms) * r.requests_per_sample * batch)}
                                          for m, r in runs.items()})
                     rows = pd.concat([pd.DataFrame({
                         "mode": m, "iter": np.arange(len(r.ms)), "ms": r.ms, "wall_ms": r.wall_ms,

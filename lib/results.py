@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 from .cache import read_json
+from .energy import ENERGY_COLUMNS, energy_columns
 from .stats import OutlierRule, parse_outlier_rule, summarize
 
 __all__ = ["Run", "load_run", "latest_run", "check_run_dir", "PARQUET_FILES"]
@@ -63,7 +64,7 @@ POINT_COLUMNS = ["backend", "precision", "device", "batch", "shape", "mode", "ti
                  "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "cv", "min_ms", "max_ms", "p99_raw_ms",
                  "max_raw_ms", "items_per_s", "unstable", "warmup_iters", "requests_per_sample",
                  "torch_max_allocated_mib", "framework_mem_mib", "nvml_process_mib", "parity_passed", "parity_cosine",
-                 "parity_rel_err", "parity_max_abs_err", "parity_top1", "compile_s"]
+                 "parity_rel_err", "parity_max_abs_err", "parity_top1", "compile_s", *ENERGY_COLUMNS]
 
 # Files ``Run.to_parquet`` writes, and the table each holds.
 PARQUET_FILES = {"iterations": "iterations.parquet", "samples": "samples.parquet", "points": "points.parquet",
@@ -166,6 +167,7 @@ def _point_rows(rec: dict, iters: pd.DataFrame, rule: OutlierRule, unstable_cv: 
         row["parity_max_abs_err"] = parity.get("max_abs_err")
         row["parity_top1"] = parity.get("top1_agree")
         row["compile_s"] = rec.get("compile_s")
+        row.update(energy_columns(meta.get("energy"), rec["device"]))  # energy and power: lib/energy.py
         rows.append(row)
     return rows
 
