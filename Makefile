@@ -33,6 +33,10 @@ REPORTS_DIR ?= reports
 MODELS_DIR ?=
 CACHE_DIR ?= build
 DATA ?=
+PRICE_PER_HOUR ?=
+CONCURRENCY ?= 1,2,4,8
+RATES ?= auto
+LOAD ?= auto
 RUNS ?=
 EXTRAS ?= test,tensorrt-rtx,transformers
 
@@ -40,7 +44,7 @@ EXTRAS ?= test,tensorrt-rtx,transformers
 # these (or of PYTHON VENV EXTRAS) is refused with a did-you-mean, so BATCH_SIZE=8 is not silently ignored.
 PARAMS := MODEL BACKENDS PRECISIONS BATCH_SIZES SHAPES WARMUP ITERS DURATION DEVICE OUTLIERS WEIGHTS SEED \
   UNSTABLE_CV CHANNELS_LAST TF32 COMPILE_MODE TRT_WORKSPACE TRT_OPT_LEVEL RUN_ID REPORTS_DIR MODELS_DIR CACHE_DIR \
-  DATA
+  DATA PRICE_PER_HOUR CONCURRENCY RATES LOAD
 OTHER_VARS := PYTHON VENV EXTRAS PLAN RUNS PYTHONPATH SHELL
 CMDLINE_VARS = $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v)))
 UNKNOWN_VARS = $(filter-out $(PARAMS) $(OTHER_VARS),$(CMDLINE_VARS))
@@ -56,7 +60,9 @@ PLAN_SETS = --set model=$(call q,$(MODEL)) --set backends=$(call q,$(BACKENDS)) 
   --set channels_last=$(call q,$(CHANNELS_LAST)) --set tf32=$(call q,$(TF32)) \
   --set compile_mode=$(call q,$(COMPILE_MODE)) --set trt_workspace_gib=$(call q,$(TRT_WORKSPACE)) \
   --set trt_opt_level=$(call q,$(TRT_OPT_LEVEL)) --set models_dir=$(call q,$(MODELS_DIR)) \
-  --set cache_dir=$(call q,$(CACHE_DIR)) --set data=$(call q,$(DATA))
+  --set cache_dir=$(call q,$(CACHE_DIR)) --set data=$(call q,$(DATA)) \
+  --set price_per_hour=$(call q,$(PRICE_PER_HOUR)) --set concurrency=$(call q,$(CONCURRENCY)) \
+  --set rates=$(call q,$(RATES)) --set load=$(call q,$(LOAD))
 
 .PHONY: help setup test test-fast report execute lab models clean-cache index
 
@@ -68,6 +74,8 @@ help:
 	@echo "  WARMUP=$(WARMUP)s ITERS=$(ITERS) DURATION=$(DURATION)s OUTLIERS=$(OUTLIERS) WEIGHTS=<state_dict.pth>"
 	@echo "  RUN_ID=<existing run id> resumes an interrupted run (Ctrl-C keeps every measured point and prints the id); empty = a new run"
 	@echo "  DATA=<folder of labelled images, one sub-folder per class>: top-1/top-5 accuracy per backend"
+	@echo "  PRICE_PER_HOUR=<the machine's price per hour>: cost per million inferences per configuration"
+	@echo "  LOAD=$(LOAD) (auto|all|none) CONCURRENCY=$(CONCURRENCY) RATES=$(RATES): latency under load (closed loop, Poisson arrivals, dynamic batching)"
 	@echo "  bad values are refused in seconds, before any work, with what is valid"
 	@echo "make compare RUNS=\"<run dir> <run dir> ...\"  one HTML page comparing runs (first = reference)"
 	@echo "make fidelity                   harness checks on a CUDA GPU (vs torch.utils.benchmark, sampler cost, GPU busy time)"

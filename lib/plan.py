@@ -30,7 +30,8 @@ __all__ = ["Plan", "make_plan", "new_run_id", "check_run_id", "load_plan", "pars
 
 # Parameters whose change makes a different run (a resume must keep them).
 _RUN_DEFINING = ("model", "backends", "precisions", "batch_sizes", "shapes", "device", "weights", "seed",
-                 "warmup", "iters", "duration", "channels_last", "tf32", "compile_mode", "data")
+                 "warmup", "iters", "duration", "channels_last", "tf32", "compile_mode", "data", "price_per_hour",
+                 "concurrency", "rates", "load")
 
 
 @dataclass
