@@ -40,6 +40,7 @@ REPORTS_DIR ?= reports
 MODELS_DIR ?=
 CACHE_DIR ?= build
 DATA ?=
+PRICE_PER_HOUR ?=
 RUNS ?=
 EXTRAS ?= test,tensorrt-rtx,transformers
 
@@ -48,7 +49,7 @@ EXTRAS ?= test,tensorrt-rtx,transformers
 PARAMS := MODEL BACKENDS PRECISIONS BATCH_SIZES SHAPES WARMUP ITERS DURATION ROUNDS POINT_CAP CI_TARGET NOISE_SPREAD \
   HOST_SLOW DEVICE OUTLIERS WEIGHTS SEED \
   UNSTABLE_CV CHANNELS_LAST TF32 COMPILE_MODE TRT_WORKSPACE TRT_OPT_LEVEL RUN_ID REPORTS_DIR MODELS_DIR CACHE_DIR \
-  DATA
+  DATA PRICE_PER_HOUR
 OTHER_VARS := PYTHON VENV EXTRAS PLAN RUNS PYTHONPATH SHELL REPRO_TOL HOG FIDELITY_BATCH LAB_PORT
 CMDLINE_VARS = $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v)))
 UNKNOWN_VARS = $(filter-out $(PARAMS) $(OTHER_VARS),$(CMDLINE_VARS))
@@ -70,7 +71,8 @@ PLAN_SETS = --set model=$(call qv,MODEL) --set backends=$(call qv,BACKENDS) \
   --set channels_last=$(call qv,CHANNELS_LAST) --set tf32=$(call qv,TF32) \
   --set compile_mode=$(call qv,COMPILE_MODE) --set trt_workspace_gib=$(call qv,TRT_WORKSPACE) \
   --set trt_opt_level=$(call qv,TRT_OPT_LEVEL) --set models_dir=$(call qv,MODELS_DIR) \
-  --set cache_dir=$(call qv,CACHE_DIR) --set data=$(call qv,DATA)
+  --set cache_dir=$(call qv,CACHE_DIR) --set data=$(call qv,DATA) \
+  --set price_per_hour=$(call qv,PRICE_PER_HOUR)
 
 .PHONY: help setup test test-fast report execute lab models clean-cache index
 
@@ -87,6 +89,7 @@ help:
 	  'CI_TARGET='$(call qv,CI_TARGET)' (adaptive stop) NOISE_SPREAD='$(call qv,NOISE_SPREAD)' HOST_SLOW='$(call qv,HOST_SLOW)
 	@echo "  RUN_ID=<existing run id> resumes an interrupted run (Ctrl-C keeps every measured point and prints the id); empty = a new run"
 	@echo "  DATA=<folder of labelled images, one sub-folder per class>: top-1/top-5 accuracy per backend"
+	@echo "  PRICE_PER_HOUR=<the machine's price per hour>: cost per million inferences per configuration"
 	@echo "  bad values are refused in seconds, before any work, with what is valid"
 	@echo "make compare RUNS=\"<run dir> <run dir> ...\"  one HTML page comparing runs (first = reference)"
 	@echo "make fidelity                   harness checks on a CUDA GPU (vs torch.utils.benchmark, sampler cost, GPU busy time)"

@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from .cache import atomic_write_bytes, atomic_write_json, read_json
+from .energy import EnergyMeter
 from .engines import Artifacts, EngineSpec, make_engine
 from .environment import collect_environment
 from .errors import BenchbookError
@@ -208,6 +209,7 @@ class _Point:
         self.key = point_key(batch, shape)
         self.record = record
         self.frames = frames
+        self.measured_here: list[dict] = []  # rounds this process measured (its energy meter saw them)
         self._inputs = None
 
     @property
@@ -325,10 +327,28 @@ def _measure_round(engine, point: _Point, mode: str, policy: TimingPolicy, senti
              "warmup_s": t.warmup_s, "requests_per_sample": t.requests_per_sample,
              "resources": Sampler.summarize_window(sampler.window(t0, t1))}
     point.record["rounds"].append(entry)
+    point.measured_here.append(entry)
     point.frames.append(pd.DataFrame({
         "mode": mode, "round": round_no, "pass": bench_pass, "iter": np.arange(len(t.ms)), "ms": t.ms,
         "wall_ms": t.wall_ms, "t_s": t.t_start - t_origin, "requests": t.requests_per_sample}))
     return entry
+
+
+def _record_energy(points: list[_Point], modes: list[str], meter, t_origin: float, pass_no: int) -> None:
+    """Each point's energy per mode over the rounds this process measured (``lib.energy``: the rounds are
+    short, so their windows are pooled), kept in the record under ``energy_by_pass``."""
+    for point in points:
+        if not point.ok or not point.measured_here:
+            continue
+        per_mode = {}
+        for mode in modes:
+            rs = [r for r in point.measured_here if r["mode"] == mode]
+            if rs:
+                spans = [(t_origin + r["t0"], t_origin + r["t1"]) for r in rs]
+                items = sum(r["n"] * r["requests_per_sample"] for r in rs) * point.batch
+                per_mode[mode] = meter.windows(spans, items)
+        point.record.setdefault("energy_by_pass", {})[str(pass_no)] = per_mode
+        point.save()
 
 
 def _point_line(point: _Point, modes: list[str], target: float) -> str:
@@ -387,7 +407,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
     record_flops(run_dir, cfg, shapes, onnx.get("fp32") or cfg.folder / "model.onnx", log=log)  # analysis reads it
     ticks_path = out / "samples.parquet"
     prior_ticks = read_prior_ticks(ticks_path, log)  # another pass, or a resumed one, appends to these
-    with Sampler(gpu=gpu) as sampler:
+    with Sampler(gpu=gpu) as sampler, EnergyMeter(device) as meter:  # energy: lib/energy.py
         baseline = dict(sampler.baseline)
         t_origin = time.perf_counter()
 
@@ -413,7 +433,8 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
             "load_s": prev.get("load_s", load_s), "info": {**prev.get("info", {}), **engine.info},
             "baseline": prev.get("baseline", baseline), "after_load": prev.get("after_load", after_load),
             "timer": engine.timer().name, "reference": reference.source(), "environment": prev.get("environment", env),
-            "sentinel": sentinel.kind, "passes": passes, "sampler_gpu_error": sampler.gpu_error})
+            "sentinel": sentinel.kind, "passes": passes, "sampler_gpu_error": sampler.gpu_error,
+            "energy": meter.describe()})
         try:
             on_disk = sum(len(p.record.get("rounds") or []) for p in points)
             if on_disk:
@@ -478,6 +499,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
                     f"{len(todo)} measurements in {time.perf_counter() - t_round:.1f} s; host sentinel "
                     f"{np.median(sent) if sent else float('nan'):.3g} µs")
             engine.release_bindings()
+            _record_energy(points, modes, meter, t_origin, pass_no)
             for point in points:
                 if point.ok and point.record.get("rounds"):
                     log(f"[{label}] batch {point.batch}, shape {point.shape.label}: {_point_line(point, modes, params.ci_target)}")

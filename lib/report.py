@@ -527,6 +527,9 @@ def summary_markdown(run: Run, sp: pd.DataFrame | None = None, budget_ms: float 
                          f"{_speedup_of(sp, r['series'], r['batch'], shape, rm)}"
                          f"{_runner_up_note(run, t, rm, higher_is_better=True)}.")
     lines.append("- " + budget_markdown(run, budget_ms, lat_mode))
+    from .report_energy import energy_summary_lines
+
+    lines.extend(energy_summary_lines(run, budget_ms))
     if sp is not None and not sp.empty:
         d = sp[(sp["backend"] + "/" + sp["precision"] != "/".join(BASELINE)) & (sp["mode"] == lat_mode)]
         if len(d):
@@ -1173,13 +1176,19 @@ def write_tables(run: Run, sp: pd.DataFrame | None = None, eff: pd.DataFrame | N
     """The run's tidy tables as Parquet (``Run.to_parquet``) and the report's tables as CSV, in the run folder."""
     written = [p.name for p in run.to_parquet()]
     frames = {"summary": summary_table(run), "parity": parity_table(run), "failures": run.failures,
-              "speedup": sp, "efficiency": eff}
+              "speedup": sp, "efficiency": eff, "energy": _energy_table(run)}
     for name, frame in frames.items():
         if frame is None or frame.empty:
             continue
         frame.to_csv(run.path / f"{name}.csv", index=False)
         written.append(f"{name}.csv")
     return written
+
+
+def _energy_table(run: Run) -> pd.DataFrame:
+    from .report_energy import energy_table
+
+    return energy_table(run)
 
 
 def data_markdown(run: Run, written: list[str]) -> str:

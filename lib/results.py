@@ -73,6 +73,7 @@ import pandas as pd
 from .cache import read_json
 from .sampler import merge_summaries
 from .stats import OutlierRule, filtered_summary, parse_outlier_rule, round_interval, round_spread, summarize
+from .energy import ENERGY_COLUMNS, energy_columns, merge_energy
 
 __all__ = ["Run", "load_run", "latest_run", "check_run_dir", "PARQUET_FILES"]
 
@@ -89,7 +90,7 @@ POINT_COLUMNS = ["backend", "precision", "device", "batch", "shape", "mode", "ti
                  "filtered_mean_ms", "filtered_std_ms", "warmup_iters", "requests_per_sample",
                  "torch_max_allocated_mib", "trt_activation_mib", "nvml_process_mib", "parity_passed",
                  "parity_cosine", "parity_centred_cosine", "parity_rel_err", "parity_max_abs_err", "parity_top1",
-                 "compile_s", "compile_graphs"]
+                 "compile_s", "compile_graphs", *ENERGY_COLUMNS]
 
 # Files ``Run.to_parquet`` writes, and the table each holds.
 PARQUET_FILES = {"iterations": "iterations.parquet", "rounds": "rounds.parquet", "samples": "samples.parquet",
@@ -245,6 +246,7 @@ def _point_rows(rec: dict, iters: pd.DataFrame, rounds: pd.DataFrame, rule: Outl
         row["parity_top1"] = parity.get("top1_agree")
         row["compile_s"] = rec.get("compile_s")
         row["compile_graphs"] = rec.get("compile_graphs")
+        row.update(energy_columns(merge_energy(rec.get("energy_by_pass"), mode), rec["device"]))  # lib/energy.py
         rows.append(row)
     return rows
 
