@@ -11,7 +11,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 __all__ = ["RunParams", "parse_int_list", "parse_float", "parse_int", "parse_list", "check_make_path", "show", "show_item",
-           "PRECISIONS", "COMPILE_MODES", "MAX_ITERS", "MAX_ROUNDS", "MAX_CONCURRENCY", "LOAD_CHOICES"]
+           "PRECISIONS", "COMPILE_MODES", "MAX_ITERS", "MAX_ROUNDS"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 NOT_YET = {"int8": "INT8 (explicit Q/DQ quantization) is not supported yet",
@@ -26,8 +26,6 @@ MAX_POINT_CAP_S = 600.0
 MAX_WARMUP_S = 300.0
 MAX_DURATION_S = 600.0
 MAX_UNSTABLE_CV = 1.0
-MAX_CONCURRENCY = 64  # load section: requests in flight (one thread, stream or session each)
-LOAD_CHOICES = ("auto", "all", "none")
 # Characters that break make (targets and recipes are built from these paths) or the shell.
 _MAKE_UNSAFE = set(" \t\n\r#$%:;*?\"'\\|&<>`")
 
@@ -157,9 +155,6 @@ class RunParams:
     cache_dir: str = "build"
     data: str = ""             # folder of labelled images (one sub-folder per class): accuracy per backend
     price_per_hour: float = 0.0  # the machine's price per hour (any currency); 0: not given, no cost figures
-    concurrency: str = "1,2,4,8"  # load section: requests in flight of the closed loop
-    rates: str = "auto"        # load section: Poisson arrival rates (requests/s); auto: 50% and 90% of capacity
-    load: str = "auto"         # load section: auto (the configurations the summary picks), all, or none
     options: dict = field(default_factory=dict)
 
     @classmethod
@@ -231,15 +226,6 @@ class RunParams:
             p.trt_opt_level = parse_int("TRT_OPT_LEVEL", raw["trt_opt_level"], minimum=0, maximum=5)
         if str(raw.get("price_per_hour", "")).strip():
             p.price_per_hour = parse_float("PRICE_PER_HOUR", raw["price_per_hour"], unit="a price per hour")
-        for key in ("concurrency", "rates", "load"):
-            if key in raw:
-                setattr(p, key, str(raw[key]).strip())
-        p.concurrency_list()
-        p.rate_list()
-        if p.load.lower() not in LOAD_CHOICES:
-            raise ConfigError(f"{show('LOAD', p.load)} is not valid; valid: {', '.join(LOAD_CHOICES)} (auto: the "
-                              f"configurations the summary picks; all: every measured one; none: no load section)")
-        p.load = p.load.lower()
         if "options" in raw:
             p.options = dict(raw["options"])
         return p
@@ -266,30 +252,6 @@ class RunParams:
         if len(set(items)) != len(items):
             raise ConfigError(f"{show('PRECISIONS', self.precisions)} repeats a precision; give each once")
         return items
-
-    def concurrency_list(self) -> list[int]:
-        """CONCURRENCY as whole numbers (requests in flight), each from 1 to MAX_CONCURRENCY."""
-        values = parse_int_list("CONCURRENCY", "1,2,4,8" if self.concurrency.lower() == "auto" else self.concurrency)
-        big = [n for n in values if n > MAX_CONCURRENCY]
-        if big:
-            raise ConfigError(f"{show_item('CONCURRENCY', self.concurrency, big[0])} is not valid; expected whole "
-                              f"numbers from 1 to {MAX_CONCURRENCY} separated by commas, e.g. CONCURRENCY=1,2,4,8")
-        return values
-
-    def rate_list(self) -> list[float] | None:
-        """RATES in requests/s, or None for auto (50% and 90% of each configuration's measured capacity)."""
-        if self.rates.lower() == "auto":
-            return None
-        out = []
-        for item in parse_list("RATES", self.rates):
-            try:
-                out.append(parse_float("RATES", item, unit="requests/s", positive=True))
-            except ConfigError:
-                raise ConfigError(f"{show_item('RATES', self.rates, item)} is not valid; expected request rates > 0 "
-                                  f"(requests/s) separated by commas, e.g. RATES=100,500, or auto") from None
-        if len(set(out)) != len(out):
-            raise ConfigError(f"{show('RATES', self.rates)} repeats a rate; give each once")
-        return out
 
     @property
     def models_path(self) -> Path | None:

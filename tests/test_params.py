@@ -125,15 +125,3 @@ def test_compile_modes_match_torch():
     assert set(torch._inductor.list_mode_options()) <= set(COMPILE_MODES)  # every mode torch has is accepted
 
 
-def test_load_parameters():
-    p = RunParams.from_strings(model="m")
-    assert (p.concurrency_list(), p.rate_list(), p.load) == ([1, 2, 4, 8], None, "auto")
-    p = RunParams.from_strings(model="m", concurrency="1,4", rates="100,2000.5", load="ALL")
-    assert (p.concurrency_list(), p.rate_list(), p.load) == ([1, 4], [100.0, 2000.5], "all")
-    for raw, words in (({"concurrency": "0"}, "CONCURRENCY=0 is not valid"),
-                       ({"concurrency": "1,65"}, "CONCURRENCY=1,65: 65 is not valid"),
-                       ({"rates": "100,x"}, "RATES=100,x: x is not valid"),
-                       ({"rates": "-5"}, "RATES=-5 is not valid"), ({"rates": "5,5"}, "repeats a rate"),
-                       ({"load": "most"}, "LOAD=most is not valid")):
-        with pytest.raises(ConfigError, match=words):
-            RunParams.from_strings(model="m", **raw)

@@ -153,13 +153,6 @@ class Engine(ABC):
             self.bind(host_inputs)
         return self._infer(host_inputs)
 
-    def lane(self):
-        """A callable ``lane(host_inputs) -> host outputs`` for the load generator (``lib.load``): one
-        end-to-end request that may run while other lanes of this engine run theirs. This default
-        serialises every lane's requests with one lock, because the engine's bound buffers (and a CUDA
-        graph's fixed addresses) are shared; backends that can run requests side by side override it."""
-        return _SerialLane(self)
-
     def timer(self):
         return CudaEventTimer(self.stream) if self.spec.device == "cuda" else CpuTimer()
 
@@ -203,20 +196,3 @@ class Engine(ABC):
         if sorted(host_inputs) != sorted(expected):
             raise BenchbookError(f"{self.label}: inputs {sorted(host_inputs)} do not match the model's {expected}")
 
-
-class _SerialLane:
-    """Requests one at a time through ``Engine.infer`` (re-bound when the batch shape changes)."""
-
-    kind = "one at a time (shared buffers)"
-
-    def __init__(self, engine: Engine):
-        self.engine = engine
-        self.lock = engine.__dict__.setdefault("_lane_lock", __import__("threading").Lock())
-
-    def __call__(self, host_inputs):
-        e = self.engine
-        with self.lock:
-            bound = e.bound_inputs
-            if bound is None or any(bound[k].shape != v.shape for k, v in host_inputs.items()):
-                e.bind(host_inputs)
-            return e.infer(host_inputs)

@@ -202,17 +202,6 @@ class OrtEngine(Engine):
             self.session.run_with_iobinding(self._binding, self._run_options)
         return self._outputs_to_host()
 
-    def lane(self):
-        """``session.run`` on host arrays: ONNX Runtime lets several threads run one session at once (each
-        call has its own feeds and outputs); the CUDA EP copies in and out itself."""
-        self._require_loaded()
-
-        def run(host_inputs):
-            return dict(zip(self._out_names, self.session.run(self._out_names, self._host(host_inputs))))
-        run.kind = "concurrent session.run"
-        return run
-
-    # --- CUDA: IO binding on torch buffers
     def _bind_cuda(self, host_inputs):
         import torch
 
@@ -271,10 +260,6 @@ class OrtCudaGraph(OrtEngine):
     @classmethod
     def precisions(cls, device):
         return ("fp32", "fp16") if device == "cuda" else ()
-
-    def lane(self):  # a captured graph has fixed buffers: one request at a time
-        return Engine.lane(self)
-
 
 @register_engine
 class OrtTensorRT(OrtEngine):

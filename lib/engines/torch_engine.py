@@ -148,24 +148,6 @@ class TorchEager(_TorchBase):
     backend = "torch"
     summary = "PyTorch eager"
 
-    def lane(self):
-        """Its own input tensors and, on a GPU, its own CUDA stream: requests of several lanes overlap
-        (eager modules in eval mode keep no per-call state, so threads may share one)."""
-        self._require_loaded()
-        torch = self._torch
-        stream = torch.cuda.Stream() if self.spec.device == "cuda" else None
-        order = [s.name for s in self.spec.model.inputs]
-        names = [o.name for o in self.spec.model.outputs]
-        ctx = (lambda: torch.cuda.stream(stream)) if stream is not None else __import__("contextlib").nullcontext
-
-        def run(host_inputs):
-            with ctx(), torch.inference_mode():
-                outs = as_output_list(self.module(*[self._to_device(n, host_inputs[n]) for n in order]))
-                return dict(zip(names, [o.float().cpu().numpy() for o in outs]))  # .cpu() waits for its stream
-        run.kind = "own CUDA stream per lane" if stream is not None else "own thread per lane"
-        return run
-
-
 @register_engine
 class TorchCudaGraph(_TorchBase):
     """Eager module captured once per bound shape in a CUDA graph; a request is one graph replay.
