@@ -556,8 +556,7 @@ def summary_markdown(run: Run, sp: pd.DataFrame | None = None, budget_ms: float 
                              f"({where}); see *Efficiency*.")
     unstable, noisy = p[p["unstable"]], p[p["noisy"]]
     lines.append(f"- **Stability**: {len(noisy)} of {len(p)} measurements are *noisy* (their round medians "
-                 f"span more than {float(run.params.get('noise_spread', 0.05)):.0%}, or most of their rounds ran on "
-                 f"a slow host) and {len(unstable)} *unstable* (CV above "
+                 f"span more than {float(run.params.get('noise_spread', 0.05)):.0%}) and {len(unstable)} *unstable* (CV above "
                  f"{float(run.params.get('unstable_cv', 0.05)):.0%}); both are flagged in the tables"
                  + ("; " + health_markdown(run, short=True) if run.has_gpu_samples else "") + ".")
     f = run.failures
