@@ -436,10 +436,11 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
             "sentinel": sentinel.kind, "passes": passes, "sampler_gpu_error": sampler.gpu_error,
             "energy": meter.describe()})
         try:
-            on_disk = sum(len(p.record.get("rounds") or []) for p in points)
+            # A resume of this pass (an earlier process of it was interrupted), not pass 2 finding pass 1's rounds
+            on_disk = sum(1 for p in points for r in p.record.get("rounds") or [] if r["pass"] == pass_no)
             if on_disk:
-                log(f"[{label}] resuming: {on_disk} rounds of {sum(1 for p in points if p.record.get('rounds'))} "
-                    f"of {len(points)} points already on disk (kept; only missing rounds are measured)")
+                log(f"[{label}] resuming pass {pass_no}: {on_disk} rounds of this pass already on disk (kept; only "
+                    f"missing rounds are measured)")
             new = [p for p in points if "status" not in p.record]
             if new:
                 log(f"[{label}] loaded in {load_s:.1f} s; characterising {len(new)} point(s) "

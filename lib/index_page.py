@@ -4,6 +4,7 @@ a headline figure and a link; runs without a report are listed too, and an empty
 from __future__ import annotations
 
 import html
+import urllib.parse
 from pathlib import Path
 
 from .cache import atomic_write_text, read_json
@@ -71,7 +72,7 @@ def render_index(reports_dir: Path) -> Path:
     for run_id, run_dir, params, plan in sorted(runs, key=lambda r: r[0], reverse=True):  # ids start with UTC time
         status = run_status(run_dir)
         rel = run_dir.relative_to(reports_dir).as_posix()
-        link = (f'<a href="{html.escape(rel)}/report.html">{html.escape(run_id)}</a>' if status.startswith("complete")
+        link = (f'<a href="{html.escape(urllib.parse.quote(rel))}/report.html">{html.escape(run_id)}</a>' if status.startswith("complete")
                 else f'{html.escape(run_id)} <small>(no report; folder {html.escape(rel)}/)</small>')
         css = status.split(",")[0]
         rows.append(f"<tr><td>{link}</td><td>{html.escape(str(params.get('model', '')))}</td>"
@@ -79,7 +80,7 @@ def render_index(reports_dir: Path) -> Path:
                     f"<td>{html.escape(headline(run_dir))}</td>"
                     f"<td>{len(plan.get('combos', []))} × {len(plan.get('batch_sizes', []))} × "
                     f"{len(plan.get('shapes', []))}</td></tr>")
-    compares = [f"<li><a href=\"{html.escape(page.relative_to(reports_dir).as_posix())}\">"
+    compares = [f"<li><a href=\"{html.escape(urllib.parse.quote(page.relative_to(reports_dir).as_posix()))}\">"
                 f"{html.escape(page.parent.name)}</a></li>"
                 for page in sorted(reports_dir.glob("compare/*/compare.html"), reverse=True)]
     if rows:

@@ -705,14 +705,13 @@ def measurements_table(run: Run) -> pd.DataFrame:
         return p
     out = pd.DataFrame({"configuration": p["backend"] + "/" + p["precision"], "batch": p["batch"],
                         "shape": p["shape"], "mode": p["mode"].map(lambda m: MODE_SHORT.get(m, m)),
-                        "median ms": p["median_ms"],
-                        "95% interval ms": [f"{fmt_num(lo)}–{fmt_num(hi)}" for lo, hi in zip(p["ci_low_ms"], p["ci_high_ms"])],
+                        "median ms (95% interval)": [f"{fmt_num(m)} ({fmt_num(lo)}–{fmt_num(hi)})" for m, lo, hi in
+                                                     zip(p["median_ms"], p["ci_low_ms"], p["ci_high_ms"])],
                         f"{tail_label(run)} ms": p["tail_ms"], "items/s": p["items_per_s"],
                         "CV": p["cv"], "unstable": p["unstable"]})
     if "noisy" in p:
         out["noisy"] = p["noisy"].values
-    out["rounds"] = p["rounds"].values
-    out["samples"] = p["n"].values
+    out["rounds"] = p["rounds"].values  # the sample counts are in summary.csv
     extra = {"nvml_process_mib": "VRAM MiB", "res_gpu_util_mean": "GPU util %", "res_power_w_mean": "power W",
              "res_rss_mib_peak": "peak RSS MiB"}
     for k, label in extra.items():

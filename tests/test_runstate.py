@@ -380,7 +380,7 @@ def test_run_folder_pipeline(tmp_path):
 
     # 1. make -j2: the backends are measured one after the other; Ctrl-C during the analysis
     first = _Make(["-j2", *args], env)
-    first.wait_for("[make] analysis: executing")
+    first.wait_for("[make] analysis:")
     run_dir = next(reports.glob("tiny_cnn/*/plan.json")).parent
     spans = sorted(_windows(run_dir, c, n) for c in ("torch-fp32", "ort-fp32") for n in (1, 2))
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), f"two backends measured at the same time: {spans}"
@@ -398,7 +398,7 @@ def test_run_folder_pipeline(tmp_path):
 
     # 2. a SIGINT that reaches only the analysis process (not make): still an interruption, exit 130 (before: 2)
     resumed = _Make([*args, f"RUN_ID={run_dir.name}"], env)
-    resumed.wait_for("[make] analysis: executing")
+    resumed.wait_for("[make] analysis:")
     time.sleep(3)
     os.kill(resumed.analysis_pid(), signal.SIGINT)
     rc = resumed.finish()
