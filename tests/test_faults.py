@@ -246,7 +246,7 @@ def _interrupt_after_first_point(proc: subprocess.Popen, reports: Path, sig: int
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
-    return new[0].parents[3], _output(proc)
+    return max((p.parents[3] for p in new), key=lambda d: d.name), _output(proc)  # the newest run
 
 
 def _output(proc: subprocess.Popen) -> str:

@@ -80,7 +80,7 @@ def test_terminal_shows_progress_not_tables(pipeline):
     assert all(ln.strip() for ln in lines), "blank lines in the terminal"
     assert "rows x" not in err and "median ms" not in err and "cache hit" not in err  # no DataFrame dumps
     assert "exists: its" not in err and "already on disk" not in err  # only a resumed run says that
-    assert "[make] benchmark torch/fp32 (1/2)" in err and "[make] benchmark ort/fp32 (2/2)" in err
+    assert "[make] benchmark torch/fp32 pass 1 (1/2)" in err and "[make] benchmark ort/fp32 pass 2 (2/2)" in err
     done = [ln for ln in lines if ln.startswith("[done]")]
     assert len(done) == 2 and "lowest latency: " in done[0] and "highest throughput: " in done[0]
     assert re.search(r"\d+ unstable", done[1])
