@@ -207,5 +207,5 @@ REPRO_TOL ?= 0.05
 HOG ?=
 .PHONY: reproducibility
 reproducibility:
-	$(PYTHON) -m lib.reproducibility run --python $(call qv,PYTHON) --tol $(call qv,REPRO_TOL) \
+	$(PYTHON) -m lib.reproducibility run --python $(call q,$(PYTHON)) --tol $(call qv,REPRO_TOL) \
 	  $(if $(HOG),--hog $(call qv,HOG)) -- $(foreach v,$(filter $(PARAMS),$(CMDLINE_VARS)),$(v)=$(call qv,$(v)))

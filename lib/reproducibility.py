@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     hog_proc = None
     if args.hog:
         on, off = (float(x) for x in args.hog.split(":"))
-        hog_proc = mp.Process(target=hog, args=(on, off, 3 * 3600), daemon=True)
+        hog_proc = mp.Process(target=hog, args=(on, off, 3 * 3600))  # not a daemon: it starts the spinners
         hog_proc.start()
         print(f"periodic CPU hog on every core: {on:g} s on, {off:g} s off")
     try:
