@@ -285,9 +285,9 @@ def _speedup_of(sp: pd.DataFrame, series: str, batch, shape, mode) -> str:
     if series == "/".join(BASELINE):
         return " (the baseline)"
     if not r["significant"]:
-        return (f" ({_x(r['speedup'])} \\[{fmt_num(r['ci_low'])}–{fmt_num(r['ci_high'])}\\] vs torch/fp32: "
+        return (f" ({_x(r['speedup'])} vs torch/fp32, 95% {fmt_num(r['ci_low'])}–{fmt_num(r['ci_high'])}: "
                 f"inconclusive, within the noise)")
-    return f" ({_x(r['speedup'])} \\[{fmt_num(r['ci_low'])}–{fmt_num(r['ci_high'])}\\] vs torch/fp32)"
+    return f" ({_x(r['speedup'])} vs torch/fp32, 95% {fmt_num(r['ci_low'])}–{fmt_num(r['ci_high'])})"
 
 
 def _runner_up_note(run: Run, ranked: pd.DataFrame, mode: str, higher_is_better: bool = False) -> str:
