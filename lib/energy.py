@@ -156,24 +156,9 @@ def _update_period_ms(t: np.ndarray, e: np.ndarray) -> float | None:
 
 
 def counter_window(t, e, t0: float, t1: float, items: int, source: str) -> dict:
-    """Energy of [t0, t1] from a cumulative counter polled at times ``t`` (values ``e``, joules)."""
-    t, e = np.asarray(t, float), np.asarray(e, float)
-    window = t1 - t0
-    if window < MIN_WINDOW_S:
-        return _result(source, "too_short", window, items, note=f"window {window:.2f} s < {MIN_WINDOW_S} s minimum "
-                                                                f"(raise DURATION)")
-    # each poll that saw a new value marks an update; E after it is the energy up to that update
-    new = np.flatnonzero(np.diff(e) != 0) + 1
-    inside = new[(t[new] >= t0) & (t[new] <= t1)]
-    period = _update_period_ms(t, e)
-    every = f"; the counter updates every ~{period:.0f} ms" if period else ""
-    if len(inside) < MIN_UPDATES or t[inside[-1]] - t[inside[0]] < window / 2:
-        return _result(source, "too_short", window, items,
-                       note=f"the counter updated {len(inside)} times in the {window:.2f} s window (need "
-                            f"{MIN_UPDATES}, spanning half of it){every}; raise DURATION")
-    span = t[inside[-1]] - t[inside[0]]
-    joules = (e[inside[-1]] - e[inside[0]]) / span * window
-    return _result(source, "ok", window, items, joules)
+    """Energy of [t0, t1] from a cumulative counter polled at times ``t`` (values ``e``, joules): one window
+    of ``counter_windows``."""
+    return counter_windows(t, e, [(t0, t1)], items, source)
 
 
 def counter_windows(t, e, spans, items: int, source: str) -> dict:
@@ -241,16 +226,9 @@ def merge_energy(by_pass: dict | None, mode: str) -> dict | None:
 
 
 def power_window(t, w, t0: float, t1: float, items: int, source: str) -> dict:
-    """Energy of [t0, t1] as mean sampled power x time (the fallback where no counter exists)."""
-    t, w = np.asarray(t, float), np.asarray(w, float)
-    window = t1 - t0
-    inside = w[(t >= t0) & (t <= t1)]
-    if window < MIN_WINDOW_S or len(inside) < MIN_UPDATES:
-        return _result(source, "too_short", window, items,
-                       note=f"window {window:.2f} s with {len(inside)} power samples (need {MIN_WINDOW_S} s and "
-                            f"{MIN_UPDATES}); raise DURATION")
-    return _result(source, "ok", window, items, float(np.mean(inside)) * window,
-                   note="sampled power x time (no energy counter on this GPU)")
+    """Energy of [t0, t1] as mean sampled power x time (the fallback where no counter exists): one window of
+    ``power_windows``."""
+    return power_windows(t, w, [(t0, t1)], items, source)
 
 
 class EnergyMeter:
@@ -321,19 +299,7 @@ class EnergyMeter:
 
     def window(self, t0: float, t1: float, items: int) -> dict:
         """The energy of the timed window [t0, t1] (perf_counter seconds) in which ``items`` inferences ran."""
-        out = {}
-        for d, src in self.sources.items():
-            rows = list(self._series[d])
-            t = [r[0] for r in rows]
-            v = [r[1] for r in rows]
-            fn = counter_window if src.kind == "counter" else power_window
-            out[d] = fn(t, v, t0, t1, items, src.source)
-            if d in self.notes and out[d]["status"] == "ok":
-                out[d]["note"] = self.notes[d]
-        for d, why in self.notes.items():
-            if d not in self.sources:
-                out[d] = _result("", "not_measured", t1 - t0, items, note=f"not measured here: {why}")
-        return out
+        return self.windows([(t0, t1)], items)
 
     def windows(self, spans: list[tuple[float, float]], items: int) -> dict:
         """The energy of several timed windows together (perf_counter seconds), in which ``items`` ran."""
