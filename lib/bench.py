@@ -437,10 +437,12 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
             "energy": meter.describe()})
         try:
             # A resume of this pass (an earlier process of it was interrupted), not pass 2 finding pass 1's rounds
-            on_disk = sum(1 for p in points for r in p.record.get("rounds") or [] if r["pass"] == pass_no)
+            per_point = [sum(1 for r in p.record.get("rounds") or [] if r["pass"] == pass_no) for p in points]
+            on_disk = sum(per_point)
             if on_disk:
-                log(f"[{label}] resuming pass {pass_no}: {on_disk} rounds of this pass already on disk (kept; only "
-                    f"missing rounds are measured)")
+                holding = sum(1 for n in per_point if n)
+                log(f"[{label}] resuming pass {pass_no}: {on_disk} rounds of {holding} of {len(points)} points "
+                    f"already on disk (kept; only missing rounds are measured)")
             new = [p for p in points if "status" not in p.record]
             if new:
                 log(f"[{label}] loaded in {load_s:.1f} s; characterising {len(new)} point(s) "

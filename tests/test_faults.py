@@ -282,7 +282,7 @@ def test_interrupt_keeps_points_and_resume_measures_only_the_missing(faulty):
     _, out = _interrupt_after_first_point(proc, reports, signal.SIGTERM, exclude=n)
     assert proc.returncode != 0
     assert f"RUN_ID={run_a.name}" in out and "interrupted during the benchmark notebook" in out, out[-3000:]
-    assert "[torch/fp32] resuming pass" in out and "rounds of this pass already on disk" in out, out[-3000:]
+    assert "[torch/fp32] resuming pass" in out and "points already on disk (kept; only missing rounds are measured)" in out, out[-3000:]
     kept2 = _check_points(points)
     assert n < _n_rounds(kept2)
     assert all(kept2[k][:len(r)] == r for k, r in kept.items())  # the rounds on disk are kept as they were
