@@ -297,13 +297,19 @@ def _skip_status(reason: str) -> str:
     return "skipped" if "not in BACKENDS=auto" in reason else "unavailable"
 
 
-def load_run(path: Path | str, outliers: str | None = None) -> Run:
-    """Everything measured in a run folder, as tidy tables (see the module docstring)."""
+def load_run(path: Path | str, outliers: str | None = None, only: tuple[str, str] | None = None) -> Run:
+    """Everything measured in a run folder, as tidy tables (see the module docstring).
+
+    ``only=(backend, precision)`` reads that combo alone (the benchmark notebook's own table: reading the
+    whole run there would cost every later kernel of a long run seconds for nothing)."""
     from .runstate import CorruptFile, read_point, read_run_json
 
     path = check_run_dir(path)
     params = read_run_json(path / "params.json")  # a corrupt one: an error naming the file
     plan = read_run_json(path / "plan.json")
+    if only is not None:
+        plan = {**plan, "combos": [c for c in plan.get("combos", []) if (c["backend"], c["precision"]) == tuple(only)],
+                "skipped": [s for s in plan.get("skipped", []) if (s["backend"], s["precision"]) == tuple(only)]}
     rule = parse_outlier_rule(outliers or params.get("outliers", "tukey"))
     run = Run(path=path, params=params, plan=plan, rule=rule)
     iters, ticks, failures, kpoints, krows, prows = [], [], [], [], [], []
