@@ -58,13 +58,14 @@ from .inputs import make_inputs
 from .model_config import ModelConfig, Shape
 from .models import build_model, get_model
 from .parity import check_parity
+from .params import MAX_ROUNDS, measured_modes, pass_targets
 from .plan import load_plan, resolve_points
 from .runstate import read_prior_ticks, valid_points
 from .sampler import Sampler
-from .stats import round_interval
+from .stats import host_slow_limit, round_interval
 from .timing import HostSentinel, TimingPolicy, measure_latency, measure_throughput, throughput_window, warm_up
 
-__all__ = ["run_backend", "combo_dir", "point_key", "is_oom", "pass_targets", "SWITCH_WARMUP_S"]
+__all__ = ["run_backend", "combo_dir", "point_key", "is_oom", "SWITCH_WARMUP_S"]
 
 _OOM_MARKERS = ("out of memory", "failed to allocate", "cudaerrormemoryallocation", "cublas_status_alloc_failed",
                 "outofmemory", "bad_alloc", "can't allocate memory", "cannot allocate memory", "unable to allocate",
@@ -74,7 +75,6 @@ _OOM_MARKERS = ("out of memory", "failed to allocate", "cudaerrormemoryallocatio
 # Warm-up after switching to a point that is already bound (same shape as before: clocks, caches and
 # allocator come back to it in a few iterations; the first warm-up of a point uses WARMUP).
 SWITCH_WARMUP_S = 0.03
-MAX_ROUNDS = 50  # lib.params.MAX_ROUNDS
 
 
 def combo_dir(run_dir: Path, backend: str, precision: str) -> Path:
@@ -104,9 +104,10 @@ class _Reference:
     """PyTorch FP32 outputs on CPU for a point's seeded inputs, computed once per run and cached in
     ``<run_dir>/reference``. Models without ``load.py`` use ONNX Runtime's CPU EP on the FP32 ONNX."""
 
-    def __init__(self, run_dir: Path, cfg: ModelConfig, weights: str | None, onnx_fp32: Path | None):
+    def __init__(self, run_dir: Path, cfg: ModelConfig, weights: str | None, onnx_fp32: Path | None,
+                 cache_dir: Path | None = None):
         self.dir = Path(run_dir) / "reference"
-        self.cfg, self.weights, self.onnx = cfg, weights, onnx_fp32
+        self.cfg, self.weights, self.onnx, self.cache_dir = cfg, weights, onnx_fp32, cache_dir
         self._model = None
 
     def source(self) -> str:
@@ -132,7 +133,7 @@ class _Reference:
             from .engines.torch_engine import as_output_list
 
             if self._model is None:
-                self._model = build_model(self.cfg, self.weights or None).float()
+                self._model = build_model(self.cfg, self.weights or None, cache_dir=self.cache_dir).float()
             with torch.inference_mode():
                 outs = as_output_list(self._model(*[torch.from_numpy(inputs[s.name]) for s in self.cfg.inputs]))
             return {o.name: t.float().numpy() for o, t in zip(self.cfg.outputs, outs)}
@@ -189,17 +190,6 @@ def _profile_kernels(engine, points: list, shapes: list[Shape], out: Path, label
     atomic_write_json(out / "kernels.json", {"points": entries})
 
 
-def pass_targets(rounds: int, bench_pass: int) -> tuple[int, bool]:
-    """(rounds every point and mode must have after this pass, whether adaptive rounds follow)."""
-    if bench_pass == 1:
-        return (rounds + 1) // 2, False
-    return rounds, True
-
-
-def _modes(gpu: bool) -> list[str]:
-    return ["device", "end_to_end", "throughput"] if gpu else ["device", "end_to_end"]
-
-
 class _Point:
     """One point's state in a sweep: its record (the JSON), its samples and its inputs."""
 
@@ -224,6 +214,15 @@ class _Point:
 
     def rounds(self, mode: str) -> list[dict]:
         return [r for r in self.record.get("rounds", []) if r["mode"] == mode]
+
+    def clean_rounds(self, mode: str, slow_limit: float) -> int:
+        """Rounds of ``mode``, less those this process measured while its sentinel (before or after the round)
+        was above ``slow_limit`` (µs). Rounds of earlier processes count as they are: each process replaces
+        its own slow rounds, so a rerun of a finished pass measures nothing."""
+        slow = 0 if not slow_limit == slow_limit else sum(
+            1 for r in self.measured_here if r["mode"] == mode
+            and (r["sentinel_us"] > slow_limit or (r.get("sentinel_after_us") or 0.0) > slow_limit))
+        return len(self.rounds(mode)) - slow
 
     def timed_s(self, mode: str) -> float:
         return sum(r["t1"] - r["t0"] for r in self.rounds(mode))
@@ -303,9 +302,11 @@ def _characterise(engine, point: _Point, policy: TimingPolicy, reference, precis
 
 
 def _measure_round(engine, point: _Point, mode: str, policy: TimingPolicy, sentinel: HostSentinel,
-                   sampler: Sampler, round_no: int, bench_pass: int, t_origin: float, label: str) -> dict:
-    """One round of one point and mode: sentinel, switch, short warm-up, timed block; returns the round."""
-    sentinel_us = sentinel.measure()
+                   sampler: Sampler, round_no: int, bench_pass: int, t_origin: float, label: str,
+                   host_slow: float) -> dict:
+    """One round of one point and mode: sentinel (waiting for a quiet host, ``HostSentinel.settle``), switch,
+    short warm-up, timed block, sentinel again; returns the round."""
+    sentinel_us, settle_s = sentinel.settle(host_slow)
     switched = engine.bound_key != point.key
     engine.bind(point.inputs, key=point.key)  # a pointer swap when the binding is kept
     timer = engine.timer()
@@ -320,10 +321,12 @@ def _measure_round(engine, point: _Point, mode: str, policy: TimingPolicy, senti
         window = point.record.setdefault("throughput_window", throughput_window(policy, point.record["est_ms"]))
         t = measure_throughput(engine.run_bound, timer, quick, point.record["est_ms"], window=window)
     sampler.mark("")
+    sentinel_after_us = sentinel.measure()  # a burst that began during the block shows here
     t0, t1 = t.window
     entry = {"mode": mode, "round": round_no, "pass": bench_pass, "timer": t.timer, "n": len(t.ms),
              "median_ms": float(np.median(t.ms)), "t0": t0 - t_origin, "t1": t1 - t_origin,
-             "sentinel_us": sentinel_us, "switched": switched, "warmup_iters": t.warmup_iters,
+             "sentinel_us": sentinel_us, "sentinel_after_us": sentinel_after_us, "settle_s": settle_s,
+             "switched": switched, "warmup_iters": t.warmup_iters,
              "warmup_s": t.warmup_s, "requests_per_sample": t.requests_per_sample,
              "resources": Sampler.summarize_window(sampler.window(t0, t1))}
     point.record["rounds"].append(entry)
@@ -385,11 +388,11 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
     out = combo_dir(run_dir, backend, precision)
     (out / "points").mkdir(parents=True, exist_ok=True)
     label = f"{backend}/{precision}"
-    modes = _modes(gpu)
+    modes = measured_modes(gpu)
     base = {"backend": backend, "precision": precision, "device": device}
     valid_points(out / "points", log)  # a corrupt point file is named, set aside and measured again
     points = _load_points(out, cfg, [(b, s) for s in shapes for b in batches], params.seed, base)
-    target, adaptive = pass_targets(params.rounds, bench_pass)
+    target, adaptive, own = pass_targets(params.rounds, bench_pass)
     pass_no = bench_pass or 1
     env = collect_environment()
     from .engines import engine_class
@@ -399,7 +402,8 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
         onnx = {p: r.path for p, r in ensure_onnx(cfg, Path(params.cache_dir) / "onnx",
                                                   precisions=plan["onnx_precisions"], weights=params.weights or None,
                                                   log=log).items()}
-    reference = _Reference(run_dir, cfg, params.weights, onnx.get("fp32") or cfg.folder / "model.onnx")
+    reference = _Reference(run_dir, cfg, params.weights, onnx.get("fp32") or cfg.folder / "model.onnx",
+                           cache_dir=Path(params.cache_dir))
     spec = EngineSpec(model=cfg, precision=precision, device=device,
                       artifacts=Artifacts(onnx=onnx, cache_dir=Path(params.cache_dir), weights=params.weights or None,
                                           models_dir=params.models_path),
@@ -426,6 +430,9 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
         load_s = time.perf_counter() - t_origin
         after_load = sampler.rebaseline()
         sentinel = HostSentinel(gpu)
+        # The settle gate's "best so far" starts from this backend's earlier rounds (pass 1, a resumed pass)
+        sentinel.seen.extend(r["sentinel_us"] for p in points for r in p.record.get("rounds") or []
+                             if r.get("sentinel_us") == r.get("sentinel_us") and r.get("sentinel_us") is not None)
         prev = read_json(out / "engine.json") if (out / "engine.json").exists() else {}
         passes = {**prev.get("passes", {}), str(pass_no): {"load_s": load_s, "t_origin_unix": time.time()}}
         atomic_write_json(out / "engine.json", {
@@ -460,8 +467,16 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
             engine.release_bindings()
             _free_gpu(gpu)
             rng = np.random.default_rng(zlib.crc32(f"{params.seed}|{label}|{pass_no}".encode()))
+            sentinel.prime()  # the settle gate's first "best so far" (topped up from earlier passes' rounds)
             for r_idx in range(MAX_ROUNDS):
                 todo = []
+                # On a CPU a round whose sentinel (before or after it) says the host was slow does not count
+                # towards the minimum: another process took cores from the model itself, so the point gets a
+                # replacement round (within POINT_CAP) and the slow one is kept with the rest. On a GPU the
+                # sentinel follows the host's launch path, which moves launch-bound points only; there every
+                # round counts and the analysis marks the slow ones (a lent host is slow for minutes: replacing
+                # its rounds would only lengthen the run).
+                slow_limit = None if gpu else host_slow_limit(sentinel.seen, params.host_slow)
                 for point in points:
                     if not point.ok:
                         continue
@@ -469,15 +484,26 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
                         have = len(point.rounds(mode))
                         if have >= MAX_ROUNDS:
                             continue
-                        if have < target or (adaptive and point.timed_s(mode) < params.point_cap
-                                             and not point.converged(mode, params.ci_target)):
-                            todo.append((point, mode))
+                        clean = have if slow_limit is None else point.clean_rounds(mode, slow_limit)
+                        mine = sum(1 for r in point.rounds(mode) if r["pass"] == pass_no)
+                        room = point.timed_s(mode) < params.point_cap
+                        if have < target or mine < own:
+                            why = "minimum"
+                        elif clean < target and room:
+                            why = "replacing slow-host rounds"
+                        elif adaptive and room and not point.converged(mode, params.ci_target):
+                            why = f"points not yet within ±{params.ci_target:.0%}"
+                        else:
+                            continue
+                        todo.append((point, mode, why))
                 if not todo:
                     break
-                extra = all(len(p.rounds(m)) >= target for p, m in todo)
+                reasons = sorted({why for _, _, why in todo if why != "minimum"})
+                note = f" (more rounds: {'; '.join(reasons)})" if reasons and all(w != "minimum" for *_, w in todo) else ""
+                todo = [(p, m) for p, m, _ in todo]
                 order = rng.permutation(len(todo))
                 t_round = time.perf_counter()
-                sent = []
+                sent, waited = [], 0.0
                 for i in order:
                     point, mode = todo[i]
                     if not point.ok:
@@ -485,8 +511,10 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
                     for attempt in (1, 2):
                         try:
                             entry = _measure_round(engine, point, mode, policy, sentinel, sampler,
-                                                   len(point.rounds(mode)) + 1, pass_no, t_origin, label)
+                                                   len(point.rounds(mode)) + 1, pass_no, t_origin, label,
+                                                   params.host_slow)
                             sent.append(entry["sentinel_us"])
+                            waited += entry["settle_s"]
                             point.save()
                             save_ticks()
                             break
@@ -498,9 +526,10 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
                                     f"kept; retrying with this point alone")
                                 continue
                             _fail(point, e, label, log, gpu)
-                log(f"[{label}] pass {pass_no} round {r_idx + 1}{' (adaptive: points not yet within ±' + format(params.ci_target, '.0%') + ')' if extra else ''}: "
+                log(f"[{label}] pass {pass_no} round {r_idx + 1}{note}: "
                     f"{len(todo)} measurements in {time.perf_counter() - t_round:.1f} s; host sentinel "
-                    f"{np.median(sent) if sent else float('nan'):.3g} µs")
+                    f"{np.median(sent) if sent else float('nan'):.3g} µs"
+                    + (f" (waited {waited:.1f} s for a quiet host)" if waited >= 0.05 else ""))
             engine.release_bindings()
             _record_energy(points, modes, meter, t_origin, pass_no)
             for point in points:

@@ -122,9 +122,9 @@ def new_folder(parent: Path, name: str) -> Path:
 
 
 # What benchbook writes under CACHE_DIR (ONNX exports, TensorRT engines and timing caches, the ORT TensorRT EP's
-# caches): clean_cache deletes a folder only when it holds nothing else, so a mistyped CACHE_DIR=~ or CACHE_DIR=.
+# caches, BatchNorm calibration of random weights, lib.models): clean_cache deletes a folder only when it holds nothing else, so a mistyped CACHE_DIR=~ or CACHE_DIR=.
 # is refused instead of deleted.
-CACHE_ENTRIES = ("onnx", "trt", "ort-trt")
+CACHE_ENTRIES = ("onnx", "trt", "ort-trt", "calibration")
 
 
 def clean_cache(cache_dir: str, log=print) -> None:

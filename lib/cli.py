@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .cache import atomic_write_json, atomic_write_text, read_json
 from .errors import BenchbookError, RunInterrupted, StepFailed
-from .terminal import KernelEcho
+from .terminal import KernelEcho, SweepProgress
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = {"export": "00_export.ipynb", "benchmark": "10_benchmark.ipynb", "analysis": "20_analysis.ipynb",
@@ -349,8 +349,14 @@ def _notebook(args, run_dir: Path) -> int:
             # one backend measures on a device at a time, whatever make's -j or other runs on this host
             with device_lock(device, f"{run_dir.name} {backend}/{precision}", log=_log):
                 t0 = time.perf_counter()
-                _run_papermill("benchmark", out, {**base, "backend": backend, "precision": precision,
-                                                  "bench_pass": bench_pass}, kernel)
+                with SweepProgress(out_dir / "points", _pass_rounds(run_dir, bench_pass),
+                                   f"{backend}/{precision} {what}") as progress:
+                    kernel.tail.progress = progress
+                    try:
+                        _run_papermill("benchmark", out, {**base, "backend": backend, "precision": precision,
+                                                          "bench_pass": bench_pass}, kernel)
+                    finally:
+                        kernel.tail.progress = None
         except KeyboardInterrupt:
             raise
         except Exception as e:
@@ -419,6 +425,19 @@ def _notebook(args, run_dir: Path) -> int:
     partial.replace(out)
     _log(f"[make] analysis finished in {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def _pass_rounds(run_dir: Path, bench_pass: int) -> int:
+    """Rounds a backend's point files hold at least when this pass ends (points x modes x the pass's target):
+    the progress bar's total; 0 where the run's files do not say."""
+    from .params import measured_modes, pass_targets
+
+    try:
+        plan, params = read_json(run_dir / "plan.json"), read_json(run_dir / "params.json")
+        points = len(plan["batch_sizes"]) * len(plan["shapes"])
+        return points * len(measured_modes(plan["device"] == "cuda")) * pass_targets(int(params["rounds"]), bench_pass)[0]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def _stage_of(run_dir: Path, backend: str, precision: str) -> str:

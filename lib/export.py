@@ -168,7 +168,7 @@ def onnx_fp32(cfg: ModelConfig, cache_root: Path, weights: Path | str | None = N
 
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model = build_model(cfg, weights)
+    model = build_model(cfg, weights, cache_dir=Path(cache_root).parent)  # cache_root is <CACHE_DIR>/onnx
     batch, shape = _example_shape(cfg)
     inputs = make_inputs(cfg, batch, shape, seed=1234)
     args = tuple(torch.from_numpy(inputs[s.name]) for s in cfg.inputs)

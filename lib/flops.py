@@ -55,7 +55,7 @@ def count_flops(cfg, shape, model=None) -> tuple[float, dict]:
 
     if isinstance(shape, str):
         shape = cfg.parse_shape(shape)
-    model = model if model is not None else build_model(cfg).float()
+    model = model if model is not None else build_model(cfg, calibrate=False).float()  # counts do not depend on weight values
     inputs = make_inputs(cfg, 1, shape, seed=0)
     args = [torch.from_numpy(inputs[s.name]) for s in cfg.inputs]
     counter = FlopCounterMode(display=False)
@@ -140,7 +140,7 @@ def record_flops(run_dir, cfg, shapes, onnx_fp32=None, model=None, log=None) -> 
                 if model is None:
                     from .models import build_model
 
-                    model = build_model(cfg).float()
+                    model = build_model(cfg, calibrate=False).float()  # counts do not depend on weight values
                 total, by_op = count_flops(cfg, shape, model)
             else:
                 if onnx_fp32 is None or not Path(onnx_fp32).exists():

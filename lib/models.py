@@ -165,8 +165,12 @@ def _where_in(load_py: Path, exc: BaseException) -> str:
     return f" (line {frames[-1].lineno})" if frames else ""
 
 
-def build_model(cfg: ModelConfig, weights: str | Path | None = None):
-    """Run the model's ``load.py`` to build it (eval mode, CPU), then apply ``weights`` if given."""
+def build_model(cfg: ModelConfig, weights: str | Path | None = None, cache_dir: str | Path | None = None,
+                calibrate: bool = True):
+    """Run the model's ``load.py`` to build it (eval mode, CPU), then apply ``weights`` if given; without
+    weights, BatchNorm statistics are calibrated (``calibrate_batchnorm``), read from ``<cache_dir>/calibration``
+    when an earlier process calibrated the same weights (``calibrate=False``: not at all, for callers that only
+    count operations)."""
     load_py = cfg.folder / "load.py"
     if not load_py.is_file():
         raise ModelError(f"model {cfg.name!r} has no load.py ({load_py}); it can run on ONNX backends only")
@@ -196,9 +200,55 @@ def build_model(cfg: ModelConfig, weights: str | Path | None = None):
                              f"not a torch.nn.Module")
         if weights:
             load_weights(model, weights, cfg.name)
-        else:
-            calibrate_batchnorm(model, cfg)
+        elif calibrate:
+            _calibrated(model, cfg, cache_dir)
     return model.eval()
+
+
+# Bump when calibrate_batchnorm's recipe (inputs, passes) changes: cached statistics from another recipe are
+# then not found.
+CALIBRATION_RECIPE = "bn-v1"
+
+
+def _calibrated(model, cfg: ModelConfig, cache_dir) -> None:
+    """``calibrate_batchnorm`` once per distinct random-weight model: the statistics are a function of the
+    weights ``load.py`` built and of the calibration inputs, so they are cached under a hash of both (every
+    backend's process, the parity reference and the export then use the very same weights, and skip seconds
+    of CPU forward passes). The file holds tensors only and is read with ``weights_only=True``."""
+    import hashlib
+    import io
+
+    import torch
+
+    from .cache import atomic_write_bytes
+
+    bn_keys = [f"{name}.{b}" for name, m in model.named_modules()
+               if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+               for b in ("running_mean", "running_var", "num_batches_tracked")]
+    if not bn_keys:
+        return
+    if cache_dir is None:
+        calibrate_batchnorm(model, cfg)
+        return
+    h = hashlib.sha256(f"{CALIBRATION_RECIPE}|{torch.__version__}|{cfg.inputs!r}".encode())
+    for name, t in sorted(model.state_dict().items()):
+        if name not in bn_keys:  # the BN buffers are what calibration sets; everything else defines the model
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            h.update(t.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy().tobytes())
+    path = Path(cache_dir) / "calibration" / f"{cfg.folder.name}-{h.hexdigest()[:20]}.pt"
+    if path.is_file():
+        try:
+            stats = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(stats, dict) and set(stats) == set(bn_keys):
+                model.load_state_dict(stats, strict=False)
+                return
+        except Exception:  # noqa: BLE001 - unreadable or foreign: calibrate again and replace it
+            pass
+    calibrate_batchnorm(model, cfg)
+    state = model.state_dict()
+    buf = io.BytesIO()
+    torch.save({k: state[k].detach().clone() for k in bn_keys}, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _one_line(exc: BaseException, limit: int = 400) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 __all__ = ["RunParams", "parse_int_list", "parse_float", "parse_int", "parse_list", "check_make_path", "show", "show_item",
-           "PRECISIONS", "COMPILE_MODES", "MAX_ITERS", "MAX_ROUNDS"]
+           "PRECISIONS", "COMPILE_MODES", "MAX_ITERS", "MAX_ROUNDS", "pass_targets", "measured_modes"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 NOT_YET = {"int8": "INT8 (explicit Q/DQ quantization) is not supported yet",
@@ -20,6 +20,24 @@ NOT_YET = {"int8": "INT8 (explicit Q/DQ quantization) is not supported yet",
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "lite")
 MAX_ITERS = 100_000  # lib.timing.TimingPolicy.max_iters: the timed loop's cap
 MAX_ROUNDS = 50      # lib.bench: no point and mode is measured in more rounds than this
+
+
+def measured_modes(gpu: bool) -> list[str]:
+    """The modes every point is measured in: pipelined throughput only on a GPU (nothing is asynchronous on a
+    CPU, so there it is batch / latency)."""
+    return ["device", "end_to_end", "throughput"] if gpu else ["device", "end_to_end"]
+
+
+def pass_targets(rounds: int, bench_pass: int) -> tuple[int, bool, int]:
+    """(rounds every point and mode must have after this pass, whether adaptive rounds follow, rounds it must
+    have from this pass itself): pass 1 takes the first half of ``ROUNDS``, pass 2 the rest and the adaptive
+    ones, and at least the second half itself (rounds pass 1 added to replace slow-host ones do not take pass
+    2's share: each backend is measured at both moments of the run); 0 = both in one process."""
+    if bench_pass == 1:
+        return (rounds + 1) // 2, False, 0
+    if bench_pass == 2:
+        return rounds, True, rounds // 2
+    return rounds, True, 0
 MAX_POINT_CAP_S = 600.0
 # Upper bounds: a value past them is a typo (DURATION=100 for 1.00) or turns a check off (UNSTABLE_CV=5 flags
 # nothing: a CV above 1 means the spread exceeds the mean). Minutes per measurement is already a long run.

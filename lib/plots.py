@@ -12,6 +12,17 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
+# The report's and the compare page's look: applied by use_style(), which the notebooks call, never at import
+# (importing lib.report must not restyle a user's own plots in the same kernel).
+STYLE = {"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
+         "axes.spines.right": False, "font.size": 10, "axes.titlesize": 11, "legend.fontsize": 8}
+
+
+def use_style() -> None:
+    """Apply ``STYLE`` to matplotlib (the analysis and compare notebooks call it once, before any plot)."""
+    plt.rcParams.update(STYLE)
+
+
 MAX_WIDTH_IN = 9.6  # 960 px at the report's 100 dpi: fits the page's 1200 px column, and shrinks least at 800 px
 UNSTABLE_RING = "#111111"  # not a series colour (tab10 has no black)
 

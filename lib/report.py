@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .markup import code, md
+from .plots import use_style  # the notebooks call report.use_style() before plotting
 from .results import Run
 from .stats import ratio_interval, verdict
 
@@ -34,7 +35,7 @@ __all__ = ["show", "table", "fmt_num", "MODE_LABELS", "BASELINE", "title_markdow
            "engines_table", "plot_latency_vs_batch", "plot_throughput_vs_batch", "plot_distributions",
            "plot_resources", "plot_timeline", "plot_health", "health_table", "health_markdown", "unstable_table",
            "failures_table", "outlier_note", "write_tables", "data_markdown", "notebooks_markdown",
-           "host_noise_markdown", "plot_host_sentinel", "tail_label"]
+           "host_noise_markdown", "plot_host_sentinel", "tail_label", "use_style"]
 
 MODE_LABELS = {
     "device": "device-resident latency (inputs already on the device, outputs left there)",
@@ -46,8 +47,6 @@ BASELINE = ("torch", "fp32")  # PyTorch eager FP32: what every speedup is relati
 # NVML clock-event reasons that mean the GPU slowed down (idle, application-clock and display settings do not)
 THROTTLING = ("sw_power_cap", "hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake")
 
-plt.rcParams.update({"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
-                     "axes.spines.right": False, "font.size": 10, "axes.titlesize": 11, "legend.fontsize": 8})
 
 
 # --- display helpers -----------------------------------------------------------------------
@@ -1325,6 +1324,9 @@ def host_noise_markdown(run: Run) -> str:
     noisy = int(p["noisy"].sum()) if not p.empty else 0
     what = (f"the host sentinel ({_sentinel_kind(run)}) was {fmt_num(h['best_us'])}–{fmt_num(h['max_us'])} µs, "
             f"median {fmt_num(h['median_us'])} µs")
+    if h.get("waited_rounds"):
+        what += (f"; the sweep waited {h['waited_s']:.1f} s in all, before {h['waited_rounds']} rounds, for the "
+                 f"host to come back within {h['threshold']:.0%} of its best")
     if share >= 0.05 or noisy:
         return (f"- **The host was noisy during this run**: {h['slow_rounds']} of {h['rounds']} rounds "
                 f"({share:.0%}) ran while the host was more than {h['threshold']:.0%} slower than its best "

@@ -18,7 +18,10 @@ Schema (one row each; times in milliseconds unless the name says otherwise):
   shape, mode, round, pass, n (samples), median_ms (the round's median), run_t_s (seconds since the
   run's first measured pass began, comparable across backends), sentinel_us (the host sentinel timed
   just before the round, ``lib.timing.HostSentinel``: µs per empty kernel launch on a GPU, per fixed
-  loop on a CPU), host_slow (bool: sentinel above the run's best by more than ``HOST_SLOW``),
+  loop on a CPU), sentinel_after_us (the same, just after the round; NaN in runs before it existed),
+  settle_s (seconds the sweep waited before the round for the sentinel to come within ``HOST_SLOW`` of
+  its best so far, ``HostSentinel.settle``), host_slow (bool: the sentinel before or after the round
+  above the run's best, its 5th percentile, by more than ``HOST_SLOW``),
   switched (bool: another point ran on the engine just before).
 * ``run.samples`` / ``samples.parquet``: one resource-sampler tick (about 10 Hz).
   backend, precision, t_s (same clock as ``iterations.t_s``), label (str: "<backend>/<precision>
@@ -72,7 +75,8 @@ import pandas as pd
 
 from .cache import read_json
 from .sampler import merge_summaries
-from .stats import OutlierRule, filtered_summary, parse_outlier_rule, round_interval, round_spread, summarize
+from .stats import (SENTINEL_BEST_PERCENTILE, OutlierRule, filtered_summary, host_slow_limit, parse_outlier_rule,
+                    round_interval, round_spread, summarize)
 from .energy import ENERGY_COLUMNS, energy_columns, merge_energy
 
 __all__ = ["Run", "load_run", "latest_run", "check_run_dir", "PARQUET_FILES"]
@@ -81,7 +85,7 @@ __all__ = ["Run", "load_run", "latest_run", "check_run_dir", "PARQUET_FILES"]
 ITERATION_COLUMNS = ["backend", "precision", "batch", "shape", "mode", "round", "pass", "iter", "ms", "wall_ms", "t_s",
                      "requests"]
 ROUND_COLUMNS = ["backend", "precision", "batch", "shape", "mode", "round", "pass", "n", "median_ms", "run_t_s",
-                 "sentinel_us", "host_slow", "switched"]
+                 "sentinel_us", "sentinel_after_us", "settle_s", "host_slow", "switched"]
 SAMPLE_COLUMNS = ["backend", "precision", "t_s", "label", "rss_mib", "cpu_percent"]
 POINT_COLUMNS = ["backend", "precision", "device", "batch", "shape", "mode", "timer", "n", "median_ms",
                  "p90_ms", "p95_ms", "p99_ms", "tail_q", "tail_ms", "mean_ms", "std_ms", "cv", "min_ms", "max_ms",
@@ -169,10 +173,12 @@ class Run:
         slow = float(self.params.get("host_slow", 0.10))
         if r.empty or not r["sentinel_us"].notna().any():
             return {"rounds": 0, "slow_rounds": 0, "best_us": float("nan"), "median_us": float("nan"),
-                    "max_us": float("nan"), "threshold": slow}
+                    "max_us": float("nan"), "threshold": slow, "waited_s": 0.0, "waited_rounds": 0}
         v = r["sentinel_us"].dropna()
-        return {"rounds": int(len(r)), "slow_rounds": int(r["host_slow"].sum()), "best_us": float(np.percentile(v, 5)),
-                "median_us": float(v.median()), "max_us": float(v.max()), "threshold": slow}
+        waits = r["settle_s"].fillna(0.0) if "settle_s" in r else pd.Series(dtype=float)
+        return {"rounds": int(len(r)), "slow_rounds": int(r["host_slow"].sum()), "best_us": float(np.percentile(v, SENTINEL_BEST_PERCENTILE)),
+                "median_us": float(v.median()), "max_us": float(v.max()), "threshold": slow,
+                "waited_s": float(waits.sum()), "waited_rounds": int((waits >= 0.05).sum())}
 
     def to_parquet(self, directory: Path | str | None = None) -> list[Path]:
         """Write ``iterations.parquet``, ``samples.parquet`` and ``points.parquet`` (schema: this
@@ -260,6 +266,7 @@ def _round_rows(rec: dict, origins: dict) -> list[dict]:
     key = {k: rec[k] for k in ("backend", "precision", "batch", "shape")}
     return [{**key, "mode": r["mode"], "round": r["round"], "pass": r["pass"], "n": r["n"], "median_ms": r["median_ms"],
              "run_t_s": origins.get(str(r["pass"]), 0.0) + r["t0"], "sentinel_us": r.get("sentinel_us", np.nan),
+             "sentinel_after_us": r.get("sentinel_after_us", np.nan), "settle_s": r.get("settle_s", 0.0),
              "host_slow": False, "switched": bool(r.get("switched"))} for r in rec.get("rounds", [])]
 
 
@@ -383,11 +390,14 @@ def load_run(path: Path | str, outliers: str | None = None, only: tuple[str, str
     all_rounds = [r for _, _, r in measured if len(r)]
     rounds = pd.concat(all_rounds, ignore_index=True) if all_rounds else pd.DataFrame(columns=ROUND_COLUMNS)
     if len(rounds) and rounds["sentinel_us"].notna().any():
-        best = float(np.nanpercentile(rounds["sentinel_us"], 5))
-        limit = best * (1 + float(params.get("host_slow", 0.10)))
+        limit = host_slow_limit(rounds["sentinel_us"], float(params.get("host_slow", 0.10)))
+
+        def slow(r):  # the sentinel before the round, or the one after it (a burst that began during it)
+            return (r["sentinel_us"] > limit) | (r["sentinel_after_us"].fillna(0.0) > limit)
+
         for _, _, r in measured:
-            r["host_slow"] = r["sentinel_us"] > limit
-        rounds["host_slow"] = rounds["sentinel_us"] > limit
+            r["host_slow"] = slow(r)
+        rounds["host_slow"] = slow(rounds)
     points = [row for rec, frame, r in measured for row in _point_rows(rec, frame, r, rule, params)]
     run.rounds = rounds
     run.iterations = pd.concat(iters, ignore_index=True) if iters else pd.DataFrame(columns=ITERATION_COLUMNS)

@@ -28,7 +28,7 @@ import numpy as np
 from .errors import ConfigError
 
 __all__ = ["OutlierRule", "parse_outlier_rule", "summarize", "filtered_summary", "round_interval",
-           "ratio_interval", "log_mean_variance", "verdict", "round_spread", "PERCENTILES", "PERCENTILE_MIN_N", "LEVEL", "SAME_MARGIN"]
+           "ratio_interval", "log_mean_variance", "verdict", "round_spread", "host_slow_limit", "PERCENTILES", "PERCENTILE_MIN_N", "LEVEL", "SAME_MARGIN"]
 
 PERCENTILES = (50, 90, 95, 99)
 # Fewest samples for a percentile to be ranked rather than be the sample's extreme: with n samples the
@@ -232,3 +232,18 @@ def round_spread(round_medians, center: float) -> float:
     if len(r) < 2 or not center > 0:
         return 0.0
     return float((r.max() - r.min()) / center)
+
+
+# The host sentinel's "best" is a low percentile, not its minimum: one lucky block must not make every later
+# round look slow. The analysis (run-wide) and the sweep's settle gate (per process, so far) use this rule.
+SENTINEL_BEST_PERCENTILE = 5
+
+
+def host_slow_limit(sentinel_us, host_slow: float) -> float:
+    """Sentinel value (µs) above which the host counts as slow: its best (5th percentile of the values
+    given) times ``1 + host_slow``; NaN when there is no finite value."""
+    v = np.asarray(sentinel_us, dtype=float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return float("nan")
+    return float(np.percentile(v, SENTINEL_BEST_PERCENTILE)) * (1 + host_slow)

@@ -1,6 +1,7 @@
 """What a run prints to the terminal besides the notebooks' own log lines: the kernels' printed lines
-passed through (never their tables or other display outputs), and the end-of-run summary read from the
-run's files (``python -m lib.cli summary RUN_DIR``)."""
+passed through (never their tables or other display outputs), a live bar of a benchmark pass's rounds
+(on a terminal only), and the end-of-run summary read from the run's files (``python -m lib.cli summary
+RUN_DIR``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,77 @@ import sys
 from pathlib import Path
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class SweepProgress:
+    """A live progress bar (tqdm) for one benchmark pass, on a terminal only: rounds on disk in the combo's
+    point files against the rounds the pass needs at least (adaptive rounds raise the total as they come).
+
+    It reads the files the sweep writes after every round (``points/*.json``, atomically replaced), so it
+    shows what is measured and kept, never a guess; the kernel's own lines are printed above the bar
+    (``write``). Off a terminal (CI, a log file, tests) it is silent and ``write`` prints the line."""
+
+    INTERVAL_S = 1.0
+
+    def __init__(self, points_dir: Path, total: int, desc: str, stream=None):
+        self.points_dir, self.total, self.desc = Path(points_dir), int(total), desc
+        self.stream = stream if stream is not None else sys.stderr
+        self._bar = None
+        self._stop = None
+        self._thread = None
+
+    def rounds_on_disk(self) -> int:
+        import json
+
+        n = 0
+        for f in self.points_dir.glob("*.json"):
+            try:
+                n += len(json.loads(f.read_text()).get("rounds") or [])
+            except (OSError, ValueError, AttributeError):
+                continue  # being replaced, or corrupt (the sweep names those itself)
+        return n
+
+    def __enter__(self):
+        isatty = getattr(self.stream, "isatty", None)
+        if self.total <= 0 or not (isatty and isatty()):
+            return self
+        import threading
+
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=self.total, initial=min(self.rounds_on_disk(), self.total), desc=self.desc,
+                         unit="round", file=self.stream, leave=False, dynamic_ncols=True,
+                         bar_format="{desc}: {n}/{total} rounds {bar} {elapsed}<{remaining}")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="benchbook-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.INTERVAL_S):
+            self.refresh()
+
+    def refresh(self) -> None:
+        if self._bar is None:
+            return
+        n = self.rounds_on_disk()
+        if n > self._bar.total:
+            self._bar.total = n  # adaptive rounds beyond the minimum
+        self._bar.n = n
+        self._bar.refresh()
+
+    def write(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._bar.close()
+            self._bar = None
 
 
 class KernelEcho:
@@ -23,6 +95,7 @@ class KernelEcho:
         self.stream = stream
         self.lines: collections.deque[str] = collections.deque(maxlen=lines)
         self._partial = ""
+        self.progress: SweepProgress | None = None  # when set, lines are printed above its bar
 
     def write(self, text: str) -> int:
         self._partial += _ANSI.sub("", str(text)).replace("\r\n", "\n").replace("\r", "\n")
@@ -36,6 +109,9 @@ class KernelEcho:
         if not line.strip():
             return  # papermill hands over each print with its newline: blank lines are noise
         self.lines.append(line)
+        if self.progress is not None:
+            self.progress.write(line)
+            return
         stream = self.stream if self.stream is not None else sys.stderr
         print(line, file=stream, flush=True)
 

@@ -12,7 +12,7 @@ from lib.inputs import make_inputs
 from lib.models import (build_model, calibrate_batchnorm, default_models_dir, discover, get_model, list_models,
                         load_weights)
 
-from conftest import FIXTURES, MODELS
+from conftest import FIXTURES, MODELS, TINY_LOAD_PY
 
 SHIPPED = {"efficientnet_b1", "mobilenet_v2", "resnet50"}
 
@@ -167,6 +167,40 @@ def test_calibrate_batchnorm_sets_running_stats(tiny):
         y = model[1](model[0](x))
     assert abs(float(y.mean())) < 0.2 and 0.7 < float(y.std()) < 1.3
     assert calibrate_batchnorm(nn.Linear(3, 3), tiny) == 0
+
+
+def test_calibration_is_cached_per_weights_and_reused(tiny, make_model, tmp_path, monkeypatch):
+    import lib.models as models
+
+    cache = tmp_path / "cache"
+    first = build_model(tiny, cache_dir=cache)
+    files = list((cache / "calibration").glob("*.pt"))
+    assert len(files) == 1
+    calls = []
+    real = models.calibrate_batchnorm
+    monkeypatch.setattr(models, "calibrate_batchnorm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = build_model(tiny, cache_dir=cache)  # read from the cache: not calibrated again, the same weights
+    assert calls == []
+    for (k, a), (_, b) in zip(first.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert not torch.allclose(again[1].running_var, torch.ones(8))  # calibrated statistics, not fresh ones
+
+    # other weights (a changed load.py): another entry, calibrated again
+    other = make_model("tiny_other", load_py=TINY_LOAD_PY.replace("torch.manual_seed(0)", "torch.manual_seed(1)"))
+    cfg = discover(make_model.root)["tiny_other"]
+    build_model(cfg, cache_dir=cache)
+    assert calls == [1] and len(list((cache / "calibration").glob("*.pt"))) == 2
+
+    # a corrupt entry is replaced, never trusted
+    files[0].write_bytes(b"not a tensor file")
+    fresh = build_model(tiny, cache_dir=cache)
+    assert calls == [1, 1]
+    assert torch.equal(fresh[1].running_var, first[1].running_var)
+
+
+def test_counting_only_skips_calibration(tiny, tmp_path):
+    model = build_model(tiny, cache_dir=tmp_path, calibrate=False)
+    assert torch.equal(model[1].running_var, torch.ones(8)) and not (tmp_path / "calibration").exists()
 
 
 def test_efficientnet_b1_logits_have_a_sane_scale():

@@ -634,3 +634,20 @@ def test_latency_throughput_labels_do_not_collide(tmp_path):
     assert fig.legends and all(not ax.get_legend() for ax in fig.axes)  # one legend, below the panels
     assert fig.get_size_inches()[0] <= 9.6
     plt.close("all")
+
+
+def test_importing_the_report_and_compare_modules_changes_nothing_global():
+    """No side effects at import: a user's own plots in the same kernel keep their style, the environment its
+    variables (the notebooks call report.use_style() themselves)."""
+    import subprocess
+    import sys
+
+    code = ("import os, matplotlib; before = dict(matplotlib.rcParams); env = dict(os.environ)\n"
+            "import lib.report, lib.compare, lib.plots\n"
+            "changed = [k for k in before if matplotlib.rcParams[k] != before[k]]\n"
+            "assert not changed, changed\n"
+            "assert dict(os.environ) == env, set(os.environ.items()) ^ set(env.items())\n"
+            "lib.report.use_style(); assert matplotlib.rcParams['axes.grid'] is True\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "MPLBACKEND": "Agg"})
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -200,3 +200,50 @@ def test_cpu_timer():
     timer.stop()
     timer.sync()
     assert 10.0 - 0.05 <= timer.elapsed_ms()
+
+
+# --- the settle gate (HostSentinel.settle) -------------------------------------------------------------
+def test_settle_does_not_wait_on_a_host_at_its_best():
+    from lib.timing import HostSentinel
+
+    s = HostSentinel(gpu=False)
+    s.seen.extend([1e9] * HostSentinel.SETTLE_MIN_SEEN)  # a "best so far" no block can exceed: never slow
+    value, waited = s.settle(host_slow=0.10)
+    assert waited == 0.0 and value > 0 and len(s.seen) == HostSentinel.SETTLE_MIN_SEEN + 1
+
+
+def test_settle_waits_while_slow_but_never_past_its_caps():
+    from lib.timing import HostSentinel
+
+    s = HostSentinel(gpu=False)
+    s.measure()  # torch's thread pool starts here, not inside the timed waits
+    s.seen.extend([1e-6] * 100)  # a best no real block reaches: the host always looks slow
+    # One sentinel block can overrun a cap (a contended host stalls it): allow one block's time
+    slack = 1.0
+    t0 = time.perf_counter()
+    waits = [s.settle(host_slow=0.10)[1] for _ in range(8)]
+    elapsed = time.perf_counter() - t0
+    assert waits[0] >= HostSentinel.SETTLE_MAX_S - 0.01  # it did wait: the host looked slow
+    assert all(w <= HostSentinel.SETTLE_MAX_S + slack for w in waits)
+    assert sum(waits) == pytest.approx(s.waited_s)
+    # without the process's budget, 8 rounds would wait 8 x 1.2 s
+    assert sum(waits) <= HostSentinel.SETTLE_ALLOWANCE_S + HostSentinel.SETTLE_SHARE * elapsed + slack
+
+
+def test_settle_needs_a_baseline_before_it_waits():
+    from lib.timing import HostSentinel
+
+    s = HostSentinel(gpu=False)
+    for _ in range(HostSentinel.SETTLE_MIN_SEEN - 1):
+        assert s.settle(host_slow=-0.99)[1] == 0.0  # a threshold every block exceeds, but too few values yet
+
+
+def test_prime_tops_the_baseline_up_to_what_the_gate_needs():
+    from lib.timing import HostSentinel
+
+    s = HostSentinel(gpu=False)
+    s.seen.append(50.0)  # one value from an earlier pass
+    s.prime(spacing_s=0.0)
+    assert len(s.seen) == HostSentinel.SETTLE_MIN_SEEN and all(v > 0 for v in s.seen)
+    s.prime(spacing_s=0.0)
+    assert len(s.seen) == HostSentinel.SETTLE_MIN_SEEN  # nothing more once it has them

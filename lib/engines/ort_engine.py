@@ -127,7 +127,10 @@ class OrtEngine(Engine):
             so.intra_op_num_threads = int(self.spec.options["ort_threads"])
         wanted = self._providers()
         self.session = None
-        if self.spec.device == "cuda":
+        # A session per binding (below) learns nothing new from a second strict attempt: once the first session
+        # said whether every node runs on the GPU provider, later ones are made the way that one was.
+        known = self.info.get("cpu_ep_fallback")
+        if self.spec.device == "cuda" and known in (None, "none"):
             # First with CPU fallback disabled: a node the GPU provider cannot run would otherwise run on the
             # CPU EP unnoticed (copies and host time inside "GPU" figures). If that fails, the session is made
             # with fallback and the report says which message ORT gave.

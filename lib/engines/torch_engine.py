@@ -58,7 +58,8 @@ class _TorchBase(Engine):
             torch.backends.cudnn.allow_tf32 = tf32
             torch.backends.cudnn.benchmark = True  # autotune per shape; warm-up runs on the timed shape
         self._channels_last = self.resolve_channels_last(spec)
-        model = build_model(spec.model, spec.artifacts.weights).to(self._dev, dtype=self._dtype)
+        model = build_model(spec.model, spec.artifacts.weights, cache_dir=spec.artifacts.cache_dir).to(
+            self._dev, dtype=self._dtype)
         if self._channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.module = self._wrap(model)
