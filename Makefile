@@ -44,7 +44,7 @@ CALIB ?=
 MAX_ACC_DROP ?= auto
 PRICE_PER_HOUR ?=
 RUNS ?=
-EXTRAS ?= test,tensorrt-rtx,transformers
+EXTRAS ?= test,tensorrt-rtx,transformers,torchao
 
 # Every parameter above that `make report` reads; a variable given on the command line that is not one of
 # these (or of PYTHON VENV EXTRAS) is refused with a did-you-mean, so BATCH_SIZE=8 is not silently ignored.

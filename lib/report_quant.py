@@ -225,6 +225,13 @@ def quant_markdown(run: Run, max_acc_drop: str | None = None) -> str:
             ops = ", ".join(f"{k} {v}" for k, v in sorted(placed["cpu_op_types"].items())) or "none listed"
             lines.append(f"- **{md(c['backend'] + '/' + c['precision'])} on the CUDA EP**: {placed['cpu_nodes']} node(s) "
                          f"placed on the CPU EP ({md(ops)}), from ONNX Runtime's own placement log.")
+        ao = info.get("torchao")
+        if ao:
+            q = ", ".join(f"{k} {v}" for k, v in sorted(ao["quantized"].items())) or "nothing"
+            kept = ", ".join(f"{k} {v}" for k, v in sorted(ao["kept_in_higher_precision"].items())) or "nothing"
+            lines.append(f"- **{md(c['backend'] + '/' + c['precision'])}** (torchao {md(ao['torchao'])} "
+                         f"{md(ao['config'])}): quantized {md(q)}; stayed in {md(info.get('activation_dtype', 'float'))}: "
+                         f"{md(kept)}.")
     cal = t["calibration"].dropna().unique().tolist() if "calibration" in t else []
     for label in cal:
         lines.append(f"- **Calibration**: {md(str(label))}.")
