@@ -163,7 +163,7 @@ execute: $(RUN_DIR)/report.html
 	@$(PYTHON) -m lib.cli summary $(RUN_DIR) --reports-dir $(call qv,REPORTS_DIR)
 
 # Export (cached by content hash under $(CACHE_DIR)/onnx): redone only when the model's files change.
-$(ONNX_STAMP): $(ONNX_DEPS) notebooks/00_export.ipynb lib/export.py
+$(ONNX_STAMP): $(ONNX_DEPS) notebooks/00_export.ipynb lib/export.py lib/quantize.py
 	@$(PYTHON) -m lib.cli notebook export --run-dir $(RUN_DIR) --stamp $@
 
 $(RUN_DIR)/export.json: $(ONNX_STAMP)

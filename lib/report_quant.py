@@ -39,7 +39,7 @@ def tolerance(run: Run, max_acc_drop: str | None = None) -> tuple[str, float | N
                                 f"thresholds, input-dependent part included (MAX_ACC_DROP={value}{why})")
     points = DEFAULT_TOP1_DROP_POINTS if value == "auto" else float(value)
     return "top1", points, (f"tolerance: top-1 on DATA at most {points:g} point{'s' if points != 1 else ''} below the "
-                            f"same backend's FP32, and parity passed (MAX_ACC_DROP={value})")
+                            f"same backend's FP32 (MAX_ACC_DROP={value}); parity is shown beside it")
 
 
 def _accuracy(run: Run, backend: str, precision: str) -> dict | None:
@@ -84,7 +84,11 @@ def _device_points(run: Run) -> pd.DataFrame:
 
 
 def _speedups(run: Run, backend: str, precision: str) -> dict:
-    """{(batch, shape): FP32 median / this median} (device-resident, raw samples) where both were measured."""
+    """{(batch, shape): (FP32 median / this median, 95 % interval low, high, verdict)} device-resident, where
+    both were measured: the medians over raw samples, the interval from both sides' round medians
+    (``lib.report.compare_points``), verdict 'faster' / 'slower' only when the interval lies beyond ±1 %."""
+    from .report import compare_points
+
     d = _device_points(run)
     if d.empty:
         return {}
@@ -92,10 +96,18 @@ def _speedups(run: Run, backend: str, precision: str) -> dict:
     base = d[(d["backend"] == backend) & (d["precision"] == "fp32")]
     out = {}
     for r in mine.itertuples():
-        b = base[(base["batch"] == r.batch) & (base["shape"] == r.shape)]
-        if len(b) and r.median_ms > 0:
-            out[(int(r.batch), str(r.shape))] = float(b["median_ms"].iloc[0]) / float(r.median_ms)
+        if ((base["batch"] == r.batch) & (base["shape"] == r.shape)).any() and r.median_ms > 0:
+            ratio, lo, hi, v = compare_points(run, (backend, "fp32", r.batch), (backend, precision, r.batch),
+                                              "device", r.shape)
+            out[(int(r.batch), str(r.shape))] = (ratio, lo, hi, {"higher": "faster", "lower": "slower"}.get(
+                v, "no clear difference"))
     return out
+
+
+def _fmt_speedup(k, v) -> str:
+    ratio, lo, hi, verdict = v
+    interval = f"{lo:.2f}–{hi:.2f}" if np.isfinite(lo) and np.isfinite(hi) else "no interval"
+    return f"bs {k[0]}: {ratio:.2f}x ({interval}, {verdict})"
 
 
 def quant_table(run: Run) -> pd.DataFrame:
@@ -112,7 +124,7 @@ def quant_table(run: Run) -> pd.DataFrame:
             continue
         row = {"backend": b, "precision": prec}
         sp = _speedups(run, b, prec) if prec != "fp32" else {}
-        row["speedup vs FP32 (device)"] = (", ".join(f"bs {k[0]}: {v:.2f}x" for k, v in sorted(sp.items()))
+        row["speedup vs FP32 (device)"] = ("; ".join(_fmt_speedup(k, v) for k, v in sorted(sp.items()))
                                            if sp else ("1" if prec == "fp32" else "–"))
         pts = d[(d["backend"] == b) & (d["precision"] == prec)] if not d.empty else d
         if len(pts):
@@ -221,7 +233,8 @@ def quant_markdown(run: Run, max_acc_drop: str | None = None) -> str:
             if pd.notna(row.get("top-1 agreement with FP32 (DATA)", np.nan)):
                 acc.append(f"same top-1 as FP32 on {100 * row['top-1 agreement with FP32 (DATA)']:.0f} % of the images")
             lines.append(f"- **{md(row['backend'] + '/' + row['precision'])}**: speedup over {md(row['backend'])}/fp32 "
-                         f"{md(row['speedup vs FP32 (device)'])} (device-resident medians; below 1x = slower); "
+                         f"{md(row['speedup vs FP32 (device)'])} (device-resident medians, 95 % interval from the "
+                         f"rounds; below 1x = slower); "
                          + ("; ".join(acc) or "no accuracy figure")
                          + ("" if row.get("parity passed", True) else " (parity FAILED at its thresholds)") + ".")
     for c in run.plan.get("combos", []):
@@ -250,6 +263,6 @@ def quant_markdown(run: Run, max_acc_drop: str | None = None) -> str:
         lines.append("- **Random weights: the accuracy figures mean nothing about a trained model.** This model "
                      "starts from seeded random weights (no WEIGHTS, no model hub here): top-1 on DATA, where given, "
                      "is at chance for every precision, and how far INT8 strays from FP32 depends on the weights (deep random "
-                     "networks amplify quantization noise). The speedups hold; give WEIGHTS=<state_dict.pth> and "
+                     "networks amplify quantization noise). The speed figures do not depend on the weights; give WEIGHTS=<state_dict.pth> and "
                      "DATA for an accuracy cost that means something.")
     return "\n".join(lines)
