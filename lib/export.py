@@ -465,7 +465,11 @@ def export_summary(results: dict[str, ExportResult], run_dir: Path | str | None 
              **({"INT8 vs FP32 ONNX cosine (ORT CPU)": (r.manifest.get("parity_vs_fp32") or {}).get("cosine"),
                  "INT8 vs FP32 input-dependent cosine": (r.manifest.get("parity_vs_fp32") or {}).get("centred_cosine"),
                  "calibration": (r.manifest.get("calibration") or {}).get("label"),
-                 "calibration s": r.manifest.get("calibrate_s")} if p.startswith("int8") else {})}
+                 "calibration s": r.manifest.get("calibrate_s"),
+                 "top-1 agreement with FP32 (calibration inputs)": ((r.manifest.get("parity_vs_fp32") or {})
+                                                                    .get("top1_agreement_calibration") or {}).get("share"),
+                 "CUDA EP nodes without a kernel (ORT FAQ)": (r.manifest.get("cuda_ep_estimate") or {}).get("nodes")}
+                if p.startswith("int8") else {})}
             for p, r in results.items() if r.path is not None]
     if run_dir:
         atomic_write_json(Path(run_dir) / "export.json", {"files": rows})

@@ -145,6 +145,9 @@ def quant_table(run: Run) -> pd.DataFrame:
             cal = f.get("calibration")
             row["calibration"] = cal
             row["calibration s"] = f.get("calibration s")
+            row["top-1 agreement with FP32 (calibration, ORT CPU)"] = f.get("top-1 agreement with FP32 (calibration inputs)")
+            if run.device == "cuda" and b == "ort":
+                row["CUDA EP nodes without a kernel (file)"] = f.get("CUDA EP nodes without a kernel (ORT FAQ)")
         mb, what = _model_file(run, b, prec, files)
         row["model file MB"] = mb
         row["file"] = what
@@ -198,6 +201,7 @@ def quant_markdown(run: Run, max_acc_drop: str | None = None) -> str:
         return "No quantized precision in this run: `PRECISIONS=fp32,int8` (with `CALIB=<images>`) adds one."
     kind, points, sentence = tolerance(run, max_acc_drop)
     t = quant_table(run)
+    files = _files(run)
     lines = []
     d = _device_points(run)
     if not d.empty and len(t):
@@ -239,6 +243,13 @@ def quant_markdown(run: Run, max_acc_drop: str | None = None) -> str:
                          + ("" if row.get("parity passed", True) else " (parity FAILED at its thresholds)") + ".")
     for c in run.plan.get("combos", []):
         info = (run.engines.get(f"{c['backend']}/{c['precision']}") or {}).get("info") or {}
+        if run.device == "cuda" and c["backend"] == "ort" and c["precision"] == "int8":
+            f = files.get("int8") or {}
+            lines.append(f"- **ort/int8 on the CUDA EP, from the file** (ONNX Runtime's FAQ: its CUDA build has kernels for "
+                         f"QuantizeLinear, DequantizeLinear and MatMulInteger only): "
+                         f"{f.get('CUDA EP nodes without a kernel (ORT FAQ)', '?')} node(s) without a CUDA kernel; the "
+                         f"CUDA EP runs the Q/DQ nodes around float Conv/MatMul, so expect no INT8 speedup there "
+                         f"(the TensorRT EP, ort-trt, runs the QDQ file as INT8).")
         placed = info.get("node_placement")
         if placed and "cpu_nodes" in placed:
             ops = ", ".join(f"{k} {v}" for k, v in sorted(placed["cpu_op_types"].items())) or "none listed"

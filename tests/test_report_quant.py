@@ -54,6 +54,7 @@ def test_quant_table(quant_run):
     assert "12 images from CALIB=" in i8["calibration"] and i8["calibration s"] > 0
     assert 0 < i8["model file MB"] < t[t["precision"] == "fp32"].iloc[0]["model file MB"] * 2
     assert i8["file"] == "ONNX (int8)"
+    assert 0 <= i8["top-1 agreement with FP32 (calibration, ORT CPU)"] <= 1
 
 
 def test_quant_markdown_states_the_tolerance_and_names_the_fastest_within_it(quant_run):
