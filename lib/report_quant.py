@@ -218,9 +218,13 @@ def quant_markdown(run: Run, max_acc_drop: str | None = None) -> str:
         if inside:
             best = inside[0]
             faster_out = [r for r in ranked if not r[2] and r[0] < best[0]]
+            b_backend, b_prec = best[1].split("/", 1)
+            verdicts = [v[3] for k, v in _speedups(run, b_backend, b_prec).items() if k[0] == batch]
+            noise = (f" — **inconclusive**: its speedup over {b_backend}/fp32 at batch {batch} lies within the noise "
+                     f"(see the interval below)" if b_prec != "fp32" and verdicts and verdicts[0] != "faster" else "")
             lines.append(f"- **Fastest within the tolerance at batch {batch}** (device-resident median): "
                          f"**{md(best[1])}**, {best[0]:.4g} ms" + (f", {md(best[3])}" if best[3] else "")
-                         + f" ({md(sentence)})."
+                         + f" ({md(sentence)}){noise}."
                          + (" Faster but outside it: " + ", ".join(f"{md(r[1])} {r[0]:.4g} ms ({md(r[3])})"
                                                                    for r in faster_out) + "." if faster_out else ""))
         elif ranked:
