@@ -10,7 +10,7 @@ from MinMax calibration, in one of two variants (``VARIANTS``):
   as TensorRT's explicit quantization requires (its parser refuses an INT32 DequantizeLinear: "input has
   type Int32 but must have type FP8, FP4, Int4, Int8, or UInt8", TensorRT-RTX 1.7). TensorRT builds it as a
   strongly typed network (``lib.trt_build``). On ORT's CPU EP this variant runs no faster than FP32 (resnet50
-  at batch 4: 290 ms vs 291 ms FP32 and 221 ms for ``int8``), hence two files.
+  at batch 4 on a 2-core CPU, mean of 4 runs: 290 ms vs 291 ms FP32 and 221 ms for ``int8``), hence two files.
 
 Calibration. On ``CALIB=<folder of images>`` (any layout; preprocessed as for DATA, from the model config),
 at most ``MAX_CALIB_IMAGES`` of them, spread evenly over the sorted file list; without CALIB, on seeded
