@@ -40,16 +40,18 @@ REPORTS_DIR ?= reports
 MODELS_DIR ?=
 CACHE_DIR ?= build
 DATA ?=
+CALIB ?=
+MAX_ACC_DROP ?= auto
 PRICE_PER_HOUR ?=
 RUNS ?=
-EXTRAS ?= test,tensorrt-rtx,transformers
+EXTRAS ?= test,tensorrt-rtx,transformers,torchao
 
 # Every parameter above that `make report` reads; a variable given on the command line that is not one of
 # these (or of PYTHON VENV EXTRAS) is refused with a did-you-mean, so BATCH_SIZE=8 is not silently ignored.
 PARAMS := MODEL BACKENDS PRECISIONS BATCH_SIZES SHAPES WARMUP ITERS DURATION ROUNDS POINT_CAP CI_TARGET NOISE_SPREAD \
   HOST_SLOW DEVICE OUTLIERS WEIGHTS SEED \
   UNSTABLE_CV CHANNELS_LAST TF32 COMPILE_MODE TRT_WORKSPACE TRT_OPT_LEVEL RUN_ID REPORTS_DIR MODELS_DIR CACHE_DIR \
-  DATA PRICE_PER_HOUR
+  DATA CALIB MAX_ACC_DROP PRICE_PER_HOUR
 OTHER_VARS := PYTHON VENV EXTRAS PLAN RUNS PYTHONPATH SHELL REPRO_TOL HOG FIDELITY_BATCH LAB_PORT
 CMDLINE_VARS = $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v)))
 UNKNOWN_VARS = $(filter-out $(PARAMS) $(OTHER_VARS),$(CMDLINE_VARS))
@@ -72,6 +74,7 @@ PLAN_SETS = --set model=$(call qv,MODEL) --set backends=$(call qv,BACKENDS) \
   --set compile_mode=$(call qv,COMPILE_MODE) --set trt_workspace_gib=$(call qv,TRT_WORKSPACE) \
   --set trt_opt_level=$(call qv,TRT_OPT_LEVEL) --set models_dir=$(call qv,MODELS_DIR) \
   --set cache_dir=$(call qv,CACHE_DIR) --set data=$(call qv,DATA) \
+  --set calib=$(call qv,CALIB) --set max_acc_drop=$(call qv,MAX_ACC_DROP) \
   --set price_per_hour=$(call qv,PRICE_PER_HOUR)
 
 .PHONY: help setup test test-fast report execute lab models clean-cache index
@@ -89,6 +92,10 @@ help:
 	  'CI_TARGET='$(call qv,CI_TARGET)' (adaptive stop) NOISE_SPREAD='$(call qv,NOISE_SPREAD)' HOST_SLOW='$(call qv,HOST_SLOW)
 	@echo "  RUN_ID=<existing run id> resumes an interrupted run (Ctrl-C keeps every measured point and prints the id); empty = a new run"
 	@echo "  DATA=<folder of labelled images, one sub-folder per class>: top-1/top-5 accuracy per backend"
+	@echo "  PRECISIONS=fp32,int8: INT8 (ort: QDQ on the CPU/CUDA EP; trt, ort-trt: explicit Q/DQ; torch-compile: torchao)"
+	@echo "  CALIB=<folder of images>: calibrates INT8 (empty: seeded inputs from the model config, labelled as such)"
+	@echo '  MAX_ACC_DROP='$(call qv,MAX_ACC_DROP)' accuracy loss the recommendation tolerates: auto = 1 point of top-1 with DATA,' \
+	  'else the parity thresholds; parity; or top-1 points (needs DATA)'
 	@echo "  PRICE_PER_HOUR=<the machine's price per hour>: cost per million inferences per configuration"
 	@echo "  bad values are refused in seconds, before any work, with what is valid"
 	@echo "make compare RUNS=\"<run dir> <run dir> ...\"  one HTML page comparing runs (first = reference)"
@@ -156,7 +163,7 @@ execute: $(RUN_DIR)/report.html
 	@$(PYTHON) -m lib.cli summary $(RUN_DIR) --reports-dir $(call qv,REPORTS_DIR)
 
 # Export (cached by content hash under $(CACHE_DIR)/onnx): redone only when the model's files change.
-$(ONNX_STAMP): $(ONNX_DEPS) notebooks/00_export.ipynb lib/export.py
+$(ONNX_STAMP): $(ONNX_DEPS) notebooks/00_export.ipynb lib/export.py lib/quantize.py
 	@$(PYTHON) -m lib.cli notebook export --run-dir $(RUN_DIR) --stamp $@
 
 $(RUN_DIR)/export.json: $(ONNX_STAMP)

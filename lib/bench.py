@@ -401,7 +401,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
     if engine_class(backend).needs_onnx:  # exported from load.py, or the model's own model.onnx (+ its FP16)
         onnx = {p: r.path for p, r in ensure_onnx(cfg, Path(params.cache_dir) / "onnx",
                                                   precisions=plan["onnx_precisions"], weights=params.weights or None,
-                                                  log=log).items()}
+                                                  log=log, calib=params.calib or None).items()}
     reference = _Reference(run_dir, cfg, params.weights, onnx.get("fp32") or cfg.folder / "model.onnx",
                            cache_dir=Path(params.cache_dir))
     spec = EngineSpec(model=cfg, precision=precision, device=device,

@@ -382,7 +382,7 @@ def _notebook(args, run_dir: Path) -> int:
             _run_papermill("export", out, {"model": base["model"], "weights": base["weights"],
                                            "precisions": ",".join(plan["onnx_precisions"]),
                                            "cache_dir": base["cache_dir"], "models_dir": base["models_dir"],
-                                           "run_dir": str(run_dir)}, kernel)
+                                           "calib": base.get("calib") or "", "run_dir": str(run_dir)}, kernel)
         except KeyboardInterrupt:
             raise
         except Exception as e:
@@ -466,7 +466,7 @@ def cmd_export_record(args) -> int:
             pass
     try:  # a model given as ONNX: its own file (checked against the config) and its FP16 conversion
         results = ensure_onnx(cfg, Path(params["cache_dir"]) / "onnx", plan["onnx_precisions"],
-                              params.get("weights") or None, log=_log, build=False)
+                              params.get("weights") or None, log=_log, build=False, calib=params.get("calib") or None)
         export_summary(results, run_dir)
     except BenchbookError as e:
         failed = run_dir / "export.failed.json"

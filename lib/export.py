@@ -1,4 +1,5 @@
-"""Export steps, each cached on disk and composable: torch module -> FP32 ONNX -> FP16 ONNX.
+"""Export steps, each cached on disk and composable: torch module -> FP32 ONNX -> FP16 ONNX (and INT8 ONNX,
+``lib.quantize``).
 
 ``onnx_fp32(...)`` exports with ``torch.onnx.export`` (dynamo), marks the batch dim and every
 ``-1`` runtime dim dynamic with the profile's min/max, checks the file with ``onnx.checker`` and
@@ -395,8 +396,9 @@ def onnx_given(cfg: ModelConfig, cache_root: Path, log=print, build: bool = True
 
 
 def ensure_onnx(cfg: ModelConfig, cache_root: Path, precisions=("fp32",), weights=None,
-                log=print, build: bool = True) -> dict[str, ExportResult]:
-    """Every ONNX variant the run needs, by precision (fp32 always; fp16 when asked).
+                log=print, build: bool = True, calib: str | None = None) -> dict[str, ExportResult]:
+    """Every ONNX variant the run needs, by precision (fp32 always; fp16 and int8 when asked; int8 calibrated
+    on ``calib``, a folder of images, or on seeded inputs: ``lib.quantize``).
     ``build=False`` only reads the cache (raises if a file is missing or corrupt). A model given as
     ONNX uses its own file as the FP32 one (``onnx_given``)."""
     if is_given_onnx(cfg) and weights:
@@ -405,15 +407,16 @@ def ensure_onnx(cfg: ModelConfig, cache_root: Path, precisions=("fp32",), weight
         raise WeightsError(f"WEIGHTS={str(weights)!r}: model {cfg.name!r} is given as ONNX "
                            f"({cfg.folder / 'model.onnx'}), whose weights are in the file; leave WEIGHTS empty")
     if not build:
-        return _onnx_files(cfg, cache_root, precisions, weights, log, build)
+        return _onnx_files(cfg, cache_root, precisions, weights, log, build, calib)
     from .runstate import file_lock
 
     # Two runs of one model at once: the second waits for the first's export, then finds it in the cache.
     with file_lock(Path(cache_root) / cfg.name / ".export.lock"):
-        return _onnx_files(cfg, cache_root, precisions, weights, log, build)
+        return _onnx_files(cfg, cache_root, precisions, weights, log, build, calib)
 
 
-def _onnx_files(cfg: ModelConfig, cache_root: Path, precisions, weights, log, build: bool) -> dict[str, ExportResult]:
+def _onnx_files(cfg: ModelConfig, cache_root: Path, precisions, weights, log, build: bool,
+                calib: str | None = None) -> dict[str, ExportResult]:
     if is_given_onnx(cfg):
         results = {"fp32": onnx_given(cfg, cache_root, log, build)}
     else:
@@ -427,6 +430,17 @@ def _onnx_files(cfg: ModelConfig, cache_root: Path, precisions, weights, log, bu
             why = " ".join(f"{type(e).__name__}: {e}".split())[:1500]
             log(f"[export] FP16 ONNX not available ({why}); the FP32 backends are not affected")
             results["fp16"] = ExportResult(path=None, cache_hit=False, seconds=0.0, manifest={"error": why})
+    for variant in ("int8", "int8_trt"):  # the same rule: a quantization that fails leaves FP32 (and FP16) standing
+        if variant not in precisions:
+            continue
+        from .quantize import onnx_int8
+
+        try:
+            results[variant] = onnx_int8(cfg, results["fp32"], calib, log, build, variant)
+        except (BenchbookError, ImportError) as e:
+            why = " ".join(f"{type(e).__name__}: {e}".split())[:1500]
+            log(f"[export] INT8 ONNX ({variant}) not available ({why}); the other precisions are not affected")
+            results[variant] = ExportResult(path=None, cache_hit=False, seconds=0.0, manifest={"error": why})
     return results
 
 
@@ -440,11 +454,22 @@ def export_summary(results: dict[str, ExportResult], run_dir: Path | str | None 
             for p, r in results.items() if r.path is None]
     rows += [{"precision": p, "path": str(r.path), "cache hit": r.cache_hit,
              "source": ("given (model.onnx)" if r.manifest.get("given") else
+                        "quantized from FP32 (QDQ, for TensorRT)" if p == "int8_trt" else
+                        "quantized from FP32 (QDQ)" if p == "int8" else
                         "converted from FP32" if p != "fp32" else "exported from PyTorch"),
              "export/convert s (original)": r.manifest.get("export_s", r.manifest.get("convert_s")),
              "MB": round(r.manifest["bytes"] / 1e6, 2), "sha256": r.manifest["sha256"][:16],
              "ORT vs PyTorch cosine": (r.manifest.get("parity_vs_torch") or {}).get("cosine"),
-             "FP16 vs FP32 ONNX cosine (ORT CPU)": (r.manifest.get("parity_vs_fp32") or {}).get("cosine")}
+             "FP16 vs FP32 ONNX cosine (ORT CPU)": (r.manifest.get("parity_vs_fp32") or {}).get("cosine")
+             if p == "fp16" else None,
+             **({"INT8 vs FP32 ONNX cosine (ORT CPU)": (r.manifest.get("parity_vs_fp32") or {}).get("cosine"),
+                 "INT8 vs FP32 input-dependent cosine": (r.manifest.get("parity_vs_fp32") or {}).get("centred_cosine"),
+                 "calibration": (r.manifest.get("calibration") or {}).get("label"),
+                 "calibration s": r.manifest.get("calibrate_s"),
+                 "top-1 agreement with FP32 (calibration inputs)": ((r.manifest.get("parity_vs_fp32") or {})
+                                                                    .get("top1_agreement_calibration") or {}).get("share"),
+                 "CUDA EP nodes without a kernel (ORT FAQ)": (r.manifest.get("cuda_ep_estimate") or {}).get("nodes")}
+                if p.startswith("int8") else {})}
             for p, r in results.items() if r.path is not None]
     if run_dir:
         atomic_write_json(Path(run_dir) / "export.json", {"files": rows})

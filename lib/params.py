@@ -11,11 +11,16 @@ from pathlib import Path
 from .errors import ConfigError
 
 __all__ = ["RunParams", "parse_int_list", "parse_float", "parse_int", "parse_list", "check_make_path", "show", "show_item",
-           "PRECISIONS", "COMPILE_MODES", "MAX_ITERS", "MAX_ROUNDS", "pass_targets", "measured_modes"]
+           "PRECISIONS", "QUANTIZED", "COMPILE_MODES", "MAX_ITERS", "MAX_ROUNDS", "parse_max_acc_drop",
+           "pass_targets", "measured_modes"]
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-NOT_YET = {"int8": "INT8 (explicit Q/DQ quantization) is not supported yet",
-           "fp8": "FP8 is not supported yet", "tf32": "TF32 is not a precision here: it is fp32 with TF32=1"}
+# int8 / fp8 are quantized precisions (lib.quantize): each backend says where it runs them, and auto never
+# picks them (they need calibration and cost accuracy, which the report weighs against their speed).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+QUANTIZED = ("int8", "fp8")
+NOT_YET = {"tf32": "TF32 is not a precision here: it is fp32 with TF32=1"}
+# MAX_ACC_DROP: auto (1 point of top-1 with DATA, else the parity thresholds), parity, or top-1 points.
+MAX_ACC_DROP_POINTS = 100.0
 # torch.compile's modes (torch._inductor.list_mode_options()), listed here so checking needs no torch import.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "lite")
 MAX_ITERS = 100_000  # lib.timing.TimingPolicy.max_iters: the timed loop's cap
@@ -142,6 +147,28 @@ def check_make_path(name: str, value: str) -> None:
                           f"use a path of letters, digits and / . _ - only")
 
 
+def parse_max_acc_drop(value, data: str = "") -> str:
+    """``MAX_ACC_DROP``: ``auto``, ``parity`` or a number of top-1 points (0..100, needs DATA); returned as
+    its canonical text (``auto``, ``parity`` or e.g. ``0.5``)."""
+    text = str(value).strip().lower()
+    if text in ("auto", "parity"):
+        return text
+    valid = ("auto (1 point of top-1 when DATA is given, else the parity thresholds), parity (every point "
+             "passes parity against FP32 at its precision's thresholds), or a number of top-1 points from 0 to "
+             f"{MAX_ACC_DROP_POINTS:g} (e.g. MAX_ACC_DROP=0.5; needs DATA)")
+    try:
+        x = float(text)
+    except ValueError:
+        raise ConfigError(f"{show('MAX_ACC_DROP', value)} is not valid; expected {valid}") from None
+    if not math.isfinite(x) or not 0 <= x <= MAX_ACC_DROP_POINTS:
+        raise ConfigError(f"{show('MAX_ACC_DROP', value)} is not valid; expected {valid}")
+    if not data:
+        raise ConfigError(f"{show('MAX_ACC_DROP', value)} is a drop in top-1 points, which needs labelled images: "
+                          f"give DATA=<folder, one sub-folder per class>, or use MAX_ACC_DROP=auto or parity "
+                          f"(without DATA the tolerance is the parity thresholds)")
+    return f"{x:g}"
+
+
 @dataclass
 class RunParams:
     """Everything that decides a run; saved as ``params.json`` in the run folder."""
@@ -173,6 +200,8 @@ class RunParams:
     cache_dir: str = "build"
     data: str = ""             # folder of labelled images (one sub-folder per class): accuracy per backend
     price_per_hour: float = 0.0  # the machine's price per hour (any currency); 0: not given, no cost figures
+    calib: str = ""            # folder of images that calibrates INT8 (lib.quantize); empty: seeded inputs
+    max_acc_drop: str = "auto"  # the accuracy loss the summary's recommendation tolerates (parse_max_acc_drop)
     options: dict = field(default_factory=dict)
 
     @classmethod
@@ -186,7 +215,7 @@ class RunParams:
         if not p.model:
             raise ConfigError("MODEL is empty; e.g. make report MODEL=efficientnet_b1")
         for key in ("backends", "precisions", "batch_sizes", "shapes", "device", "outliers", "weights",
-                    "compile_mode", "models_dir", "cache_dir", "data"):
+                    "compile_mode", "models_dir", "cache_dir", "data", "calib"):
             if key in raw:
                 setattr(p, key, str(raw[key]).strip())
         for key in ("backends", "precisions", "batch_sizes", "shapes"):
@@ -198,7 +227,7 @@ class RunParams:
         if not p.cache_dir:
             raise ConfigError("CACHE_DIR is empty; give a folder for exported models and engines (default: build)")
         # Paths are made absolute here, once: notebooks run with notebooks/ as their working folder.
-        for key in ("weights", "models_dir", "cache_dir", "data"):
+        for key in ("weights", "models_dir", "cache_dir", "data", "calib"):
             value = getattr(p, key)
             if value:
                 check_make_path(key.upper(), value)
@@ -244,6 +273,8 @@ class RunParams:
             p.trt_opt_level = parse_int("TRT_OPT_LEVEL", raw["trt_opt_level"], minimum=0, maximum=5)
         if str(raw.get("price_per_hour", "")).strip():
             p.price_per_hour = parse_float("PRICE_PER_HOUR", raw["price_per_hour"], unit="a price per hour")
+        if str(raw.get("max_acc_drop", "")).strip():
+            p.max_acc_drop = parse_max_acc_drop(raw["max_acc_drop"], p.data)
         if "options" in raw:
             p.options = dict(raw["options"])
         return p

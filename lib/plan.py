@@ -34,10 +34,10 @@ __all__ = ["Plan", "make_plan", "new_run_id", "check_run_id", "load_plan", "pars
 # Parameters whose change makes a different run (a resume must keep them).
 _RUN_DEFINING = ("model", "backends", "precisions", "batch_sizes", "shapes", "device", "weights", "seed",
                  "warmup", "iters", "duration", "rounds", "point_cap", "ci_target", "channels_last", "tf32",
-                 "compile_mode", "data", "price_per_hour")
+                 "compile_mode", "data", "price_per_hour", "calib")
 # Also fixed for a resume: a resumed run goes on with params.json as first written, so a different value on
 # the command line would be silently ignored (other engines, another model folder) unless refused.
-_RESUME_FIXED = ("trt_workspace_gib", "trt_opt_level", "cache_dir", "models_dir")
+_RESUME_FIXED = ("trt_workspace_gib", "trt_opt_level", "cache_dir", "models_dir", "max_acc_drop")
 _MAKE_NAME = {"trt_workspace_gib": "TRT_WORKSPACE"}  # the make variable, where it is not the field's name
 
 
@@ -156,7 +156,7 @@ def _runnable_here(device: str) -> list[str]:
     return out
 
 
-def _resolve_backends(params: RunParams, device: str) -> tuple[list[dict], list[dict]]:
+def _resolve_backends(params: RunParams, device: str, model: ModelConfig | None = None) -> tuple[list[dict], list[dict]]:
     from .engines import engine_class, list_backends
 
     requested = params.precision_list()
@@ -192,6 +192,10 @@ def _resolve_backends(params: RunParams, device: str) -> tuple[list[dict], list[
         wanted = requested if requested is not None else list(cls.auto_precisions(device))
         for prec in wanted:
             if prec in cls.precisions(device):
+                why = cls.precision_unavailable_reason(device, prec, model)
+                if why:
+                    skipped.append({"backend": cls.backend, "precision": prec, "reason": why})
+                    continue
                 combos.append({"backend": cls.backend, "precision": prec})
             else:
                 skipped.append({"backend": cls.backend, "precision": prec,
@@ -275,7 +279,7 @@ def make_plan(params: RunParams, reports_dir: Path | str = "reports", run_id: st
     TimingPolicy(warmup_s=params.warmup, min_iters=params.iters, min_duration_s=params.duration)
     parse_outlier_rule(params.outliers)
     batches, shapes = resolve_points(cfg, params, device)
-    combos, skipped = _resolve_backends(params, device)
+    combos, skipped = _resolve_backends(params, device, cfg)
     if is_given_onnx(cfg):  # no torch module: only the backends that run the ONNX can run it
         for backend in dict.fromkeys(c["backend"] for c in combos if not _needs_onnx(c["backend"])):
             skipped.append({"backend": backend, "precision": "*",
@@ -297,7 +301,15 @@ def make_plan(params: RunParams, reports_dir: Path | str = "reports", run_id: st
         from .accuracy import check_data
 
         check_data(cfg, params.data)  # an ImageFolder, and an image model with preprocessing (reads no pixels)
-    onnx_precisions = sorted({c["precision"] for c in combos if _needs_onnx(c["backend"])} | {"fp32"})
+    onnx_precisions = sorted({_onnx_variant(c) for c in combos if _needs_onnx(c["backend"])} | {"fp32"})
+    if params.calib:
+        if not any(p.startswith("int8") for p in onnx_precisions):
+            raise ConfigError(f"{show('CALIB', params.calib)} calibrates INT8 ONNX files, but no ONNX backend runs "
+                              f"int8 in this plan; add int8 to PRECISIONS (e.g. PRECISIONS=fp32,int8 BACKENDS=ort) or "
+                              f"leave CALIB empty")
+        from .quantize import check_calib
+
+        check_calib(cfg, params.calib)  # a folder of images this model's preprocessing can read (reads no pixels)
     key = "given" if is_given_onnx(cfg) else export_key(cfg, params.weights or None)
     model_dir = reports_dir / cfg.name
     if run_id:
@@ -351,8 +363,15 @@ def make_plan(params: RunParams, reports_dir: Path | str = "reports", run_id: st
 
 
 def _stamp(plan: Plan, key: str) -> Path:
-    """The export notebook's output file: one per ONNX key and set of precisions."""
-    return Path(plan.onnx_dir) / plan.params.model / key / f"export-{'-'.join(plan.onnx_precisions)}.done"
+    """The export notebook's output file: one per ONNX key and set of precisions (and, with INT8, calibration
+    source: another CALIB folder makes another INT8 file)."""
+    calib = ""
+    if any(p.startswith("int8") for p in plan.onnx_precisions):
+        from .quantize import calibration_source
+
+        cfg = get_model(plan.params.model, plan.params.models_path)
+        calib = "-calib" + calibration_source(cfg, plan.params.calib or None).sha256[:8]
+    return Path(plan.onnx_dir) / plan.params.model / key / f"export-{'-'.join(plan.onnx_precisions)}{calib}.done"
 
 
 def _drop_stale_stamp(plan: Plan, key: str, log) -> None:
@@ -362,13 +381,19 @@ def _drop_stale_stamp(plan: Plan, key: str, log) -> None:
     stamp = _stamp(plan, key)
     if not stamp.exists() or key == "given":  # a given ONNX: make's deps (model.onnx, config.yaml) decide
         return
-    folders = [stamp.parent] + sorted(stamp.parent.glob("fp16-*"))
+    folders = [stamp.parent] + sorted(stamp.parent.glob("fp16-*")) + sorted(stamp.parent.glob("int8-*"))
     for folder in folders:
         ok, why = valid_artifact(folder, "model.onnx")
         if not ok:
             log(f"[plan] warning: the cached ONNX export cannot be used: {why}; it will be rebuilt")
             stamp.unlink()
             return
+
+
+def _onnx_variant(combo: dict) -> str:
+    from .engines import engine_class
+
+    return engine_class(combo["backend"]).onnx_variant(combo["precision"])
 
 
 def _needs_onnx(backend: str) -> bool:

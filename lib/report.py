@@ -539,6 +539,11 @@ def summary_markdown(run: Run, sp: pd.DataFrame | None = None, budget_ms: float 
                          f"{_x(d['speedup'].min())}–{_x(d['speedup'].max())}.")
     elif not ((p["backend"] == BASELINE[0]) & (p["precision"] == BASELINE[1])).any():
         lines.append("- No PyTorch eager FP32 (torch/fp32) points in this run: no speedups are computed.")
+    from .report_quant import has_quantized, quant_markdown
+
+    if has_quantized(run):  # INT8/FP8: the fastest configuration within the accuracy tolerance (MAX_ACC_DROP)
+        lines.extend(line for line in quant_markdown(run).splitlines()
+                     if line.startswith(("- **Fastest within", "- **No configuration", "- **Random weights")))
     if eff is not None and not eff.empty and eff["peak_share"].notna().any():
         e = eff[eff["mode"] == _rate_mode(run)].sort_values("peak_share", ascending=False)
         if len(e) and np.isfinite(e.iloc[0]["peak_share"]):

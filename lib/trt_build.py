@@ -38,7 +38,7 @@ __all__ = ["BuildResult", "FLAVOURS", "PRECISIONS", "DEFAULT_AOT_TARGETS", "impo
            "engine_key", "build_engine", "trt_logger"]
 
 FLAVOURS = ("tensorrt", "tensorrt_rtx")  # module names, in order of preference
-PRECISIONS = ("fp32", "fp16")  # what an exported ONNX exists for
+PRECISIONS = ("fp32", "fp16", "int8")  # what an exported ONNX exists for (int8: the QDQ file of lib.quantize)
 # TensorRT-RTX's documented default AOT targets (Ampere, Ada, consumer Blackwell, plus GA10x).
 DEFAULT_AOT_TARGETS = ("8.0", "8.6", "8.9", "12.0")
 KEY_SCHEMA = 1  # bump when the build code changes what an engine contains
@@ -168,9 +168,6 @@ def check_profile(cfg: ModelConfig, batch_sizes, shapes) -> list[Shape]:
 
 
 def check_precision(precision: str) -> None:
-    if precision == "int8":
-        raise ConfigError("PRECISIONS: int8: INT8 (Q/DQ) is not supported yet; TensorRT builds strongly typed "
-                          "networks and needs an ONNX with explicit Q/DQ nodes, which benchbook does not make yet")
     if precision == "bf16":
         raise ConfigError("PRECISIONS: bf16: no BF16 ONNX is produced yet (the export makes FP32 and FP16), and a "
                           "strongly typed TensorRT build takes its precision from the ONNX; use fp32 or fp16")

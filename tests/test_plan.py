@@ -349,3 +349,26 @@ def test_resume_refuses_other_engine_and_folder_settings(tmp_path, change, shown
         _plan(tmp_path, run_id=first.run_dir.name, **changes)
     assert shown in str(e.value) and "was run with other parameters" in str(e.value), str(e.value)
     assert value is None or str(tmp_path / value) in str(e.value)
+
+
+# --- INT8: the ONNX variants a plan asks for, CALIB checked before any work (lib.quantize) ------------------
+def test_int8_plan_asks_for_the_qdq_file_and_its_calibration(tmp_path):
+    plan = _plan(tmp_path, backends="ort", precisions="fp32,int8")
+    assert plan.combos == [{"backend": "ort", "precision": "fp32"}, {"backend": "ort", "precision": "int8"}]
+    assert plan.onnx_precisions == ["fp32", "int8"]
+    mk = (plan.run_dir / "plan.mk").read_text()
+    assert "ONNX_PRECISIONS := fp32,int8" in mk and "-calib" in mk  # another CALIB, another export stamp
+
+
+def test_calib_without_int8_and_a_calib_that_is_not_a_folder_are_refused(tmp_path):
+    msg = _refused(tmp_path, ConfigError, backends="ort", precisions="fp32", calib=str(tmp_path))
+    assert "calibrates INT8 ONNX files" in msg and "add int8 to PRECISIONS" in msg
+    msg = _refused(tmp_path, ConfigError, backends="ort", precisions="fp32,int8", calib=str(tmp_path / "nope"))
+    assert f"CALIB={str(tmp_path / 'nope')!r} is not a folder" in msg
+
+
+def test_int8_on_a_backend_that_does_not_run_it_is_skipped_with_the_reason(tmp_path):
+    plan = _plan(tmp_path, backends="torch,ort", precisions="fp32,int8")
+    assert {"backend": "torch", "precision": "int8"} not in plan.combos
+    assert any(s["backend"] == "torch" and s["precision"] == "int8" and "does not run int8" in s["reason"]
+               for s in plan.skipped)

@@ -83,8 +83,24 @@ class Engine(ABC):
 
     @classmethod
     def auto_precisions(cls, device: str) -> tuple[str, ...]:
-        """What PRECISIONS=auto runs: FP32 on a CPU; every supported precision on a GPU."""
-        return cls.precisions(device) if device == "cuda" else tuple(p for p in cls.precisions(device) if p == "fp32")
+        """What PRECISIONS=auto runs: FP32 on a CPU; every supported float precision on a GPU. Quantized ones
+        (int8, fp8) only by name: they need calibration and cost accuracy."""
+        from ..params import QUANTIZED
+
+        floats = tuple(p for p in cls.precisions(device) if p not in QUANTIZED)
+        return floats if device == "cuda" else tuple(p for p in floats if p == "fp32")
+
+    @classmethod
+    def onnx_variant(cls, precision: str) -> str:
+        """Which exported ONNX file (``Artifacts.onnx`` key, ``lib.export.ensure_onnx`` precision) this backend
+        loads at ``precision``: the precision's own, but for INT8 on TensorRT (``int8_trt``, lib.quantize)."""
+        return precision
+
+    @classmethod
+    def precision_unavailable_reason(cls, device: str, precision: str, model=None) -> str | None:
+        """None if ``precision`` (one of ``precisions(device)``) can run here for ``model``, else why not; checked by
+        the plan step, before any work (e.g. a library it needs is missing, the GPU lacks FP8)."""
+        return None
 
     @classmethod
     def unavailable_reason(cls, device: str) -> str | None:

@@ -59,6 +59,58 @@ def trt_version_reason(linked: int | None, installed: str | None, ort_version: s
             f"'tensorrt-cu12>={linked},<{linked + 1}'), or leave ort-trt out")
 
 
+def parse_node_placements(text: str) -> dict:
+    """{provider: {"nodes": n, "op_types": {op: count}}} from ONNX Runtime's verbose session log, whose
+    VerifyEachNodeIsAssignedToAnEp lines read " All nodes placed on [CPUExecutionProvider]. Number of nodes: 11"
+    or, per provider, " Node(s) placed on [<EP>]. Number of nodes: <n>" followed by "  <OpType> (<node name>)"."""
+    import re
+
+    out: dict = {}
+    current = None
+    for line in text.splitlines():
+        body = line.split("] ", 1)[1] if "VerifyEachNodeIsAssignedToAnEp]" in line else None
+        if body is None:
+            current = None
+            continue
+        m = re.search(r"(?:All nodes|Node\(s\)) placed on \[(\w+)\]\. Number of nodes: (\d+)", body)
+        if m:
+            current = out.setdefault(m.group(1), {"nodes": int(m.group(2)), "op_types": {}})
+            continue
+        m = re.match(r"\s{2,}(\S+) \(", body)
+        if m and current is not None:
+            current["op_types"][m.group(1)] = current["op_types"].get(m.group(1), 0) + 1
+    return out
+
+
+def node_placements(ort, path, providers, base_options) -> dict:
+    """Where ONNX Runtime places each node of ``path`` for ``providers``: a throwaway session with verbose
+    logging, its log read from the process's stderr (ORT's C++ logger writes there). Returns the per-provider
+    counts and the CPU EP's share, or the reason it could not be read."""
+    import os
+    import tempfile
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = base_options.graph_optimization_level
+    so.log_severity_level, so.log_verbosity_level = 0, 0
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                ort.InferenceSession(str(path), sess_options=so, providers=providers)
+            finally:
+                os.dup2(saved, 2)
+            sink.seek(0)
+            placed = parse_node_placements(sink.read().decode(errors="replace"))
+    except Exception as e:  # noqa: BLE001 - recorded, never fatal: the timed session is made separately
+        return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+    finally:
+        os.close(saved)
+    cpu = placed.get("CPUExecutionProvider", {"nodes": 0, "op_types": {}})
+    return {"providers": placed, "cpu_nodes": cpu["nodes"], "cpu_op_types": cpu["op_types"],
+            "source": "ONNX Runtime's verbose log (VerifyEachNodeIsAssignedToAnEp)"}
+
+
 @register_engine
 class OrtEngine(Engine):
     backend = "ort"
@@ -68,8 +120,9 @@ class OrtEngine(Engine):
 
     @classmethod
     def precisions(cls, device):
-        # FP16 ONNX (Cast at the I/O) runs on the CPU EP too, but slowly and not representatively.
-        return ("fp32", "fp16") if device == "cuda" else ("fp32",)
+        # FP16 ONNX (Cast at the I/O) runs on the CPU EP too, but slowly and not representatively. INT8 is the QDQ
+        # file (lib.quantize): integer kernels on the CPU EP; on the CUDA EP Q/DQ kernels around float math.
+        return ("fp32", "fp16", "int8") if device == "cuda" else ("fp32", "int8")
 
     @classmethod
     def unavailable_reason(cls, device):
@@ -115,7 +168,7 @@ class OrtEngine(Engine):
         import onnxruntime as ort
 
         self._ort = ort
-        path = self.spec.artifacts.onnx.get(self.spec.precision)
+        path = self.spec.artifacts.onnx.get(self.onnx_variant(self.spec.precision))
         if path is None:
             raise UnavailableError(f"{self.label}: no {self.spec.precision} ONNX model was exported (export.json in the run folder says why)")
         if self.spec.device == "cuda" and hasattr(ort, "preload_dlls"):
@@ -147,6 +200,11 @@ class OrtEngine(Engine):
         if self.session is None:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=wanted)
         got = self.session.get_providers()
+        if self.spec.device == "cuda" and self.spec.precision == "int8" and not getattr(self, "_placed", False):
+            # Which nodes ORT puts on which provider (its verbose log, the only place it says): a quantized graph
+            # is where the CUDA EP lacks kernels. Once per engine: a session per binding repeats the same graph.
+            self._placed = True
+            self.info["node_placement"] = node_placements(ort, path, wanted, so)
         first = wanted[0] if isinstance(wanted[0], str) else wanted[0][0]
         if got[0] != first:
             raise UnavailableError(f"{self.label}: ONNX Runtime could not start {first} (it would run on {got}); "
@@ -278,7 +336,12 @@ class OrtTensorRT(OrtEngine):
 
     @classmethod
     def precisions(cls, device):
-        return ("fp32", "fp16") if device == "cuda" else ()
+        # int8: the QDQ file, built by TensorRT as explicitly quantized (the EP's strongly typed path, TRT >= 10)
+        return ("fp32", "fp16", "int8") if device == "cuda" else ()
+
+    @classmethod
+    def onnx_variant(cls, precision):
+        return "int8_trt" if precision == "int8" else precision  # TensorRT's Q/DQ rules (lib.quantize)
 
     @classmethod
     def unavailable_reason(cls, device):

@@ -4,6 +4,15 @@ Precision: the module's weights and float inputs are cast to the precision (fp16
 device; outputs are cast back to fp32 before the copy to the host, as the FP16 ONNX models
 keep FP32 I/O. ``fp32`` follows the run's TF32 setting (``tf32`` option), like every backend.
 Options: ``channels_last`` (4-D inputs and weights in NHWC), ``tf32``, ``compile_mode``.
+
+Quantized precisions (``torch-compile`` only): torchao's ``quantize_`` on the module, then torch.compile,
+torchao's documented inference path. ``int8``: ``Int8DynamicActivationInt8WeightConfig`` (weights INT8 per
+row, activations quantized per token at run time; FP32 activations on a CPU, BF16 on a GPU); ``fp8``:
+``Float8DynamicActivationFloat8WeightConfig`` on compute capability 8.9 or newer only (FP8 tensor cores),
+BF16 activations. torchao quantizes ``nn.Linear`` layers; every other layer (convolutions, embeddings,
+norms) stays in the activation precision, and ``info["torchao"]`` lists both by type. Not on ``torch``
+(eager): there the quantized tensors dispatch op by op without inductor's fusions, which would time
+torchao's dispatch rather than INT8 math.
 """
 
 from __future__ import annotations
@@ -20,10 +29,59 @@ from .base import Engine
 __all__ = ["TorchEager", "TorchCudaGraph", "TorchCompile", "torch_dtype"]
 
 
-def torch_dtype(precision: str):
+def torch_dtype(precision: str, device: str = "cpu"):
+    """The module's float dtype at ``precision``; for torchao's quantized precisions, the activations' dtype."""
     import torch
 
+    if precision == "int8":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    if precision == "fp8":
+        return torch.bfloat16
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+TORCHAO_CONFIGS = {"int8": "Int8DynamicActivationInt8WeightConfig", "fp8": "Float8DynamicActivationFloat8WeightConfig"}
+FP8_MIN_CC = (8, 9)
+
+
+def torchao_reason() -> str | None:
+    """Why torchao cannot be used here (not installed, or it does not import with this torch), or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchao") is None:
+        return "torchao is not installed (pip install torchao; or pip install -e .[torchao])"
+    return None
+
+
+def gpu_compute_capability() -> tuple[int, int] | None:
+    """The first GPU's compute capability from NVML (no torch import: the plan step uses it), or None."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return tuple(pynvml.nvmlDeviceGetCudaComputeCapability(pynvml.nvmlDeviceGetHandleByIndex(0)))
+    except Exception:
+        return None
+
+
+def torchao_quantize(module, precision: str) -> dict:
+    """``quantize_`` ``module`` in place with the precision's torchao config; returns what was quantized and
+    what stayed in higher precision, by layer type (leaf modules that hold a weight)."""
+    import torch
+    import torchao
+    from torchao import quantization as q
+
+    config = getattr(q, TORCHAO_CONFIGS[precision])()
+    q.quantize_(module, config)
+    quantized, kept = {}, {}
+    for _, m in module.named_modules():
+        w = getattr(m, "weight", None)
+        if not isinstance(w, torch.Tensor) or list(m.children()):
+            continue
+        plain = type(w) in (torch.nn.Parameter, torch.Tensor)
+        (kept if plain else quantized)[type(m).__name__] = (kept if plain else quantized).get(type(m).__name__, 0) + 1
+    return {"config": TORCHAO_CONFIGS[precision], "torchao": torchao.__version__, "quantized": quantized,
+            "kept_in_higher_precision": kept}
 
 
 def as_output_list(out) -> list:
@@ -51,7 +109,7 @@ class _TorchBase(Engine):
         spec = self.spec
         self._torch = torch
         self._dev = torch.device(spec.device)
-        self._dtype = torch_dtype(spec.precision)
+        self._dtype = torch_dtype(spec.precision, spec.device)
         tf32 = bool(spec.options.get("tf32", True))
         if spec.device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -62,6 +120,9 @@ class _TorchBase(Engine):
             self._dev, dtype=self._dtype)
         if self._channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if spec.precision in TORCHAO_CONFIGS:  # torch-compile only (precisions() says so): before compiling
+            self.info["torchao"] = torchao_quantize(model, spec.precision)
+            self.info["activation_dtype"] = str(self._dtype).removeprefix("torch.")
         self.module = self._wrap(model)
         self.info.update({"tf32": tf32, "channels_last": self._channels_last})
 
@@ -221,6 +282,27 @@ class TorchCompile(_TorchBase):
         # Inductor compiles each batch size for ~15 s (efficientnet_b1, H200): auto runs the precision
         # it serves best; fp32 and bf16 by name (PRECISIONS=fp32 BACKENDS=torch-compile).
         return ("fp16",)
+
+    @classmethod
+    def precisions(cls, device):
+        # int8 / fp8: torchao (see the module docstring); fp8 needs a GPU, and one of compute capability >= 8.9
+        return ("fp32", "fp16", "bf16", "int8", "fp8") if device == "cuda" else ("fp32", "bf16", "int8")
+
+    @classmethod
+    def precision_unavailable_reason(cls, device, precision, model=None):
+        if precision not in TORCHAO_CONFIGS:
+            return None
+        reason = torchao_reason()
+        if reason:
+            return reason
+        if precision == "fp8":
+            cc = gpu_compute_capability()
+            if cc is not None and tuple(cc) < FP8_MIN_CC:
+                return (f"FP8 needs compute capability {FP8_MIN_CC[0]}.{FP8_MIN_CC[1]} or newer (Ada, Hopper, "
+                        f"Blackwell: FP8 tensor cores); this GPU is {cc[0]}.{cc[1]}")
+        if model is not None and not (model.folder / "load.py").exists():
+            return "torchao quantizes a PyTorch module; this model is given as ONNX"
+        return None
 
     @classmethod
     def unavailable_reason(cls, device):

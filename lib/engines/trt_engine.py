@@ -82,8 +82,13 @@ class TrtEngine(Engine):
 
     @classmethod
     def precisions(cls, device):
-        # bf16 / int8 need a BF16 or Q/DQ ONNX, which the export does not make yet (lib.trt_build says so).
-        return ("fp32", "fp16") if device == "cuda" else ()
+        # int8: the QDQ ONNX (lib.quantize), built as an explicitly quantized, strongly typed network. bf16 needs
+        # a BF16 ONNX, which the export does not make yet (lib.trt_build says so).
+        return ("fp32", "fp16", "int8") if device == "cuda" else ()
+
+    @classmethod
+    def onnx_variant(cls, precision):
+        return "int8_trt" if precision == "int8" else precision  # TensorRT's Q/DQ rules (lib.quantize)
 
     @classmethod
     def unavailable_reason(cls, device):
@@ -108,7 +113,7 @@ class TrtEngine(Engine):
         spec = self.spec
         self._torch = torch
         self._trt, self._flavour = import_trt()
-        onnx = spec.artifacts.onnx.get(spec.precision)
+        onnx = spec.artifacts.onnx.get(self.onnx_variant(spec.precision))
         if onnx is None:
             raise UnavailableError(f"{self.label}: no {spec.precision} ONNX model was exported (export.json in the run folder says why)")
         if spec.artifacts.cache_dir is None:

@@ -125,3 +125,41 @@ def test_tensorrt_ep_needs_the_tensorrt_major_it_links():
     why = trt_version_reason(linked, f"{linked + 1}.0.1", ort.__version__)
     assert f"links TensorRT {linked}" in why and f"TensorRT {linked + 1}.0.1 is installed" in why
     assert linked_trt_major(lib.parent / "no-such-library.so") is None
+
+
+def test_node_placements_are_read_from_ort_s_own_log(tiny_onnx):
+    """On the CPU EP every node lands there; the per-provider format is ONNX Runtime's (session_state.cc,
+    VerifyEachNodeIsAssignedToAnEp), as it prints it when more than one provider takes nodes."""
+    import onnxruntime as ort
+
+    from lib.engines.ort_engine import node_placements, parse_node_placements
+
+    so = ort.SessionOptions()
+    placed = node_placements(ort, tiny_onnx["fp32"].path, ["CPUExecutionProvider"], so)
+    assert placed["cpu_nodes"] >= 3 and list(placed["providers"]) == ["CPUExecutionProvider"], placed
+    log = ("2026-12-02 10:00:00.1 [V:onnxruntime:, session_state.cc:1578 VerifyEachNodeIsAssignedToAnEp] Node placements\n"
+           "2026-12-02 10:00:00.1 [V:onnxruntime:, session_state.cc:1581 VerifyEachNodeIsAssignedToAnEp]  Node(s) placed on [CUDAExecutionProvider]. Number of nodes: 40\n"
+           "2026-12-02 10:00:00.1 [V:onnxruntime:, session_state.cc:1585 VerifyEachNodeIsAssignedToAnEp]   Conv (c1)\n"
+           "2026-12-02 10:00:00.1 [V:onnxruntime:, session_state.cc:1581 VerifyEachNodeIsAssignedToAnEp]  Node(s) placed on [CPUExecutionProvider]. Number of nodes: 3\n"
+           "2026-12-02 10:00:00.1 [V:onnxruntime:, session_state.cc:1585 VerifyEachNodeIsAssignedToAnEp]   QLinearConv (q1)\n"
+           "2026-12-02 10:00:00.1 [V:onnxruntime:, session_state.cc:1585 VerifyEachNodeIsAssignedToAnEp]   QLinearConv (q2)\n"
+           "2026-12-02 10:00:00.1 [V:onnxruntime:, session_state.cc:1585 VerifyEachNodeIsAssignedToAnEp]   Shape (s)\n"
+           "2026-12-02 10:00:00.1 [I:onnxruntime:, other.cc:1 Other]   Conv (not a placement line)\n")
+    got = parse_node_placements(log)
+    assert got["CPUExecutionProvider"] == {"nodes": 3, "op_types": {"QLinearConv": 2, "Shape": 1}}
+    assert got["CUDAExecutionProvider"] == {"nodes": 40, "op_types": {"Conv": 1}}
+
+
+def test_int8_runs_on_the_cpu_provider(tiny, tiny_module, cache_dir):
+    from lib.export import ensure_onnx
+
+    onnx = {p: r.path for p, r in ensure_onnx(tiny, cache_dir / "onnx", ("fp32", "int8"), log=lambda _m: None).items()}
+    spec = EngineSpec(model=tiny, precision="int8", device="cpu", artifacts=Artifacts(onnx=onnx))
+    with make_engine("ort", spec) as engine:
+        assert engine.info["onnx"] == str(onnx["int8"])
+        x = make_inputs(tiny, 4, tiny.parse_shape("32x32"), seed=1)
+        got = engine.infer(x)
+    with torch.no_grad():
+        ref = tiny_module(torch.from_numpy(x["image"])).numpy()
+    assert compare_outputs(got, {"logits": ref}, "int8", "logits")["passed"]
+    assert np.abs(got["logits"] - ref).max() > 0

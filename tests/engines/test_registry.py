@@ -66,7 +66,8 @@ def test_unknown_backend_lists_the_valid_ones():
 def test_cpu_capabilities():
     assert TorchEager.devices == ("cpu", "cuda") and "cpu" in TorchEager.in_auto and not TorchEager.needs_onnx
     assert TorchEager.precisions("cpu") == ("fp32", "bf16") and TorchEager.auto_precisions("cpu") == ("fp32",)
-    assert OrtEngine.needs_onnx and OrtEngine.precisions("cpu") == ("fp32",)
+    assert OrtEngine.needs_onnx and OrtEngine.precisions("cpu") == ("fp32", "int8")  # int8: the QDQ file
+    assert OrtEngine.auto_precisions("cpu") == ("fp32",) and "int8" not in OrtEngine.auto_precisions("cuda")
     assert OrtEngine.unavailable_reason("cpu") is None and TorchEager.unavailable_reason("cpu") is None
     assert engine_class("torch-compile").in_auto == ("cuda",)
     for name in ("torch-cudagraph", "ort-cudagraph", "ort-trt"):

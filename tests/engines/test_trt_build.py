@@ -60,6 +60,19 @@ def effnet_onnx(effnet, onnx_root):
     return onnx_files(effnet, onnx_root)
 
 
+def int8_files(cfg, root) -> dict[str, Path]:
+    """Both INT8 (QDQ) variants, calibrated on seeded inputs (lib.quantize): ONNX Runtime's and TensorRT's."""
+    from lib.export import ensure_onnx
+
+    return {p: r.path for p, r in ensure_onnx(cfg, root, precisions=("fp32", "int8", "int8_trt"),
+                                              log=lambda _m: None).items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_int8(tiny, onnx_root):
+    return int8_files(tiny, onnx_root)
+
+
 @pytest.fixture(scope="session")
 def build_kw():
     """How this machine builds: TensorRT-RTX when installed (AOT without a GPU, or for a GPU it does not
@@ -125,9 +138,8 @@ def test_valid_profile_returns_shapes(tiny, effnet):
 
 # --- precision and option checks (before TensorRT is imported) -------------------------------------------
 @pytest.mark.parametrize("precision, pattern", [
-    ("int8", r"INT8 \(Q/DQ\) is not supported yet"),
     ("bf16", r"no BF16 ONNX is produced yet"),
-    ("fp8", r"'fp8' is not a TensorRT precision; valid: fp32, fp16"),
+    ("fp8", r"'fp8' is not a TensorRT precision; valid: fp32, fp16, int8"),
 ])
 def test_unsupported_precisions(tiny, tmp_path, precision, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -192,6 +204,18 @@ def test_build_tiny(tiny, tiny_onnx, tmp_path, build_kw, precision):
     # Strongly typed: the precision is the ONNX's. The FP16 file's layers compute in HALF, FP32's do not.
     assert ("HALF" in m["network_dtypes"]) == (precision == "fp16")
     assert not log.warnings()
+
+
+@needs_trt
+def test_build_tiny_int8_explicit_quantization(tiny, tiny_int8, tmp_path, build_kw):
+    """The QDQ file for TensorRT builds strongly typed: INT8 layers appear, no builder flag is set. ONNX
+    Runtime's own INT8 file (INT32 biases) is refused by the parser, which is why lib.quantize makes two."""
+    r = build_engine(tiny_int8["int8_trt"], tiny, "int8", tmp_path, log=Log(), **build_kw)
+    assert not r.cache_hit and r.manifest["precision"] == "int8"
+    assert r.manifest["network_dtypes"].get("INT8", 0) > 0 and "HALF" not in r.manifest["network_dtypes"]
+    assert build_engine(tiny_int8["int8_trt"], tiny, "int8", tmp_path, log=Log(), **build_kw).cache_hit
+    with pytest.raises(BenchbookError, match=r"(?s)could not parse.*DequantizeLinear.*Int32"):
+        build_engine(tiny_int8["int8"], tiny, "int8", tmp_path, log=Log(), **build_kw)
 
 
 @needs_trt
@@ -321,6 +345,25 @@ def test_build_efficientnet_b1(effnet, effnet_onnx, tmp_path, build_kw, precisio
     assert not r.cache_hit and r.manifest["key_parts"]["profiles"]["input"]["max"] == [128, 3, 240, 240]
     assert ("HALF" in r.manifest["network_dtypes"]) == (precision == "fp16")
     assert build_engine(effnet_onnx[precision], effnet, precision, tmp_path, log=Log(), **build_kw).cache_hit
+
+
+@needs_trt
+@pytest.mark.slow
+def test_build_efficientnet_b1_int8(effnet, onnx_root, tmp_path, build_kw):
+    """A real INT8 (Q/DQ) engine of efficientnet_b1 with TensorRT-RTX (AOT on a machine without a GPU):
+    calibration on seeded inputs, then a strongly typed build. Slow: quantization and the build take minutes
+    on two cores (the figures are printed)."""
+    t0 = time.perf_counter()
+    files = int8_files(effnet, onnx_root)
+    quant_s = time.perf_counter() - t0
+    r = build_engine(files["int8_trt"], effnet, "int8", tmp_path, log=Log(), **build_kw)
+    print(f"\nefficientnet_b1 int8: quantization {quant_s:.1f} s, build {r.build_s:.1f} s, "
+          f"plan {r.manifest['bytes'] / 2**20:.1f} MiB, target {r.manifest['target']}, "
+          f"layer dtypes {r.manifest['network_dtypes']}")
+    assert not r.cache_hit and r.manifest["precision"] == "int8"
+    assert r.manifest["network_dtypes"].get("INT8", 0) >= 50  # every conv's input and weight path
+    assert r.manifest["key_parts"]["profiles"]["input"]["max"] == [128, 3, 240, 240]
+    assert build_engine(files["int8_trt"], effnet, "int8", tmp_path, log=Log(), **build_kw).cache_hit
 
 
 def test_a_suboptimal_plan_is_said_not_used_silently(tmp_path):

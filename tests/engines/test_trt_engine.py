@@ -47,7 +47,9 @@ def test_backends_registered():
     assert {"trt", "trt-cudagraph"} <= set(list_backends())
     for name, cls in (("trt", TrtEngine), ("trt-cudagraph", TrtCudaGraph)):
         assert engine_class(name) is cls and cls.needs_onnx and cls.devices == ("cuda",)
-        assert cls.precisions("cuda") == ("fp32", "fp16") and cls.precisions("cpu") == ()
+        assert cls.precisions("cuda") == ("fp32", "fp16", "int8") and cls.precisions("cpu") == ()
+        assert cls.onnx_variant("int8") == "int8_trt" and cls.onnx_variant("fp16") == "fp16"  # TensorRT's Q/DQ file
+        assert cls.auto_precisions("cuda") == ("fp32", "fp16")  # INT8 only by name
     assert issubclass(TrtCudaGraph, TrtEngine)
 
 
