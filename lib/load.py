@@ -104,16 +104,17 @@ def _closed_serial(lane, inputs, concurrency, seconds, min_requests):
     next request the moment it returns (at N = 1: issue, wait, issue, as the single-request loop)."""
     begin = clock()
     waiting = deque((i, begin) for i in range(concurrency))  # (client, issued at)
-    rows = []
+    done = []  # (client, issued, start, done): rows are made after the clock stops
     while True:
         client, issued = waiting.popleft()
         t0 = clock()
         lane(inputs)
         t1 = clock()
-        rows.append(_row(issued - begin, t0 - begin, t1 - begin, 1, client))
+        done.append((client, issued, t0, t1))
         waiting.append((client, t1))
-        if t1 - begin >= seconds and len(rows) >= min_requests:
-            return rows, t1 - begin
+        if t1 - begin >= seconds and len(done) >= min_requests:
+            break
+    return [_row(a - begin, s - begin, d - begin, 1, c) for c, a, s, d in done], t1 - begin
 
 
 def _closed_threads(lanes, inputs, concurrency, seconds, min_requests):
@@ -166,35 +167,42 @@ def open_loop(lane, batched_inputs: dict[int, dict], arrivals: np.ndarray, polic
     this thread). ``batched_inputs[b]``: host inputs of a batch of b, for every b up to ``policy.max_batch``
     (made before the clock starts: a server would concatenate). Returns (rows, window s, extra)."""
     n = len(arrivals)
-    horizon = float(arrivals[-1]) if n else 0.0
+    arr = [float(a) for a in arrivals]  # Python floats: indexed per request, numpy scalars cost more
+    horizon = arr[-1] if n else 0.0
     give_up = horizon * (1 + MAX_BACKLOG) + 0.05
-    rows: list[dict] = []
+    served: list[tuple] = []  # (first request, how many, start, done): rows are made after the clock stops
     queue: deque[int] = deque()
-    nxt = 0
+    nxt = done = 0
     overloaded = False
     begin = clock() + 0.002
-    while len(rows) < n:
+    while done < n:
         now = clock() - begin
-        while nxt < n and arrivals[nxt] <= now:
+        while nxt < n and arr[nxt] <= now:
             queue.append(nxt)
             nxt += 1
         if now > give_up:
             overloaded = True  # the backlog outgrew the round: beyond capacity
             break
         if not queue:
-            _wait_until(begin + arrivals[nxt])
+            _wait_until(begin + arr[nxt])
             continue
-        take, when = take_batch(arrivals[list(queue)[:policy.max_batch]], now, policy,
-                                next_arrival=arrivals[nxt] if nxt < n else np.inf)
+        # requests are queued in arrival order, so the oldest waiting ones are queue[0], queue[0] + 1, ...
+        first = queue[0]
+        take, when = take_batch(arr[first:first + min(len(queue), policy.max_batch)], now, policy,
+                                next_arrival=arr[nxt] if nxt < n else np.inf)
         if not take:
             _wait_until(begin + when)  # the oldest's deadline or the next arrival: decide again then
             continue
-        ids = [queue.popleft() for _ in range(take)]
+        for _ in range(take):
+            queue.popleft()
         t0 = clock() - begin
         lane(batched_inputs[take])
         t1 = clock() - begin
-        rows.extend({**_row(float(arrivals[i]), t0, t1, take, 0), "request": i} for i in ids)
-    last_done = max((r["done_s"] for r in rows), default=horizon)
+        served.append((first, take, t0, t1))
+        done += take
+    rows = [{**_row(arr[i], t0, t1, take, 0), "request": i}
+            for first, take, t0, t1 in served for i in range(first, first + take)]
+    last_done = served[-1][3] if served else horizon
     return rows, max(last_done, 1e-9), {"offered": n, "served": len(rows), "overloaded": overloaded,
                                          "drain_s": last_done - horizon, "offered_rps": n / max(horizon, 1e-9)}
 

@@ -58,12 +58,12 @@ def take_batch(waiting_arrivals, now: float, policy: BatchPolicy, next_arrival: 
     a full batch waits or there is no delay; else when the oldest request's deadline (arrival + max delay) has
     come, take what waits; else take none and decide again at the deadline or at ``next_arrival`` (when the
     next request arrives: it may fill the batch), whichever is first."""
-    q = np.asarray(waiting_arrivals, dtype=float)
-    if len(q) >= policy.max_batch or policy.max_delay_ms <= 0:
-        return int(min(len(q), policy.max_batch)), now
-    deadline = q[0] + policy.max_delay_ms / 1e3
+    n = len(waiting_arrivals)  # plain Python: the live server calls this once per batch, microseconds count
+    if n >= policy.max_batch or policy.max_delay_ms <= 0:
+        return min(n, policy.max_batch), now
+    deadline = float(waiting_arrivals[0]) + policy.max_delay_ms / 1e3
     if deadline <= now:
-        return int(len(q)), now
+        return n, now
     return 0, float(min(deadline, next_arrival))
 
 

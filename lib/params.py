@@ -11,7 +11,7 @@ from pathlib import Path
 from .errors import ConfigError
 
 __all__ = ["RunParams", "parse_int_list", "parse_float", "parse_int", "parse_list", "check_make_path", "show", "show_item",
-           "PRECISIONS", "COMPILE_MODES", "MAX_ITERS", "MAX_ROUNDS"]
+           "PRECISIONS", "COMPILE_MODES", "MAX_ITERS", "MAX_ROUNDS", "MAX_CONCURRENCY", "LOAD_CHOICES"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 NOT_YET = {"int8": "INT8 (explicit Q/DQ quantization) is not supported yet",
@@ -26,6 +26,10 @@ MAX_POINT_CAP_S = 600.0
 MAX_WARMUP_S = 300.0
 MAX_DURATION_S = 600.0
 MAX_UNSTABLE_CV = 1.0
+MAX_CONCURRENCY = 64  # load section: requests in flight (a thread, stream or queued client each)
+# load section: auto = the configurations the summary picks; all = every measured one; none (or 0) = no load stage
+LOAD_CHOICES = ("auto", "all", "none", "0")
+DEFAULT_RATES = "0.5x,0.9x"  # RATES=auto: fractions of each configuration's measured single-request throughput
 # Characters that break make (targets and recipes are built from these paths) or the shell.
 _MAKE_UNSAFE = set(" \t\n\r#$%:;*?\"'\\|&<>`")
 
@@ -155,6 +159,9 @@ class RunParams:
     cache_dir: str = "build"
     data: str = ""             # folder of labelled images (one sub-folder per class): accuracy per backend
     price_per_hour: float = 0.0  # the machine's price per hour (any currency); 0: not given, no cost figures
+    load: str = "auto"         # load section: auto (the configurations the summary picks), all, or none/0
+    concurrency: str = "1,2,4,8"  # load section: requests in flight of the closed loop
+    rates: str = "auto"        # load section: Poisson arrival rates: 0.5x (of single-request throughput) or req/s
     options: dict = field(default_factory=dict)
 
     @classmethod
@@ -226,6 +233,15 @@ class RunParams:
             p.trt_opt_level = parse_int("TRT_OPT_LEVEL", raw["trt_opt_level"], minimum=0, maximum=5)
         if str(raw.get("price_per_hour", "")).strip():
             p.price_per_hour = parse_float("PRICE_PER_HOUR", raw["price_per_hour"], unit="a price per hour")
+        for key in ("load", "concurrency", "rates"):
+            if key in raw:
+                setattr(p, key, str(raw[key]).strip().lower())
+        if p.load not in LOAD_CHOICES:
+            raise ConfigError(f"{show('LOAD', p.load)} is not valid; valid: auto (the configurations the summary "
+                              f"picks: best latency, best throughput, best within the budget), all (every measured "
+                              f"one), none or 0 (no load section)")
+        p.concurrency_list()
+        p.rate_list()
         if "options" in raw:
             p.options = dict(raw["options"])
         return p
@@ -252,6 +268,41 @@ class RunParams:
         if len(set(items)) != len(items):
             raise ConfigError(f"{show('PRECISIONS', self.precisions)} repeats a precision; give each once")
         return items
+
+    @property
+    def load_enabled(self) -> bool:
+        return self.load not in ("none", "0")
+
+    def concurrency_list(self) -> list[int]:
+        """CONCURRENCY as whole numbers of requests in flight, each from 1 to MAX_CONCURRENCY (auto: 1,2,4,8)."""
+        text = "1,2,4,8" if self.concurrency in ("auto", "") else self.concurrency
+        values = parse_int_list("CONCURRENCY", text)
+        big = [n for n in values if n > MAX_CONCURRENCY]
+        if big:
+            raise ConfigError(f"{show_item('CONCURRENCY', self.concurrency, big[0])} is not valid; expected whole "
+                              f"numbers from 1 to {MAX_CONCURRENCY} separated by commas, e.g. CONCURRENCY=1,2,4,8")
+        return values
+
+    def rate_list(self) -> list[tuple[float, str]]:
+        """RATES as (value, unit) pairs: unit "x" = a fraction of the configuration's measured single-request
+        throughput (0.5x), "rps" = requests/s (200). auto = 0.5x,0.9x."""
+        text = DEFAULT_RATES if self.rates in ("auto", "") else self.rates
+        valid = ("expected fractions of the measured single-request throughput (e.g. 0.5x, at most 100x) or "
+                 "request rates in requests/s (e.g. 200), separated by commas, e.g. RATES=0.5x,0.9x or RATES=100,500")
+        out = []
+        for item in parse_list("RATES", text):
+            unit = "x" if item.endswith("x") else "rps"
+            number = item[:-1] if unit == "x" else item
+            try:
+                value = float(number)
+            except ValueError:
+                raise ConfigError(f"{show_item('RATES', self.rates, item)} is not valid; {valid}") from None
+            if not (math.isfinite(value) and value > 0) or (unit == "x" and value > 100):
+                raise ConfigError(f"{show_item('RATES', self.rates, item)} is not valid; {valid}")
+            out.append((value, unit))
+        if len(set(out)) != len(out):
+            raise ConfigError(f"{show('RATES', self.rates)} repeats a rate; give each once")
+        return out
 
     @property
     def models_path(self) -> Path | None:
