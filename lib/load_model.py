@@ -2,9 +2,10 @@
 
 * ``BatchPolicy`` / ``take_batch``: Triton-style dynamic batching, the one decision rule that both the live
   server (``lib.load.open_loop``) and the model use, so they cannot drift apart.
-* ``simulate``: the same policy over the same kind of arrival process with a deterministic service time
-  ``s(b)`` per batch of b (``service_curve``: the benchmark's measured median end-to-end latency of a batch of
-  b, linear between measured batch sizes), on ``instances`` servers. ``predict`` gives a point's figures.
+* ``simulate``: the same policy over the same kind of arrival process with a service time ``s(b)`` per batch
+  of b, on ``instances`` servers: deterministic (``service_curve``: the benchmark's median end-to-end latency
+  of a batch of b, linear between measured batch sizes), or drawn from the benchmark's raw samples
+  (``sampled_service``), which keeps the spread a shared host adds. ``predict`` gives a point's figures.
 * ``mdl_mean_sojourn``: M/D/1's closed form (Pollaczek–Khinchine), what the simulator is tested against.
 * ``max_rate_within``: the highest arrival rate whose predicted tail latency stays within a budget (bisection
   on the rate: the tail grows with the rate), and ``best_policy`` the policy that sustains the most.
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["BatchPolicy", "take_batch", "poisson_arrivals", "service_curve", "simulate", "predict",
+__all__ = ["BatchPolicy", "take_batch", "poisson_arrivals", "service_curve", "sampled_service", "simulate", "predict",
            "mdl_mean_sojourn", "max_rate_within", "candidate_policies", "best_policy", "MODEL_REQUESTS"]
 
 MODEL_REQUESTS = 4000  # arrivals per predicted point: the p99 rests on ~40 requests above it
@@ -93,6 +94,23 @@ def service_curve(batch_ms: dict[int, float]):
     return s
 
 
+def sampled_service(batch_ms: dict[int, float], samples: dict[int, np.ndarray], seed: int = 0):
+    """s(b) in seconds drawn at random from the benchmark's raw samples (ms) of the measured batch size nearest
+    to b, scaled by s_median(b) / that batch's median: the service time keeps the spread and the tail the
+    benchmark saw on this host (an M/G/1-like model), where ``service_curve`` keeps only its median."""
+    median = service_curve(batch_ms)
+    rng = np.random.default_rng(seed)
+    keys = np.array(sorted(b for b in samples if len(samples[b])))
+    pools = {int(b): np.asarray(samples[int(b)], float) for b in keys}
+    scale = {int(b): 1.0 / float(np.median(pools[int(b)])) for b in keys}
+
+    def s(b: int) -> float:
+        near = int(keys[np.argmin(np.abs(keys - b))])
+        pool = pools[near]
+        return float(pool[rng.integers(len(pool))]) * scale[near] * median(b)
+    return s
+
+
 def simulate(arrivals: np.ndarray, service, policy: BatchPolicy, instances: int = 1) -> pd.DataFrame:
     """Each request's arrival, start, done (s) and batch under the batcher, ``instances`` servers whose time
     for a batch of b is ``service(b)`` seconds."""
@@ -120,12 +138,15 @@ def simulate(arrivals: np.ndarray, service, policy: BatchPolicy, instances: int 
 
 
 def predict(batch_ms: dict[int, float], rate: float, policy: BatchPolicy, requests: int = MODEL_REQUESTS,
-            seed: int = 1, instances: int = 1) -> dict:
+            seed: int = 1, instances: int = 1, samples: dict[int, np.ndarray] | None = None) -> dict:
     """A predicted open-loop point at ``rate`` under ``policy``: median, p90, p99 and mean latency (ms),
     throughput, mean batch, and whether it is sustained (the queue does not grow: the last tenth of the
-    requests waits no longer than the first half did, and throughput keeps up with the rate)."""
+    requests waits no longer than the first half did, and throughput keeps up with the rate). With
+    ``samples`` (raw benchmark samples by batch size) service times are drawn from them (``sampled_service``);
+    without, each batch takes its median (``service_curve``)."""
     arrivals = poisson_arrivals(rate, requests / rate, seed)
-    sim = simulate(arrivals, service_curve(batch_ms), policy, instances)
+    service = sampled_service(batch_ms, samples, seed) if samples else service_curve(batch_ms)
+    sim = simulate(arrivals, service, policy, instances)
     wait = (sim["start_s"] - sim["arrival_s"]).to_numpy()
     n = len(sim)
     growing = wait[-max(1, n // 10):].mean() > 2 * wait[: max(1, n // 2)].mean() + 2 * service_curve(batch_ms)(1)
@@ -151,11 +172,12 @@ def capacity(batch_ms: dict[int, float], policy: BatchPolicy) -> float:
     return policy.max_batch / service_curve(batch_ms)(policy.max_batch)
 
 
-def max_rate_within(batch_ms: dict[int, float], policy: BatchPolicy, budget_ms: float, steps: int = 12) -> float:
+def max_rate_within(batch_ms: dict[int, float], policy: BatchPolicy, budget_ms: float, steps: int = 12,
+                    samples: dict[int, np.ndarray] | None = None) -> float:
     """The highest arrival rate (req/s) whose predicted p99 is within ``budget_ms`` and that is sustained;
     0 when even a trickle misses the budget (a lone request's latency is above it)."""
     def ok(rate):
-        p = predict(batch_ms, rate, policy)
+        p = predict(batch_ms, rate, policy, samples=samples)
         return p["sustained"] and p["p99_ms"] <= budget_ms
 
     lo, hi = 0.0, capacity(batch_ms, policy)
@@ -180,11 +202,12 @@ def candidate_policies(batch_ms: dict[int, float], max_batch: int) -> list[Batch
     return out
 
 
-def best_policy(batch_ms: dict[int, float], budget_ms: float, max_batch: int) -> tuple[BatchPolicy, float]:
+def best_policy(batch_ms: dict[int, float], budget_ms: float, max_batch: int,
+                samples: dict[int, np.ndarray] | None = None) -> tuple[BatchPolicy, float]:
     """(policy, rate): the candidate policy that sustains the highest rate within ``budget_ms``."""
     best = (BatchPolicy(1, 0.0), 0.0)
     for pol in candidate_policies(batch_ms, max_batch):
-        r = max_rate_within(batch_ms, pol, budget_ms)
+        r = max_rate_within(batch_ms, pol, budget_ms, samples=samples)
         if r > best[1] * 1.001:
             best = (pol, r)
     return best

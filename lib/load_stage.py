@@ -5,7 +5,8 @@ batch, highest throughput, highest throughput within the default latency budget;
 backend/precision; ``none``/``0``: none), loads each on the run's device and measures it under load with
 ``lib.load`` (closed loop at each ``CONCURRENCY``, Poisson open loop at each of ``RATES`` without batching and
 with the dynamic batcher), then runs the discrete-event model (``lib.load_model``) on the benchmark's measured
-batch latencies at the same rates and policies, and over a grid of rates and policies. Files, in the run
+batch latencies (service times drawn from its raw end-to-end samples, scaled between batch sizes to the
+interpolated median) at the same rates and policies, and over a grid of rates. Files, in the run
 folder (schema in reports/README.md): ``load/load.json`` (what ran, why, what failed),
 ``load_requests.parquet``, ``load_points.parquet`` (measured and predicted points), ``load_service.parquet``
 (the service curve the model used) and ``load_capacity.parquet`` (the highest rate within the budget).
@@ -30,7 +31,7 @@ from .errors import BenchbookError
 from .load import LoadPoint, measure_load
 from .load_model import BatchPolicy, best_policy, max_rate_within, predict
 
-__all__ = ["run_load", "pick_configurations", "service_ms", "load_points_for", "capacity_rows", "LOAD_FILES",
+__all__ = ["run_load", "pick_configurations", "service_ms", "service_samples", "load_points_for", "capacity_rows", "LOAD_FILES",
            "BUDGET_MS", "MIN_REQUESTS", "read_load"]
 
 BUDGET_MS = 10.0  # the analysis notebook's default budget_ms: the "within the budget" pick and the capacity
@@ -101,30 +102,38 @@ def load_points_for(service: dict[int, float], concurrency: list[int], rates: li
     return pts, batcher
 
 
-def capacity_rows(service: dict[int, float], budget_ms: float, batcher: BatchPolicy | None) -> list[dict]:
+def capacity_rows(service: dict[int, float], budget_ms: float, batcher: BatchPolicy | None,
+                  samples: dict | None = None) -> list[dict]:
     """Predicted highest rate within ``budget_ms`` without batching, with the measured batcher's policy, and
     with the best policy the model finds (batches up to the batcher's)."""
     rows = [{"policy": "no batching", "max_batch": 1, "max_delay_ms": 0.0,
-             "max_rate_rps": max_rate_within(service, BatchPolicy(1, 0.0), budget_ms)}]
+             "max_rate_rps": max_rate_within(service, BatchPolicy(1, 0.0), budget_ms, samples=samples)}]
     if batcher:
-        rows.append({"policy": "measured batcher", "max_batch": batcher.max_batch,
-                     "max_delay_ms": batcher.max_delay_ms, "max_rate_rps": max_rate_within(service, batcher, budget_ms)})
-        pol, rate = best_policy(service, budget_ms, batcher.max_batch)
+        rows.append({"policy": "measured batcher", "max_batch": batcher.max_batch, "max_delay_ms": batcher.max_delay_ms,
+                     "max_rate_rps": max_rate_within(service, batcher, budget_ms, samples=samples)})
+        pol, rate = best_policy(service, budget_ms, batcher.max_batch, samples=samples)
         rows.append({"policy": "best found by the model", "max_batch": pol.max_batch,
                      "max_delay_ms": pol.max_delay_ms, "max_rate_rps": rate})
     return [{**r, "budget_ms": budget_ms, "source": "predicted"} for r in rows]
 
 
-def _predicted(service, measured: pd.DataFrame, batcher, single_rps) -> list[dict]:
+def service_samples(run, backend: str, precision: str, shape: str, batches) -> dict[int, np.ndarray]:
+    """{batch: every raw end-to-end sample (ms)} of the benchmark: the model draws its service times from them."""
+    ok = _usable_points(run)
+    mode = "end_to_end" if (ok["mode"] == "end_to_end").any() else "device"
+    return {int(b): run.raw_ms(backend, precision, int(b), shape, mode) for b in batches}
+
+
+def _predicted(service, measured: pd.DataFrame, batcher, single_rps, samples) -> list[dict]:
     """The model at every measured open-loop point (same rate and policy) and over GRID x single throughput."""
     rows = []
     for r in measured[measured["experiment"] == "open"].itertuples():
-        rows.append({**predict(service, r.rate, BatchPolicy(int(r.max_batch), float(r.max_delay_ms))),
+        rows.append({**predict(service, r.rate, BatchPolicy(int(r.max_batch), float(r.max_delay_ms)), samples=samples),
                      "experiment": "open", "concurrency": 1, "source": "predicted", "grid": False})
     for pol in [BatchPolicy(1, 0.0)] + ([batcher] if batcher else []):
         for f in GRID:
-            rows.append({**predict(service, f * single_rps, pol), "experiment": "open", "concurrency": 1,
-                         "source": "predicted", "grid": True})
+            rows.append({**predict(service, f * single_rps, pol, samples=samples), "experiment": "open",
+                         "concurrency": 1, "source": "predicted", "grid": True})
     return rows
 
 
@@ -194,13 +203,14 @@ def run_load(run_dir: Path | str, log=print) -> dict:
                     min_requests=max(params.iters, MIN_REQUESTS), warmup_s=params.warmup, seed=params.seed + k,
                     noise_spread=params.noise_spread)
             single_rps = 1e3 / service[1]
-            predicted = pd.DataFrame(_predicted(service, measured, batcher, single_rps))
+            samples = service_samples(run, pick["backend"], pick["precision"], pick["shape"], service)
+            predicted = pd.DataFrame(_predicted(service, measured, batcher, single_rps, samples))
             tag = {"backend": pick["backend"], "precision": pick["precision"], "shape": pick["shape"]}
             frames["requests"].append(requests.assign(**tag))
             frames["points"].append(pd.concat([measured.assign(grid=False), predicted]).assign(**tag))
-            frames["service"].append(pd.DataFrame({"batch": list(service), "service_ms": list(service.values())})
-                                     .assign(**tag))
-            frames["capacity"].append(pd.DataFrame(capacity_rows(service, BUDGET_MS, batcher)).assign(**tag))
+            frames["service"].append(pd.DataFrame({"batch": list(service), "service_ms": list(service.values()),
+                                                   "samples": [len(samples[b]) for b in service]}).assign(**tag))
+            frames["capacity"].append(pd.DataFrame(capacity_rows(service, BUDGET_MS, batcher, samples)).assign(**tag))
             entry.update(status="ok", lane_kind=str(measured["lane_kind"].iloc[0]),
                          single_rps=single_rps, seconds=time.perf_counter() - t0)
             log(f"[load] {label} finished in {entry['seconds']:.0f} s ({entry['lane_kind']})")

@@ -100,8 +100,9 @@ def model_error_markdown(run: Run) -> str:
         if len(e):
             parts.append(f"{name} {np.median(e):.0%} (largest {e.max():.0%})")
     agree = int((j["sustained"] == j["sustained_pred"]).sum())
-    return (f"**Model against measurement** ({len(j)} measured open-loop points; service times = the benchmark's "
-            f"median end-to-end latency per batch size): median absolute error over the {len(ok)} points both call "
+    return (f"**Model against measurement** ({len(j)} measured open-loop points; service times drawn from the "
+            f"benchmark's raw end-to-end samples, scaled between batch sizes to the interpolated median): median "
+            f"absolute error over the {len(ok)} points both call "
             f"sustained: {', '.join(parts) or 'none'}; sustained or not agrees at {agree} of {len(j)}. "
             f"The model has no host jitter and no interference between the server and the arrivals: on a shared "
             f"CPU its tail is the part to trust least.")
@@ -155,7 +156,10 @@ def capacity_table(run: Run, budget_ms: float = BUDGET_MS) -> pd.DataFrame:
             batcher = g[g["max_batch"] > 1]
             pol = BatchPolicy(int(batcher["max_batch"].iloc[0]), float(batcher["max_delay_ms"].iloc[0])) \
                 if len(batcher) else None
-            c = pd.DataFrame(capacity_rows(service, budget_ms, pol)) if service else pd.DataFrame()
+            from .load_stage import service_samples
+
+            samples = service_samples(run, b, p, s, service)
+            c = pd.DataFrame(capacity_rows(service, budget_ms, pol, samples)) if service else pd.DataFrame()
         row = {"configuration": f"{b}/{p}",
                "measured: highest sustained rate within budget": best["rate"] if best is not None else np.nan,
                "measured: its policy": _policy_label(best["max_batch"], best["max_delay_ms"]) if best is not None
