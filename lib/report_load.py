@@ -59,13 +59,31 @@ def load_markdown(run: Run) -> str:
              f"throughput, 1000 / its batch-1 median end-to-end latency). Per-request latency runs from the "
              f"request's arrival (closed loop: when its client issued it; open loop: its scheduled Poisson arrival) "
              f"to its outputs on the host, so queueing and batching delay are in it; host clock (perf_counter)."]
+    m, svc = _measured(d), d["service"]
     for c in meta.get("configurations", []):
         what = f"**{c['backend']}/{c['precision']}** (shape {c['shape']}; {', '.join(c.get('why', []))})"
         if c.get("status") == "ok":
-            lines.append(f"- {what}: a lane is *{c.get('lane_kind')}*; {c.get('seconds', float('nan')):.0f} s.")
+            lines.append(f"- {what}: a lane is *{c.get('lane_kind')}*; {c.get('seconds', float('nan')):.0f} s."
+                         f"{_n1_check(m, svc, c)}")
         else:
             lines.append(f"- {what}: **failed**: {c.get('error', '')[:300]}")
     return "\n".join(lines)
+
+
+def _n1_check(m: pd.DataFrame, svc: pd.DataFrame, c: dict) -> str:
+    """The closed loop at one in flight beside the benchmark's single-request median: the same loop, so they
+    should agree within the host's noise."""
+    def pick(f):
+        return f[(f["backend"] == c["backend"]) & (f["precision"] == c["precision"]) & (f["shape"] == c["shape"])]
+    n1 = pick(m)
+    n1 = n1[(n1["experiment"] == "closed") & (n1["concurrency"] == 1)]
+    b1 = pick(svc) if not svc.empty else svc
+    b1 = b1[b1["batch"] == 1] if not b1.empty else b1
+    if n1.empty or b1.empty:
+        return ""
+    a, b = float(n1["median_ms"].iloc[0]), float(b1["service_ms"].iloc[0])
+    return (f" Closed loop at 1 in flight: median {a:.4g} ms; the benchmark's single-request end-to-end median "
+            f"{b:.4g} ms (ratio {a / b:.2f}).")
 
 
 def _measured(d) -> pd.DataFrame:
@@ -182,7 +200,7 @@ def plot_load_curves(run: Run, budget_ms: float | None = BUDGET_MS):
     if p.empty or _measured(d).empty:
         return None
     groups = list(p.groupby(["backend", "precision", "shape"], sort=False))
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.4 * len(groups), 5.2), squeeze=False)
     for ax, ((b, prec, s), g) in zip(axes[0], groups):
         meas = g[g["source"] == "measured"]
         closed = meas[meas["experiment"] == "closed"].sort_values("concurrency")
@@ -209,6 +227,7 @@ def plot_load_curves(run: Run, budget_ms: float | None = BUDGET_MS):
         ax.set_xlabel("achieved throughput (requests/s)")
         ax.set_ylabel("tail latency (ms, p99 where ≥100 requests)")
         ax.set_title(f"{b}/{prec} ({s})", fontsize=10)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=1, frameon=False)  # below: the
+        # measured points sit where an inside legend would go
     fig.tight_layout()
     return fig

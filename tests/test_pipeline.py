@@ -112,6 +112,8 @@ def test_executed_notebooks_are_kept(pipeline, run):
         assert f'run_id = "{run_dir.name}"' in injected[0]
         assert (d / "notebook.done").is_file() and not (d / "notebook.failed.json").exists()
         assert read_json(d / "done.json") == {"points": 2, "ok": 2, "oom": 0, "error": 0}
+    _executed(run_dir / "load" / "load.ipynb")  # the load stage, between the benchmarks and the analysis
+    assert read_json(run_dir / "load" / "load.json")["status"] == "ok" and (run_dir / "load_points.parquet").is_file()
     _executed(run_dir / "analysis.ipynb")
 
 
