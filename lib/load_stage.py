@@ -4,9 +4,15 @@ It picks the configurations (``LOAD=auto``: the ones the summary names — lowes
 batch, highest throughput, highest throughput within the default latency budget; ``all``: every measured
 backend/precision; ``none``/``0``: none), loads each on the run's device and measures it under load with
 ``lib.load`` (closed loop at each ``CONCURRENCY``, Poisson open loop at each of ``RATES`` without batching and
-with the dynamic batcher), then runs the discrete-event model (``lib.load_model``) on the benchmark's measured
-batch latencies (service times drawn from its raw end-to-end samples, scaled between batch sizes to the
-interpolated median) at the same rates and policies, and over a grid of rates. Files, in the run
+with the dynamic batcher), then runs the discrete-event model (``lib.load_model``) at the same rates and
+policies, and over a grid of rates. Its service time for a batch of b is the benchmark's median end-to-end
+latency at b (interpolated between measured batch sizes) times one *anchor*: this stage's own closed-loop
+median at one in flight divided by the benchmark's batch-1 median. A shared host's speed drifts by several
+times over minutes (measured here: ONNX Runtime's batch-1 request took 33-50 ms in every benchmark round and
+8 ms in the load stage three minutes later), so the benchmark's figures carry the batch-size shape and the
+anchor the host's state while the load was measured; without a closed loop at N=1 the anchor is 1. (Drawing
+service times from the benchmark's raw samples instead, ``lib.load_model.sampled_service``, imports that
+host's stalls: their mean was over twice their median, and the model's queue grew without bound at 0.5x.) Files, in the run
 folder (schema in reports/README.md): ``load/load.json`` (what ran, why, what failed),
 ``load_requests.parquet``, ``load_points.parquet`` (measured and predicted points), ``load_service.parquet``
 (the service curve the model used) and ``load_capacity.parquet`` (the highest rate within the budget).
@@ -31,7 +37,7 @@ from .errors import BenchbookError
 from .load import LoadPoint, measure_load
 from .load_model import BatchPolicy, best_policy, max_rate_within, predict
 
-__all__ = ["run_load", "pick_configurations", "service_ms", "service_samples", "load_points_for", "capacity_rows", "LOAD_FILES",
+__all__ = ["run_load", "pick_configurations", "service_ms", "anchor", "load_points_for", "capacity_rows", "LOAD_FILES",
            "BUDGET_MS", "MIN_REQUESTS", "read_load"]
 
 BUDGET_MS = 10.0  # the analysis notebook's default budget_ms: the "within the budget" pick and the capacity
@@ -102,38 +108,39 @@ def load_points_for(service: dict[int, float], concurrency: list[int], rates: li
     return pts, batcher
 
 
-def capacity_rows(service: dict[int, float], budget_ms: float, batcher: BatchPolicy | None,
-                  samples: dict | None = None) -> list[dict]:
+def capacity_rows(model_ms: dict[int, float], budget_ms: float, batcher: BatchPolicy | None) -> list[dict]:
     """Predicted highest rate within ``budget_ms`` without batching, with the measured batcher's policy, and
-    with the best policy the model finds (batches up to the batcher's)."""
+    with the best policy the model finds (batches up to the batcher's); ``model_ms``: the model's service
+    times by batch size."""
     rows = [{"policy": "no batching", "max_batch": 1, "max_delay_ms": 0.0,
-             "max_rate_rps": max_rate_within(service, BatchPolicy(1, 0.0), budget_ms, samples=samples)}]
+             "max_rate_rps": max_rate_within(model_ms, BatchPolicy(1, 0.0), budget_ms)}]
     if batcher:
         rows.append({"policy": "measured batcher", "max_batch": batcher.max_batch, "max_delay_ms": batcher.max_delay_ms,
-                     "max_rate_rps": max_rate_within(service, batcher, budget_ms, samples=samples)})
-        pol, rate = best_policy(service, budget_ms, batcher.max_batch, samples=samples)
+                     "max_rate_rps": max_rate_within(model_ms, batcher, budget_ms)})
+        pol, rate = best_policy(model_ms, budget_ms, batcher.max_batch)
         rows.append({"policy": "best found by the model", "max_batch": pol.max_batch,
                      "max_delay_ms": pol.max_delay_ms, "max_rate_rps": rate})
     return [{**r, "budget_ms": budget_ms, "source": "predicted"} for r in rows]
 
 
-def service_samples(run, backend: str, precision: str, shape: str, batches) -> dict[int, np.ndarray]:
-    """{batch: every raw end-to-end sample (ms)} of the benchmark: the model draws its service times from them."""
-    ok = _usable_points(run)
-    mode = "end_to_end" if (ok["mode"] == "end_to_end").any() else "device"
-    return {int(b): run.raw_ms(backend, precision, int(b), shape, mode) for b in batches}
+def anchor(measured: pd.DataFrame, service: dict[int, float]) -> float:
+    """This stage's closed-loop median at one in flight / the benchmark's batch-1 median (1 without N=1)."""
+    n1 = measured[(measured["experiment"] == "closed") & (measured["concurrency"] == 1)]
+    if n1.empty or not n1["median_ms"].iloc[0] > 0:
+        return 1.0
+    return float(n1["median_ms"].iloc[0]) / service[1]
 
 
-def _predicted(service, measured: pd.DataFrame, batcher, single_rps, samples) -> list[dict]:
+def _predicted(model_ms, measured: pd.DataFrame, batcher, single_rps) -> list[dict]:
     """The model at every measured open-loop point (same rate and policy) and over GRID x single throughput."""
     rows = []
     for r in measured[measured["experiment"] == "open"].itertuples():
-        rows.append({**predict(service, r.rate, BatchPolicy(int(r.max_batch), float(r.max_delay_ms)), samples=samples),
+        rows.append({**predict(model_ms, r.rate, BatchPolicy(int(r.max_batch), float(r.max_delay_ms))),
                      "experiment": "open", "concurrency": 1, "source": "predicted", "grid": False})
     for pol in [BatchPolicy(1, 0.0)] + ([batcher] if batcher else []):
         for f in GRID:
-            rows.append({**predict(service, f * single_rps, pol, samples=samples), "experiment": "open",
-                         "concurrency": 1, "source": "predicted", "grid": True})
+            rows.append({**predict(model_ms, f * single_rps, pol), "experiment": "open", "concurrency": 1,
+                         "source": "predicted", "grid": True})
     return rows
 
 
@@ -203,14 +210,16 @@ def run_load(run_dir: Path | str, log=print) -> dict:
                     min_requests=max(params.iters, MIN_REQUESTS), warmup_s=params.warmup, seed=params.seed + k,
                     noise_spread=params.noise_spread)
             single_rps = 1e3 / service[1]
-            samples = service_samples(run, pick["backend"], pick["precision"], pick["shape"], service)
-            predicted = pd.DataFrame(_predicted(service, measured, batcher, single_rps, samples))
+            k_anchor = anchor(measured, service)
+            model_ms = {b: v * k_anchor for b, v in service.items()}
+            predicted = pd.DataFrame(_predicted(model_ms, measured, batcher, single_rps))
             tag = {"backend": pick["backend"], "precision": pick["precision"], "shape": pick["shape"]}
             frames["requests"].append(requests.assign(**tag))
             frames["points"].append(pd.concat([measured.assign(grid=False), predicted]).assign(**tag))
             frames["service"].append(pd.DataFrame({"batch": list(service), "service_ms": list(service.values()),
-                                                   "samples": [len(samples[b]) for b in service]}).assign(**tag))
-            frames["capacity"].append(pd.DataFrame(capacity_rows(service, BUDGET_MS, batcher, samples)).assign(**tag))
+                                                   "anchor": k_anchor, "model_ms": list(model_ms.values())})
+                                     .assign(**tag))
+            frames["capacity"].append(pd.DataFrame(capacity_rows(model_ms, BUDGET_MS, batcher)).assign(**tag))
             entry.update(status="ok", lane_kind=str(measured["lane_kind"].iloc[0]),
                          single_rps=single_rps, seconds=time.perf_counter() - t0)
             log(f"[load] {label} finished in {entry['seconds']:.0f} s ({entry['lane_kind']})")

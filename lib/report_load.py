@@ -114,13 +114,17 @@ def model_error_markdown(run: Run) -> str:
     ok = j[j["sustained"] & j["sustained_pred"]]
     parts = []
     for col, name in (("median_ms", "median latency"), ("p99_ms", "p99 latency"), ("throughput_rps", "throughput")):
-        e = ok[f"err_{col}"].abs() if len(ok) else pd.Series(dtype=float)
+        e = ok[f"err_{col}"].abs().dropna() if len(ok) else pd.Series(dtype=float)
         if len(e):
             parts.append(f"{name} {np.median(e):.0%} (largest {e.max():.0%})")
     agree = int((j["sustained"] == j["sustained_pred"]).sum())
-    return (f"**Model against measurement** ({len(j)} measured open-loop points; service times drawn from the "
-            f"benchmark's raw end-to-end samples, scaled between batch sizes to the interpolated median): median "
-            f"absolute error over the {len(ok)} points both call "
+    svc = _data(run)["service"]
+    anchors = ", ".join(f"{b}/{p} ×{a:.2f}" for (b, p), a in
+                        svc.groupby(["backend", "precision"], sort=False)["anchor"].first().items()) if len(svc) else ""
+    return (f"**Model against measurement** ({len(j)} measured open-loop points; service time of a batch of b = "
+            f"the benchmark's median end-to-end latency at b, times this stage's closed-loop median at one in "
+            f"flight over the benchmark's batch-1 median, which carries the host's speed while the load ran: "
+            f"{anchors}): median absolute error over the {len(ok)} points both call "
             f"sustained: {', '.join(parts) or 'none'}; sustained or not agrees at {agree} of {len(j)}. "
             f"The model has no host jitter and no interference between the server and the arrivals: on a shared "
             f"CPU its tail is the part to trust least.")
@@ -170,14 +174,11 @@ def capacity_table(run: Run, budget_ms: float = BUDGET_MS) -> pd.DataFrame:
         if c.empty or float(c["budget_ms"].iloc[0]) != float(budget_ms):  # the notebook's budget differs
             svc = d["service"]
             svc = svc[(svc["backend"] == b) & (svc["precision"] == p) & (svc["shape"] == s)]
-            service = dict(zip(svc["batch"].astype(int), svc["service_ms"]))
+            model_ms = dict(zip(svc["batch"].astype(int), svc["model_ms"]))
             batcher = g[g["max_batch"] > 1]
             pol = BatchPolicy(int(batcher["max_batch"].iloc[0]), float(batcher["max_delay_ms"].iloc[0])) \
                 if len(batcher) else None
-            from .load_stage import service_samples
-
-            samples = service_samples(run, b, p, s, service)
-            c = pd.DataFrame(capacity_rows(service, budget_ms, pol, samples)) if service else pd.DataFrame()
+            c = pd.DataFrame(capacity_rows(model_ms, budget_ms, pol)) if model_ms else pd.DataFrame()
         row = {"configuration": f"{b}/{p}",
                "measured: highest sustained rate within budget": best["rate"] if best is not None else np.nan,
                "measured: its policy": _policy_label(best["max_batch"], best["max_delay_ms"]) if best is not None

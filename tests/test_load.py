@@ -135,17 +135,26 @@ def test_concurrency_one_matches_the_single_request_latency(engine, tiny):
 
 def test_throughput_does_not_fall_as_concurrency_rises(engine, tiny):
     """Kernel-bound requests (batch 32 of the tiny CNN: 0.4-0.7 ms of convolution each): more in flight must
-    not cost throughput. Rounds of N = 1, 2, 4 back to back, five times; as above, interference only takes
-    throughput away, so each N's figure is its best round, and N = 2 and 4 must reach 0.7x N = 1's."""
+    not cost throughput. Nine repetitions of a round at N = 1, 2 and 4 back to back (the order rotated, so no N
+    always runs first); per N the median over the repetitions of (its throughput / that repetition's N = 1)
+    must be >= 0.7. It guards the closed loop's accounting (a loop that lost the other lanes' requests fails
+    it) and lanes that serialise with overhead. Measured, so that nobody leans on it for more: torch lanes on
+    threads with an OpenMP team each, which double each other's latency, kept the throughput at batch 32 and
+    pass it; the test of N=1 above is the one that catches the hand-off."""
     x = make_inputs(tiny, 32, _shape(tiny), 0)
     lanes = [engine.lane() for _ in range(4)] if engine.lane().parallel else [engine.lane()]
-    thr = {1: [], 2: [], 4: []}
-    for _ in range(5):
-        for n in (1, 2, 4):
-            rows, window = closed_loop(engine.lane, x, n, 0.15, 20, lanes=lanes)
-            thr[n].append(len(rows) / window)
-    for n in (2, 4):
-        assert max(thr[n]) >= 0.7 * max(thr[1]), (n, thr)
+    ratios, seen = {2: [], 4: []}, []
+    for rep in range(9):
+        thr = {}
+        order = (1, 2, 4)[rep % 3:] + (1, 2, 4)[:rep % 3]
+        for n in order:
+            rows, window = closed_loop(engine.lane, x, n, 0.1, 20, lanes=lanes)
+            thr[n] = len(rows) / window
+        for n in (2, 4):
+            ratios[n].append(thr[n] / thr[1])
+        seen.append({n: round(v) for n, v in thr.items()})
+    for n, r in ratios.items():
+        assert float(np.median(r)) >= 0.7, (n, seen)
 
 
 def test_closed_loop_records_every_request(engine, tiny):
