@@ -93,7 +93,9 @@ def closed_loop(lane_factory, inputs: dict, concurrency: int, seconds: float, mi
     """N requests in flight for at least ``seconds`` and ``min_requests`` completions; returns (one row per
     completed request, window seconds). ``lane_factory()`` makes a lane (``Engine.lane``); ``lanes`` reuses
     lanes made before (their warm-up is the caller's). Rows hold times in seconds from the window's start."""
-    lanes = lanes or [lane_factory() for _ in range(concurrency if lane_factory().parallel else 1)]
+    if not lanes:
+        first = lane_factory()
+        lanes = [first] + [lane_factory() for _ in range(concurrency - 1 if first.parallel else 0)]
     if concurrency == 1 or not lanes[0].parallel:
         return _closed_serial(lanes[0], inputs, concurrency, seconds, min_requests)
     return _closed_threads(lanes[:concurrency], inputs, concurrency, seconds, min_requests)
