@@ -10,9 +10,12 @@ latency at b (interpolated between measured batch sizes) times one *anchor*: thi
 median at one in flight divided by the benchmark's batch-1 median. A shared host's speed drifts by several
 times over minutes (measured here: ONNX Runtime's batch-1 request took 33-50 ms in every benchmark round and
 8 ms in the load stage three minutes later), so the benchmark's figures carry the batch-size shape and the
-anchor the host's state while the load was measured; without a closed loop at N=1 the anchor is 1. (Drawing
-service times from the benchmark's raw samples instead, ``lib.load_model.sampled_service``, imports that
-host's stalls: their mean was over twice their median, and the model's queue grew without bound at 0.5x.) Files, in the run
+anchor the host's state while the load was measured; without a closed loop at N=1 the anchor is 1. The
+service time itself is drawn from the latencies of that closed loop at N=1 (``model_samples``), scaled to
+batch b by the median curve: on a shared host a request's mean is several times its median (the tiny CNN:
+12.7k req/s at N=1 against a median of 18.7 µs), and a model that only knew the median put the capacity at
+4x what was served. (The benchmark's raw samples are not used for this: taken minutes earlier, their stalls
+are another host's; on efficientnet_b1 they made the model's queue grow without bound at 0.5x.) Files, in the run
 folder (schema in reports/README.md): ``load/load.json`` (what ran, why, what failed),
 ``load_requests.parquet``, ``load_points.parquet`` (measured and predicted points), ``load_service.parquet``
 (the service curve the model used) and ``load_capacity.parquet`` (the highest rate within the budget).
@@ -37,7 +40,7 @@ from .errors import BenchbookError
 from .load import LoadPoint, measure_load
 from .load_model import BatchPolicy, best_policy, max_rate_within, predict
 
-__all__ = ["run_load", "pick_configurations", "service_ms", "anchor", "load_points_for", "capacity_rows", "LOAD_FILES",
+__all__ = ["run_load", "pick_configurations", "service_ms", "anchor", "model_samples", "load_points_for", "capacity_rows", "LOAD_FILES",
            "BUDGET_MS", "MIN_REQUESTS", "read_load"]
 
 BUDGET_MS = 10.0  # the analysis notebook's default budget_ms: the "within the budget" pick and the capacity
@@ -108,16 +111,17 @@ def load_points_for(service: dict[int, float], concurrency: list[int], rates: li
     return pts, batcher
 
 
-def capacity_rows(model_ms: dict[int, float], budget_ms: float, batcher: BatchPolicy | None) -> list[dict]:
+def capacity_rows(model_ms: dict[int, float], budget_ms: float, batcher: BatchPolicy | None,
+                  samples: dict | None = None) -> list[dict]:
     """Predicted highest rate within ``budget_ms`` without batching, with the measured batcher's policy, and
-    with the best policy the model finds (batches up to the batcher's); ``model_ms``: the model's service
-    times by batch size."""
+    with the best policy the model finds (batches up to the batcher's); ``model_ms``: the model's median
+    service times by batch size, ``samples``: the latencies its service times are drawn from (``model_samples``)."""
     rows = [{"policy": "no batching", "max_batch": 1, "max_delay_ms": 0.0,
-             "max_rate_rps": max_rate_within(model_ms, BatchPolicy(1, 0.0), budget_ms)}]
+             "max_rate_rps": max_rate_within(model_ms, BatchPolicy(1, 0.0), budget_ms, samples=samples)}]
     if batcher:
         rows.append({"policy": "measured batcher", "max_batch": batcher.max_batch, "max_delay_ms": batcher.max_delay_ms,
-                     "max_rate_rps": max_rate_within(model_ms, batcher, budget_ms)})
-        pol, rate = best_policy(model_ms, budget_ms, batcher.max_batch)
+                     "max_rate_rps": max_rate_within(model_ms, batcher, budget_ms, samples=samples)})
+        pol, rate = best_policy(model_ms, budget_ms, batcher.max_batch, samples=samples)
         rows.append({"policy": "best found by the model", "max_batch": pol.max_batch,
                      "max_delay_ms": pol.max_delay_ms, "max_rate_rps": rate})
     return [{**r, "budget_ms": budget_ms, "source": "predicted"} for r in rows]
@@ -131,16 +135,24 @@ def anchor(measured: pd.DataFrame, service: dict[int, float]) -> float:
     return float(n1["median_ms"].iloc[0]) / service[1]
 
 
-def _predicted(model_ms, measured: pd.DataFrame, batcher, single_rps) -> list[dict]:
+def model_samples(requests: pd.DataFrame) -> dict[int, np.ndarray] | None:
+    """{1: every request latency (ms) of this stage's closed loop at one in flight}, or None without one: the
+    model draws a lone request's service time from them (``lib.load_model.sampled_service`` scales them to
+    other batch sizes by the median curve), so it sees the stalls of the host it predicts for."""
+    n1 = requests[(requests["experiment"] == "closed") & (requests["concurrency"] == 1)]["latency_ms"]
+    return {1: n1.to_numpy(float)} if len(n1) else None
+
+
+def _predicted(model_ms, measured: pd.DataFrame, batcher, single_rps, samples) -> list[dict]:
     """The model at every measured open-loop point (same rate and policy) and over GRID x single throughput."""
     rows = []
     for r in measured[measured["experiment"] == "open"].itertuples():
-        rows.append({**predict(model_ms, r.rate, BatchPolicy(int(r.max_batch), float(r.max_delay_ms))),
+        rows.append({**predict(model_ms, r.rate, BatchPolicy(int(r.max_batch), float(r.max_delay_ms)), samples=samples),
                      "experiment": "open", "concurrency": 1, "source": "predicted", "grid": False})
     for pol in [BatchPolicy(1, 0.0)] + ([batcher] if batcher else []):
         for f in GRID:
-            rows.append({**predict(model_ms, f * single_rps, pol), "experiment": "open", "concurrency": 1,
-                         "source": "predicted", "grid": True})
+            rows.append({**predict(model_ms, f * single_rps, pol, samples=samples), "experiment": "open",
+                         "concurrency": 1, "source": "predicted", "grid": True})
     return rows
 
 
@@ -212,14 +224,15 @@ def run_load(run_dir: Path | str, log=print) -> dict:
             single_rps = 1e3 / service[1]
             k_anchor = anchor(measured, service)
             model_ms = {b: v * k_anchor for b, v in service.items()}
-            predicted = pd.DataFrame(_predicted(model_ms, measured, batcher, single_rps))
+            samples = model_samples(requests)
+            predicted = pd.DataFrame(_predicted(model_ms, measured, batcher, single_rps, samples))
             tag = {"backend": pick["backend"], "precision": pick["precision"], "shape": pick["shape"]}
             frames["requests"].append(requests.assign(**tag))
             frames["points"].append(pd.concat([measured.assign(grid=False), predicted]).assign(**tag))
             frames["service"].append(pd.DataFrame({"batch": list(service), "service_ms": list(service.values()),
                                                    "anchor": k_anchor, "model_ms": list(model_ms.values())})
                                      .assign(**tag))
-            frames["capacity"].append(pd.DataFrame(capacity_rows(model_ms, BUDGET_MS, batcher)).assign(**tag))
+            frames["capacity"].append(pd.DataFrame(capacity_rows(model_ms, BUDGET_MS, batcher, samples)).assign(**tag))
             entry.update(status="ok", lane_kind=str(measured["lane_kind"].iloc[0]),
                          single_rps=single_rps, seconds=time.perf_counter() - t0)
             log(f"[load] {label} finished in {entry['seconds']:.0f} s ({entry['lane_kind']})")

@@ -121,14 +121,13 @@ def model_error_markdown(run: Run) -> str:
     svc = _data(run)["service"]
     anchors = ", ".join(f"{b}/{p} ×{a:.2f}" for (b, p), a in
                         svc.groupby(["backend", "precision"], sort=False)["anchor"].first().items()) if len(svc) else ""
-    return (f"**Model against measurement** ({len(j)} measured open-loop points; service time of a batch of b = "
-            f"the benchmark's median end-to-end latency at b, times this stage's closed-loop median at one in "
-            f"flight over the benchmark's batch-1 median, which carries the host's speed while the load ran: "
-            f"{anchors}): median absolute error over the {len(ok)} points both call "
+    return (f"**Model against measurement** ({len(j)} measured open-loop points; a lone request's service time "
+            f"is drawn from this stage's closed-loop latencies at one in flight, a batch of b's scaled by the "
+            f"benchmark's median latency at b over its batch-1 median, which anchors the benchmark's curve to the "
+            f"host's speed while the load ran: {anchors}): median absolute error over the {len(ok)} points both call "
             f"sustained: {', '.join(parts) or 'none'}; sustained or not agrees at {agree} of {len(j)}. "
-            f"By construction the anchor makes a lone unbatched request's predicted latency the measured one, so "
-            f"at light load without batching the median error is near 0 and says nothing; the tails, the batcher "
-            f"and the heavier rates are the test. The model has no host jitter and no interference between the "
+            f"By construction a lone unbatched request's predicted latency is the measured one, so at light load "
+            f"without batching the error says little; the batcher and the heavier rates are the test. The model has no host jitter and no interference between the "
             f"server and the arrivals: on a shared CPU its tail is the part to trust least.")
 
 
@@ -180,7 +179,12 @@ def capacity_table(run: Run, budget_ms: float = BUDGET_MS) -> pd.DataFrame:
             batcher = g[g["max_batch"] > 1]
             pol = BatchPolicy(int(batcher["max_batch"].iloc[0]), float(batcher["max_delay_ms"].iloc[0])) \
                 if len(batcher) else None
-            c = pd.DataFrame(capacity_rows(model_ms, budget_ms, pol)) if model_ms else pd.DataFrame()
+            from .load_stage import model_samples
+
+            req = d["requests"]
+            req = req[(req["backend"] == b) & (req["precision"] == p) & (req["shape"] == s)] if len(req) else req
+            samples = model_samples(req) if len(req) else None
+            c = pd.DataFrame(capacity_rows(model_ms, budget_ms, pol, samples)) if model_ms else pd.DataFrame()
         row = {"configuration": f"{b}/{p}",
                "measured: highest sustained rate within budget": best["rate"] if best is not None else np.nan,
                "measured: its policy": _policy_label(best["max_batch"], best["max_delay_ms"]) if best is not None
