@@ -37,7 +37,7 @@ import pandas as pd
 
 from .cache import atomic_write_bytes, atomic_write_json
 from .errors import BenchbookError
-from .load import LoadPoint, measure_load
+from .load import LoadPoint, closed_loop, measure_load
 from .load_model import BatchPolicy, best_policy, max_rate_within, predict
 
 __all__ = ["run_load", "pick_configurations", "service_ms", "anchor", "model_samples", "load_points_for", "capacity_rows", "LOAD_FILES",
@@ -96,12 +96,15 @@ def service_ms(run, backend: str, precision: str, shape: str) -> dict[int, float
 
 
 def load_points_for(service: dict[int, float], concurrency: list[int], rates: list[tuple[float, str]],
-                    device: str) -> tuple[list[LoadPoint], BatchPolicy]:
+                    device: str, single_ms: float | None = None) -> tuple[list[LoadPoint], BatchPolicy]:
     """The points measured for one configuration: closed loop at each N; each rate without batching and
-    with the batcher (up to MAX_BATCH or the largest benchmarked batch, delay = one single request's latency)."""
-    single_rps = 1e3 / service[min(service)] * min(service)
+    with the batcher (up to MAX_BATCH or the largest benchmarked batch, delay = one single request's latency).
+    ``single_ms``: a single request's median latency, which ``x`` rates are fractions of the throughput of
+    (1000 / it); default the benchmark's batch-1 median."""
+    single_ms = single_ms or service[1]
+    single_rps = 1e3 / single_ms
     top = min(MAX_BATCH.get(device, 8), max(service))
-    batcher = BatchPolicy(top, round(service[min(service)], 3)) if top > 1 else None
+    batcher = BatchPolicy(top, round(single_ms, 3)) if top > 1 else None
     pts = [LoadPoint("closed", n) for n in concurrency]
     for value, unit in rates:
         rate = value * single_rps if unit == "x" else value
@@ -202,8 +205,6 @@ def run_load(run_dir: Path | str, log=print) -> dict:
             service = service_ms(run, pick["backend"], pick["precision"], pick["shape"])
             if 1 not in service:
                 raise BenchbookError(f"{label}: no batch-1 benchmark point to size the load from")
-            pts, batcher = load_points_for(service, params.concurrency_list(), params.rate_list(), device)
-            log(f"[load] {label} ({', '.join(pick['why'])}): {len(pts)} points x {params.rounds} rounds")
             onnx = {}
             if engine_class(pick["backend"]).needs_onnx:
                 onnx = {p: r.path for p, r in ensure_onnx(cfg, Path(params.cache_dir) / "onnx",
@@ -214,14 +215,25 @@ def run_load(run_dir: Path | str, log=print) -> dict:
                                                   weights=params.weights or None, models_dir=params.models_path),
                               options={**params.engine_options(), "log": log})
             shape = by_label[pick["shape"]]
-            sizes = sorted({1} | {b for p in pts for b in range(1, p.policy.max_batch + 1)})
-            batched = {b: make_inputs(cfg, b, shape, params.seed, stream="load") for b in sizes}
+            top = min(MAX_BATCH.get(device, 8), max(service))
+            batched = {b: make_inputs(cfg, b, shape, params.seed, stream="load") for b in range(1, top + 1)}
             with make_engine(pick["backend"], spec) as engine:
+                # The rates' unit (x = a fraction of one request at a time's throughput) is measured here, just
+                # before, on this engine: the host's speed drifts between the benchmark and this stage (ORT's
+                # batch-1 median: 38 ms in the benchmark of efficientnet_b1, 9 ms here minutes later).
+                min_requests = max(params.iters, MIN_REQUESTS)
+                closed_loop(engine.lane, batched[1], 1, params.warmup, 2)  # warm-up
+                calib, _ = closed_loop(engine.lane, batched[1], 1, params.duration, min_requests)
+                single_ms = float(np.median([r["latency_ms"] for r in calib]))
+                pts, batcher = load_points_for(service, params.concurrency_list(), params.rate_list(), device,
+                                               single_ms)
+                log(f"[load] {label} ({', '.join(pick['why'])}): {len(pts)} points x {params.rounds} rounds; one "
+                    f"request at a time {single_ms:.4g} ms now (benchmark: {service[1]:.4g} ms)")
                 requests, measured = measure_load(
                     engine, pts, batched, rounds=params.rounds, round_s=params.duration,
                     min_requests=max(params.iters, MIN_REQUESTS), warmup_s=params.warmup, seed=params.seed + k,
                     noise_spread=params.noise_spread)
-            single_rps = 1e3 / service[1]
+            single_rps = 1e3 / single_ms
             k_anchor = anchor(measured, service)
             model_ms = {b: v * k_anchor for b, v in service.items()}
             samples = model_samples(requests)
@@ -234,7 +246,8 @@ def run_load(run_dir: Path | str, log=print) -> dict:
                                      .assign(**tag))
             frames["capacity"].append(pd.DataFrame(capacity_rows(model_ms, BUDGET_MS, batcher, samples)).assign(**tag))
             entry.update(status="ok", lane_kind=str(measured["lane_kind"].iloc[0]),
-                         single_rps=single_rps, seconds=time.perf_counter() - t0)
+                         single_rps=single_rps, benchmark_single_rps=1e3 / service[1],
+                         seconds=time.perf_counter() - t0)
             log(f"[load] {label} finished in {entry['seconds']:.0f} s ({entry['lane_kind']})")
         except Exception as e:  # noqa: BLE001 - recorded; the other configurations go on
             entry.update(error=f"{type(e).__name__}: {e}"[:1500], traceback=traceback.format_exc()[-1500:])

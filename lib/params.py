@@ -284,8 +284,8 @@ class RunParams:
         return values
 
     def rate_list(self) -> list[tuple[float, str]]:
-        """RATES as (value, unit) pairs: unit "x" = a fraction of the configuration's measured single-request
-        throughput (0.5x), "rps" = requests/s (200). auto = 0.5x,0.9x."""
+        """RATES as (value, unit) pairs: unit "x" = a fraction of the configuration's throughput one request at a
+        time (0.5x; lib.load_stage measures it just before the load), "rps" = requests/s (200). auto = 0.5x,0.9x."""
         text = DEFAULT_RATES if self.rates in ("auto", "") else self.rates
         valid = ("expected fractions of the measured single-request throughput (e.g. 0.5x, at most 100x) or "
                  "request rates in requests/s (e.g. 200), separated by commas, e.g. RATES=0.5x,0.9x or RATES=100,500")

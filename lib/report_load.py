@@ -55,8 +55,9 @@ def load_markdown(run: Run) -> str:
                           for c in meta.get("configurations", []) if c.get("status") != "ok")
         return f"No load measurements: {meta.get('reason') or fails or meta.get('status')}."
     lines = [f"Load stage: `LOAD={meta.get('load')}`, `CONCURRENCY={meta.get('concurrency')}`, "
-             f"`RATES={meta.get('rates')}` (rates in `x` are fractions of the configuration's single-request "
-             f"throughput, 1000 / its batch-1 median end-to-end latency). Per-request latency runs from the "
+             f"`RATES={meta.get('rates')}` (rates in `x` are fractions of the configuration's throughput one request "
+             f"at a time, 1000 / the median of a short closed loop at one in flight run just before: the "
+             f"host's speed drifts between the benchmark and this stage). Per-request latency runs from the "
              f"request's arrival (closed loop: when its client issued it; open loop: its scheduled Poisson arrival) "
              f"to its outputs on the host, so queueing and batching delay are in it; host clock (perf_counter)."]
     m, svc = _measured(d), d["service"]
