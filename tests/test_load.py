@@ -135,7 +135,7 @@ def test_concurrency_one_matches_the_single_request_latency(engine, tiny):
 
 def test_throughput_does_not_fall_as_concurrency_rises(engine, tiny):
     """Kernel-bound requests (batch 32 of the tiny CNN: 0.4-0.7 ms of convolution each): more in flight must
-    not cost throughput. Nine repetitions of a round at N = 1, 2 and 4 back to back (the order rotated, so no N
+    not cost throughput. Fifteen repetitions of a round at N = 1, 2 and 4 back to back (the order rotated, so no N
     always runs first); per N the median over the repetitions of (its throughput / that repetition's N = 1)
     must be >= 0.7. It guards the closed loop's accounting (a loop that lost the other lanes' requests fails
     it) and lanes that serialise with overhead. Measured, so that nobody leans on it for more: torch lanes on
@@ -144,11 +144,11 @@ def test_throughput_does_not_fall_as_concurrency_rises(engine, tiny):
     x = make_inputs(tiny, 32, _shape(tiny), 0)
     lanes = [engine.lane() for _ in range(4)] if engine.lane().parallel else [engine.lane()]
     ratios, seen = {2: [], 4: []}, []
-    for rep in range(9):
+    for rep in range(15):  # nine were flipped once in about ten runs while a neighbour benchmarked
         thr = {}
         order = (1, 2, 4)[rep % 3:] + (1, 2, 4)[:rep % 3]
         for n in order:
-            rows, window = closed_loop(engine.lane, x, n, 0.1, 20, lanes=lanes)
+            rows, window = closed_loop(engine.lane, x, n, 0.08, 20, lanes=lanes)
             thr[n] = len(rows) / window
         for n in (2, 4):
             ratios[n].append(thr[n] / thr[1])
@@ -211,3 +211,19 @@ def test_sampled_service_keeps_the_benchmarks_spread():
     flat = predict({1: 1.0, 4: 2.0}, 300.0, BatchPolicy(1, 0.0))
     spread = predict({1: 1.0, 4: 2.0}, 300.0, BatchPolicy(1, 0.0), samples=samples)
     assert spread["p99_ms"] > 2 * flat["p99_ms"]
+
+
+def test_sustained_rule_of_a_measured_open_loop_point():
+    """A round is sustained when it served everything and drained within a tenth of its arrivals' span plus
+    twice its median latency: a last request still in service is not a backlog, a queue that grew is."""
+    from lib.load import point_rows
+
+    p = LoadPoint("open", rate=100.0)
+    f = pd.DataFrame({"experiment": "open", "concurrency": 1, "rate": 100.0, "max_batch": 1, "max_delay_ms": 0.0,
+                      "round": 0, "latency_ms": [20.0] * 30, "batch": 1})
+    ok = {"window_s": 0.31, "drain_s": 0.02, "overloaded": False, "served": 30, "offered": 30}
+    assert point_rows(p, f, [ok], "lane", 0.05)["sustained"]  # 20 ms after a 0.29 s span: its last request
+    grew = {**ok, "window_s": 0.45, "drain_s": 0.16}
+    assert not point_rows(p, f, [grew], "lane", 0.05)["sustained"]
+    assert not point_rows(p, f, [{**ok, "served": 29}], "lane", 0.05)["sustained"]
+    assert not point_rows(p, f, [{**ok, "overloaded": True}], "lane", 0.05)["sustained"]
