@@ -43,6 +43,9 @@ DATA ?=
 CALIB ?=
 MAX_ACC_DROP ?= auto
 PRICE_PER_HOUR ?=
+LOAD ?= auto
+CONCURRENCY ?= 1,2,4,8
+RATES ?= auto
 RUNS ?=
 EXTRAS ?= test,tensorrt-rtx,transformers,torchao
 
@@ -51,7 +54,7 @@ EXTRAS ?= test,tensorrt-rtx,transformers,torchao
 PARAMS := MODEL BACKENDS PRECISIONS BATCH_SIZES SHAPES WARMUP ITERS DURATION ROUNDS POINT_CAP CI_TARGET NOISE_SPREAD \
   HOST_SLOW DEVICE OUTLIERS WEIGHTS SEED \
   UNSTABLE_CV CHANNELS_LAST TF32 COMPILE_MODE TRT_WORKSPACE TRT_OPT_LEVEL RUN_ID REPORTS_DIR MODELS_DIR CACHE_DIR \
-  DATA CALIB MAX_ACC_DROP PRICE_PER_HOUR
+  DATA CALIB MAX_ACC_DROP PRICE_PER_HOUR LOAD CONCURRENCY RATES
 OTHER_VARS := PYTHON VENV EXTRAS PLAN RUNS PYTHONPATH SHELL REPRO_TOL HOG FIDELITY_BATCH LAB_PORT
 CMDLINE_VARS = $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v)))
 UNKNOWN_VARS = $(filter-out $(PARAMS) $(OTHER_VARS),$(CMDLINE_VARS))
@@ -75,7 +78,8 @@ PLAN_SETS = --set model=$(call qv,MODEL) --set backends=$(call qv,BACKENDS) \
   --set trt_opt_level=$(call qv,TRT_OPT_LEVEL) --set models_dir=$(call qv,MODELS_DIR) \
   --set cache_dir=$(call qv,CACHE_DIR) --set data=$(call qv,DATA) \
   --set calib=$(call qv,CALIB) --set max_acc_drop=$(call qv,MAX_ACC_DROP) \
-  --set price_per_hour=$(call qv,PRICE_PER_HOUR)
+  --set price_per_hour=$(call qv,PRICE_PER_HOUR) --set load=$(call qv,LOAD) \
+  --set concurrency=$(call qv,CONCURRENCY) --set rates=$(call qv,RATES)
 
 .PHONY: help setup test test-fast report execute lab models clean-cache index
 
@@ -97,6 +101,8 @@ help:
 	@echo '  MAX_ACC_DROP='$(call qv,MAX_ACC_DROP)' accuracy loss the recommendation tolerates: auto = 1 point of top-1 with DATA,' \
 	  'else the parity thresholds; parity; or top-1 points (needs DATA)'
 	@echo "  PRICE_PER_HOUR=<the machine's price per hour>: cost per million inferences per configuration"
+	@echo '  LOAD='$(call qv,LOAD)' (auto: the configurations the summary picks, all, none) CONCURRENCY='$(call qv,CONCURRENCY) \
+	  'RATES='$(call qv,RATES)' (0.5x = half the single-request throughput, or req/s): latency under load'
 	@echo "  bad values are refused in seconds, before any work, with what is valid"
 	@echo "make compare RUNS=\"<run dir> <run dir> ...\"  one HTML page comparing runs (first = reference)"
 	@echo "make fidelity                   harness checks on a CUDA GPU (vs torch.utils.benchmark, sampler cost, GPU busy time)"
@@ -177,8 +183,14 @@ $(RUN_DIR)/bench/%/pass1.done: $(RUN_DIR)/export.json notebooks/10_benchmark.ipy
 $(RUN_DIR)/bench/%/notebook.done: $(BENCH_PASS1)
 	@$(PYTHON) -m lib.cli notebook benchmark --run-dir $(RUN_DIR) --combo $* --pass 2
 
+# Latency under load, after every benchmark pass (it picks its configurations from their results) and before
+# the analysis: closed loop, Poisson arrivals, dynamic batching (lib/load_stage.py). LOAD=none writes only
+# load/load.json saying so. A failure is recorded there and the report says why the section is empty.
+$(RUN_DIR)/load/load.json: $(BENCH_DONE) notebooks/15_load.ipynb
+	@$(PYTHON) -m lib.cli notebook load --run-dir $(RUN_DIR)
+
 # Both written under a temporary name and renamed when complete (lib/cli.py, lib/html_report.py).
-$(RUN_DIR)/analysis.ipynb: $(BENCH_DONE) $(RUN_DIR)/export.json notebooks/20_analysis.ipynb
+$(RUN_DIR)/analysis.ipynb: $(BENCH_DONE) $(RUN_DIR)/load/load.json $(RUN_DIR)/export.json notebooks/20_analysis.ipynb
 	@$(PYTHON) -m lib.cli notebook analysis --run-dir $(RUN_DIR)
 
 $(RUN_DIR)/report.html: $(RUN_DIR)/analysis.ipynb

@@ -1,7 +1,7 @@
 """Command line used by the Makefile: ``python -m lib.cli <command>``.
 
 * ``plan --set model=... [--set key=value ...]``: validate and create the run folder; prints its path.
-* ``notebook {export,benchmark,analysis} --run-dir DIR [...]``: execute a notebook with papermill.
+* ``notebook {export,benchmark,load,analysis} --run-dir DIR [...]``: execute a notebook with papermill.
   A benchmark notebook that fails (an exception, or a crashed kernel) is recorded in
   ``notebook.failed.json`` beside its results and the command still exits 0, so the sweep goes on
   and the report shows the failure.
@@ -36,7 +36,8 @@ from .errors import BenchbookError, RunInterrupted, StepFailed
 from .terminal import KernelEcho, SweepProgress
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = {"export": "00_export.ipynb", "benchmark": "10_benchmark.ipynb", "analysis": "20_analysis.ipynb",
+NOTEBOOKS = {"export": "00_export.ipynb", "benchmark": "10_benchmark.ipynb", "load": "15_load.ipynb",
+             "analysis": "20_analysis.ipynb",
              "compare": "30_compare.ipynb"}
 # A write the disk refused (full, over quota, over the file size limit): one line naming the file, no traceback.
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -401,6 +402,8 @@ def _notebook(args, run_dir: Path) -> int:
             atomic_write_text(Path(args.stamp), f"{run_dir}\n")
         _log(f"[make] export finished in {time.perf_counter() - t0:.0f} s")
         return 0
+    if args.name == "load":
+        return _load_notebook(run_dir, base)
     out = run_dir / "analysis.ipynb"
     # papermill writes its output cell by cell (and once more after a failure or an interrupt): it goes to a
     # temporary name, renamed to analysis.ipynb only when every cell ran, so make never takes a half-made or
@@ -438,6 +441,38 @@ def _pass_rounds(run_dir: Path, bench_pass: int) -> int:
         return points * len(measured_modes(plan["device"] == "cuda")) * pass_targets(int(params["rounds"]), bench_pass)[0]
     except (OSError, ValueError, KeyError, TypeError):
         return 0
+
+
+def _load_notebook(run_dir: Path, base: dict) -> int:
+    """The load stage (lib/load_stage.py) in its own kernel, holding the device's lock like a benchmark. Its
+    target is load/load.json, which the notebook writes last; a notebook that fails writes it here instead,
+    saying why, so the analysis runs and the report says why its load section is empty."""
+    from .runstate import device_lock, read_run_json
+
+    t0 = time.perf_counter()
+    out_dir = run_dir / "load"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / "load.json").unlink(missing_ok=True)
+    kernel = _Kernel(out_dir / "kernel.log")
+    _log(f"[make] load (LOAD={base.get('load', 'auto')}): notebooks/{NOTEBOOKS['load']}")
+    device = read_run_json(run_dir / "plan.json").get("device", "cpu")
+    try:
+        with device_lock(device, f"{run_dir.name} load", log=_log):
+            _run_papermill("load", out_dir / "load.ipynb", {"run_dir": str(run_dir)}, kernel)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        _reraise_if_interrupted(e)
+        summary, record = _describe_failure(e, kernel)
+        atomic_write_json(out_dir / "load.json", {"status": "failed", "reason": summary[:400], "error": record,
+                                                  "configurations": []})
+        _log(f"[make] load FAILED after {time.perf_counter() - t0:.0f} s (recorded; the report says so): "
+             f"{summary[:400]}")
+        return 0
+    if not (out_dir / "load.json").exists():
+        raise StepFailed(f"the load notebook ran but wrote no {out_dir / 'load.json'}")
+    _log(f"[make] load finished in {time.perf_counter() - t0:.0f} s")
+    return 0
 
 
 def _stage_of(run_dir: Path, backend: str, precision: str) -> str:
@@ -531,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--known-vars", default="", help="the parameters make reads")
     p.set_defaults(fn=cmd_plan)
     p = sub.add_parser("notebook")
-    p.add_argument("name", choices=["analysis", "benchmark", "export"])
+    p.add_argument("name", choices=["analysis", "benchmark", "export", "load"])
     p.add_argument("--run-dir", required=True)
     p.add_argument("--combo", default="", help="<backend>-<precision>, for the benchmark notebook")
     p.add_argument("--pass", dest="bench_pass", type=int, choices=(0, 1, 2), default=0,

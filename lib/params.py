@@ -12,7 +12,7 @@ from .errors import ConfigError
 
 __all__ = ["RunParams", "parse_int_list", "parse_float", "parse_int", "parse_list", "check_make_path", "show", "show_item",
            "PRECISIONS", "QUANTIZED", "COMPILE_MODES", "MAX_ITERS", "MAX_ROUNDS", "parse_max_acc_drop",
-           "pass_targets", "measured_modes"]
+           "pass_targets", "measured_modes", "MAX_CONCURRENCY", "LOAD_CHOICES"]
 
 # int8 / fp8 are quantized precisions (lib.quantize): each backend says where it runs them, and auto never
 # picks them (they need calibration and cost accuracy, which the report weighs against their speed).
@@ -49,6 +49,10 @@ MAX_POINT_CAP_S = 600.0
 MAX_WARMUP_S = 300.0
 MAX_DURATION_S = 600.0
 MAX_UNSTABLE_CV = 1.0
+MAX_CONCURRENCY = 64  # load section: requests in flight (a thread, stream or queued client each)
+# load section: auto = the configurations the summary picks; all = every measured one; none (or 0) = no load stage
+LOAD_CHOICES = ("auto", "all", "none", "0")
+DEFAULT_RATES = "0.5x,0.9x"  # RATES=auto: fractions of each configuration's measured single-request throughput
 # Characters that break make (targets and recipes are built from these paths) or the shell.
 _MAKE_UNSAFE = set(" \t\n\r#$%:;*?\"'\\|&<>`")
 
@@ -202,6 +206,9 @@ class RunParams:
     price_per_hour: float = 0.0  # the machine's price per hour (any currency); 0: not given, no cost figures
     calib: str = ""            # folder of images that calibrates INT8 (lib.quantize); empty: seeded inputs
     max_acc_drop: str = "auto"  # the accuracy loss the summary's recommendation tolerates (parse_max_acc_drop)
+    load: str = "auto"         # load section: auto (the configurations the summary picks), all, or none/0
+    concurrency: str = "1,2,4,8"  # load section: requests in flight of the closed loop
+    rates: str = "auto"        # load section: Poisson arrival rates: 0.5x (of single-request throughput) or req/s
     options: dict = field(default_factory=dict)
 
     @classmethod
@@ -275,6 +282,15 @@ class RunParams:
             p.price_per_hour = parse_float("PRICE_PER_HOUR", raw["price_per_hour"], unit="a price per hour")
         if str(raw.get("max_acc_drop", "")).strip():
             p.max_acc_drop = parse_max_acc_drop(raw["max_acc_drop"], p.data)
+        for key in ("load", "concurrency", "rates"):
+            if key in raw:
+                setattr(p, key, str(raw[key]).strip().lower())
+        if p.load not in LOAD_CHOICES:
+            raise ConfigError(f"{show('LOAD', p.load)} is not valid; valid: auto (the configurations the summary "
+                              f"picks: best latency, best throughput, best within the budget), all (every measured "
+                              f"one), none or 0 (no load section)")
+        p.concurrency_list()
+        p.rate_list()
         if "options" in raw:
             p.options = dict(raw["options"])
         return p
@@ -301,6 +317,41 @@ class RunParams:
         if len(set(items)) != len(items):
             raise ConfigError(f"{show('PRECISIONS', self.precisions)} repeats a precision; give each once")
         return items
+
+    @property
+    def load_enabled(self) -> bool:
+        return self.load not in ("none", "0")
+
+    def concurrency_list(self) -> list[int]:
+        """CONCURRENCY as whole numbers of requests in flight, each from 1 to MAX_CONCURRENCY (auto: 1,2,4,8)."""
+        text = "1,2,4,8" if self.concurrency in ("auto", "") else self.concurrency
+        values = parse_int_list("CONCURRENCY", text)
+        big = [n for n in values if n > MAX_CONCURRENCY]
+        if big:
+            raise ConfigError(f"{show_item('CONCURRENCY', self.concurrency, big[0])} is not valid; expected whole "
+                              f"numbers from 1 to {MAX_CONCURRENCY} separated by commas, e.g. CONCURRENCY=1,2,4,8")
+        return values
+
+    def rate_list(self) -> list[tuple[float, str]]:
+        """RATES as (value, unit) pairs: unit "x" = a fraction of the configuration's throughput one request at a
+        time (0.5x; lib.load_stage measures it just before the load), "rps" = requests/s (200). auto = 0.5x,0.9x."""
+        text = DEFAULT_RATES if self.rates in ("auto", "") else self.rates
+        valid = ("expected fractions of the measured single-request throughput (e.g. 0.5x, at most 100x) or "
+                 "request rates in requests/s (e.g. 200), separated by commas, e.g. RATES=0.5x,0.9x or RATES=100,500")
+        out = []
+        for item in parse_list("RATES", text):
+            unit = "x" if item.endswith("x") else "rps"
+            number = item[:-1] if unit == "x" else item
+            try:
+                value = float(number)
+            except ValueError:
+                raise ConfigError(f"{show_item('RATES', self.rates, item)} is not valid; {valid}") from None
+            if not (math.isfinite(value) and value > 0) or (unit == "x" and value > 100):
+                raise ConfigError(f"{show_item('RATES', self.rates, item)} is not valid; {valid}")
+            out.append((value, unit))
+        if len(set(out)) != len(out):
+            raise ConfigError(f"{show('RATES', self.rates)} repeats a rate; give each once")
+        return out
 
     @property
     def models_path(self) -> Path | None:

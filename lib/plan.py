@@ -34,7 +34,7 @@ __all__ = ["Plan", "make_plan", "new_run_id", "check_run_id", "load_plan", "pars
 # Parameters whose change makes a different run (a resume must keep them).
 _RUN_DEFINING = ("model", "backends", "precisions", "batch_sizes", "shapes", "device", "weights", "seed",
                  "warmup", "iters", "duration", "rounds", "point_cap", "ci_target", "channels_last", "tf32",
-                 "compile_mode", "data", "price_per_hour", "calib")
+                 "compile_mode", "data", "price_per_hour", "calib", "load", "concurrency", "rates")
 # Also fixed for a resume: a resumed run goes on with params.json as first written, so a different value on
 # the command line would be silently ignored (other engines, another model folder) unless refused.
 _RESUME_FIXED = ("trt_workspace_gib", "trt_opt_level", "cache_dir", "models_dir", "max_acc_drop")

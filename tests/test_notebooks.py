@@ -69,7 +69,7 @@ def test_notebooks_run_with_their_defaults_from_anywhere(repo_copy, tmp_path):
     models = str(repo_copy / "tests" / "fixtures" / "models")
 
     # no run yet: one line saying what to do, not a traceback
-    for name in ("20_analysis.ipynb", "30_compare.ipynb"):
+    for name in ("15_load.ipynb", "20_analysis.ipynb", "30_compare.ipynb"):
         ok, error = _papermill(repo_copy, name, elsewhere)
         assert not ok and error.startswith("error: 0 runs under ") and "make report" in error, error
         assert "Traceback" not in error and "RUNS=''" not in error, error
@@ -87,6 +87,9 @@ def test_notebooks_run_with_their_defaults_from_anywhere(repo_copy, tmp_path):
     assert ok, error
     runs = sorted((repo_copy / "reports" / "tiny_cnn").iterdir())
     assert len(runs) == 2  # the notebook's run went to the repository's reports/
+    ok, error = _papermill(repo_copy, "15_load.ipynb", elsewhere)  # the newest run: the notebook's own
+    assert ok, error
+    assert (runs[-1] / "load_points.parquet").exists() and (runs[0] / "load" / "load.json").exists()
     ok, error = _papermill(repo_copy, "20_analysis.ipynb", elsewhere)
     assert ok, error
     ok, error = _papermill(repo_copy, "30_compare.ipynb", elsewhere)  # the two newest runs of the model

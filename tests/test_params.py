@@ -31,6 +31,16 @@ def test_defaults_and_parsed_values(tmp_path):
     assert RunParams.from_strings(model="m").precision_list() is None
 
 
+def test_load_parameters():
+    p = RunParams.from_strings(model="m")
+    assert (p.load, p.load_enabled, p.concurrency_list(), p.rate_list()) == ("auto", True, [1, 2, 4, 8],
+                                                                              [(0.5, "x"), (0.9, "x")])
+    p = RunParams.from_strings(model="m", load="ALL", concurrency="1, 3", rates="0.25x, 200")
+    assert (p.load, p.concurrency_list(), p.rate_list()) == ("all", [1, 3], [(0.25, "x"), (200.0, "rps")])
+    assert not RunParams.from_strings(model="m", load="none").load_enabled
+    assert not RunParams.from_strings(model="m", load="0").load_enabled
+
+
 def test_lists():
     assert parse_list("BACKENDS", " torch , ort ") == ["torch", "ort"]
     assert parse_list("BACKENDS", "torch;ort") == ["torch", "ort"]
@@ -94,6 +104,18 @@ def test_relative_paths_become_absolute(tmp_path, monkeypatch):
     ({"cache_dir": "/tmp/my cache"}, ["CACHE_DIR='/tmp/my cache' contains a space", "make cannot handle"]),
     ({"weights": "/tmp/w$1.pth"}, ["WEIGHTS='/tmp/w$1.pth' contains '$'"]),
     ({"models_dir": "/tmp/a:b"}, ["MODELS_DIR='/tmp/a:b' contains ':'"]),
+    ({"load": "some"}, ["LOAD=some is not valid", "auto", "all", "none or 0"]),
+    ({"concurrency": "0"}, ["CONCURRENCY=0 is not valid", "whole numbers >= 1", "CONCURRENCY=1,2,4,8"]),
+    ({"concurrency": "1,2,two"}, ["CONCURRENCY=1,2,two: two is not a whole number"]),
+    ({"concurrency": "1,65"}, ["CONCURRENCY=1,65: 65 is not valid", "from 1 to 64"]),
+    ({"concurrency": "2,2"}, ["CONCURRENCY=2,2 repeats 2"]),
+    ({"rates": "fast"}, ["RATES=fast is not valid", "0.5x", "requests/s", "RATES=100,500"]),
+    ({"rates": "100,-5"}, ["RATES=100,-5: -5 is not valid"]),
+    ({"rates": "0x"}, ["RATES=0x is not valid"]),
+    ({"rates": "500x"}, ["RATES=500x is not valid", "at most 100x"]),
+    ({"rates": "nan"}, ["RATES=nan is not valid"]),
+    ({"rates": "0.5x,0.5x"}, ["RATES=0.5x,0.5x repeats a rate"]),
+    ({"rates": "1,,2"}, ["RATES=1,,2 has an empty item"]),
 ])
 def test_bad_values_name_the_value_and_what_is_valid(raw, words):
     msg = _error(**raw)

@@ -32,7 +32,7 @@ from ..errors import BenchbookError
 from ..model_config import ModelConfig
 from ..timing import CpuTimer, CudaEventTimer
 
-__all__ = ["Engine", "EngineSpec", "Artifacts"]
+__all__ = ["Engine", "EngineSpec", "Artifacts", "Lane", "SerialLane"]
 
 
 @dataclass
@@ -169,6 +169,14 @@ class Engine(ABC):
             self.bind(host_inputs)
         return self._infer(host_inputs)
 
+    def lane(self) -> "Lane":
+        """A ``Lane`` for the load generator (``lib.load``): one end-to-end request per call. This default is
+        *serial*: the engine's bound buffers (a CUDA graph's fixed addresses, a TensorRT context's shapes) are
+        shared, so its requests run one at a time on the calling thread; backends that can run requests side
+        by side override it."""
+        self._require_loaded()
+        return SerialLane(self, "serial: one request at a time on the engine's shared buffers")
+
     def timer(self):
         return CudaEventTimer(self.stream) if self.spec.device == "cuda" else CpuTimer()
 
@@ -212,3 +220,30 @@ class Engine(ABC):
         if sorted(host_inputs) != sorted(expected):
             raise BenchbookError(f"{self.label}: inputs {sorted(host_inputs)} do not match the model's {expected}")
 
+
+class Lane:
+    """One in-flight slot of the load generator: ``lane(host_inputs) -> host outputs`` (end-to-end: returns
+    once the outputs are on the host, so the host clock sees the whole request).
+
+    ``parallel``: lanes of one engine may run at once, each from its own thread (``lib.load`` gives each its
+    thread); False: requests must come one at a time from the thread that measures (``lib.load`` then
+    queues the in-flight requests in front of it). ``kind`` says in words what a lane is on this backend."""
+
+    parallel = False
+    kind = ""
+
+    def __call__(self, host_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+class SerialLane(Lane):
+    """Requests through ``Engine.infer``, re-bound (a kept binding per input shape) when the shape changes."""
+
+    def __init__(self, engine: Engine, kind: str):
+        self.engine = engine
+        self.kind = kind
+
+    def __call__(self, host_inputs):
+        key = ("load",) + tuple(sorted((k, v.shape) for k, v in host_inputs.items()))
+        self.engine.bind(host_inputs, key=key)  # a switch to a kept binding is a pointer swap
+        return self.engine.infer(host_inputs)

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import UnavailableError
 from . import register_engine
-from .base import Engine
+from .base import Engine, Lane
 
 __all__ = ["OrtEngine", "OrtCudaGraph", "OrtTensorRT"]
 
@@ -263,6 +263,16 @@ class OrtEngine(Engine):
             self.session.run_with_iobinding(self._binding, self._run_options)
         return self._outputs_to_host()
 
+    def lane(self):
+        """Parallel: ``session.run`` on host arrays from each lane's own thread. ONNX Runtime lets several
+        threads run one session at once (each call has its own feeds and outputs) and releases the GIL
+        while it runs. On a CPU the calls share the session's intra-op thread pool (measured: 0.093 ms per
+        request from a worker thread and from the main thread alike, tiny CNN batch 8); on a GPU they share
+        the session's compute stream, so host work and copies overlap while kernels run in turn."""
+        self._require_loaded()
+        return _OrtRunLane(self)
+
+    # --- CUDA: IO binding on torch buffers
     def _bind_cuda(self, host_inputs):
         import torch
 
@@ -321,6 +331,10 @@ class OrtCudaGraph(OrtEngine):
     @classmethod
     def precisions(cls, device):
         return ("fp32", "fp16") if device == "cuda" else ()
+
+    def lane(self):  # a captured graph has fixed buffers: one request at a time
+        return Engine.lane(self)
+
 
 @register_engine
 class OrtTensorRT(OrtEngine):
@@ -387,3 +401,15 @@ class OrtTensorRT(OrtEngine):
         # The FP16 ONNX carries its dtypes; on TRT >= 10 the EP then builds strongly typed.
         return [("TensorrtExecutionProvider", trt_opts)] + super()._providers()
 
+
+class _OrtRunLane(Lane):
+    parallel = True
+
+    def __init__(self, engine: OrtEngine):
+        self.engine = engine
+        where = "intra-op thread pool" if engine.spec.device == "cpu" else "compute stream"
+        self.kind = f"concurrent session.run, one thread per lane (they share the session's {where})"
+
+    def __call__(self, host_inputs):
+        e = self.engine
+        return dict(zip(e._out_names, e.session.run(e._out_names, e._host(host_inputs))))
