@@ -30,9 +30,11 @@ def _run(path, feeds):
 
 
 @pytest.fixture(scope="module")
-def int8(tiny, cache_dir, tiny_onnx):
+def int8(tiny, tmp_path_factory):
+    """A cache of its own: the session's shared cache may already hold the INT8 file (another test built it)."""
     log = Log()
-    return ensure_onnx(tiny, cache_dir / "onnx", precisions=("fp32", "int8"), log=log), log
+    cache = tmp_path_factory.mktemp("int8-cache")
+    return ensure_onnx(tiny, cache / "onnx", precisions=("fp32", "int8"), log=log), log
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +49,11 @@ def image_model(tmp_path_factory, tiny_raw):
     return get_model("tiny_img", write_model(tmp_path_factory.mktemp("qm"), "tiny_img", raw).parent.parent)
 
 
-def test_int8_file_is_qdq_and_cached_beside_fp32(int8, tiny_onnx):
+def test_int8_file_is_qdq_and_cached_beside_fp32(int8):
     results, log = int8
     q = results["int8"]
     assert not q.cache_hit and q.path.is_file()
-    assert q.path.parent.parent == tiny_onnx["fp32"].path.parent and q.path.parent.name.startswith("int8-")
+    assert q.path.parent.parent == results["fp32"].path.parent and q.path.parent.name.startswith("int8-")
     model = onnx.load(str(q.path))
     onnx.checker.check_model(model, full_check=True)
     ops = [n.op_type for n in model.graph.node]
@@ -72,8 +74,9 @@ def test_int8_file_is_qdq_and_cached_beside_fp32(int8, tiny_onnx):
     assert "INT8 ONNX" in log.text
 
 
-def test_second_call_is_a_cache_hit(tiny, cache_dir, int8):
-    again = ensure_onnx(tiny, cache_dir / "onnx", precisions=("fp32", "int8"), log=Log())["int8"]
+def test_second_call_is_a_cache_hit(tiny, int8):
+    onnx_root = int8[0]["fp32"].path.parents[2]  # <cache>/onnx/<model>/<key>/model.onnx
+    again = ensure_onnx(tiny, onnx_root, precisions=("fp32", "int8"), log=Log())["int8"]
     assert again.cache_hit and again.path == int8[0]["int8"].path and again.seconds == 0.0
     rows = export_summary({"int8": again}).to_dict("records")
     assert rows[0]["source"] == "quantized from FP32 (QDQ)" and rows[0]["calibration s"] > 0
@@ -86,9 +89,9 @@ def test_int8_matches_fp32_within_its_thresholds(tiny, int8, tiny_onnx):
     assert check["centred_cosine"] >= CENTRED_THRESHOLDS["int8"][0]
     assert check["top1_agreement_calibration"]["items"] >= quantize.SEEDED_CALIB_ITEMS
     x = make_inputs(tiny, 4, tiny.parse_shape("32x32"), seed=9)
-    ref = _run(tiny_onnx["fp32"].path, x)
+    ref = _run(int8[0]["fp32"].path, x)
     got = _run(int8[0]["int8"].path, x)
-    centre = {"logits": _run(tiny_onnx["fp32"].path, make_inputs(tiny, 8, tiny.parse_shape("32x32"), seed=9,
+    centre = {"logits": _run(int8[0]["fp32"].path, make_inputs(tiny, 8, tiny.parse_shape("32x32"), seed=9,
                                                                      stream="c"))["logits"].mean(0)}
     r = compare_outputs(got, ref, "int8", "logits", centre)
     assert r["passed"], r["problems"]
@@ -100,8 +103,8 @@ def test_an_injected_error_fails_int8_parity(tiny, int8, tiny_onnx):
     part, fail them (the raw cosine of the first stays high: the centred comparison catches it)."""
     shape = tiny.parse_shape("32x32")
     x, other = make_inputs(tiny, 4, shape, seed=3), make_inputs(tiny, 4, shape, seed=4)
-    ref = _run(tiny_onnx["fp32"].path, x)
-    centre_of = _run(tiny_onnx["fp32"].path, make_inputs(tiny, 8, shape, seed=3, stream="c"))["logits"].mean(0)
+    ref = _run(int8[0]["fp32"].path, x)
+    centre_of = _run(int8[0]["fp32"].path, make_inputs(tiny, 8, shape, seed=3, stream="c"))["logits"].mean(0)
     got = _run(int8[0]["int8"].path, x)
     assert compare_outputs(got, ref, "int8", "logits", {"logits": centre_of})["passed"]
     swapped = compare_outputs(_run(int8[0]["int8"].path, other), ref, "int8", "logits", {"logits": centre_of})
