@@ -31,7 +31,7 @@ from .inputs import make_inputs
 from .model_config import BATCH_DIM, ModelConfig, Shape
 
 __all__ = ["ExportResult", "export_key", "onnx_fp32", "onnx_fp16", "onnx_given", "ensure_onnx", "is_given_onnx",
-           "OPSET"]
+           "cached_onnx", "OPSET"]
 
 OPSET = 20
 
@@ -151,17 +151,27 @@ def _check_parity(path: Path, cfg: ModelConfig, inputs, reference, precision: st
     return {k: result[k] for k in ("max_abs_err", "rel_err", "cosine", "top1_agree")}
 
 
-def onnx_fp32(cfg: ModelConfig, cache_root: Path, weights: Path | str | None = None, log=print,
-              build: bool = True) -> ExportResult:
-    """The FP32 ONNX of ``cfg``: from the cache when valid, else (``build``) exported, checked and cached."""
-    folder = Path(cache_root) / cfg.name / export_key(cfg, weights)
+
+def cached_onnx(folder: Path, what: str, model: str, build: bool, log, rebuilding: str | None = None) -> "ExportResult | None":
+    """The cached ``model.onnx`` in ``folder`` when its manifest is valid; else None when it may be built
+    (saying why it is rebuilt), or an error naming the folder when ``build`` is False. ``what``: "FP32",
+    "FP16", "INT8" ... for the messages."""
     manifest, why = valid_artifact(folder, "model.onnx")
     if manifest:
         return ExportResult(folder / "model.onnx", True, 0.0, manifest)
     if not build:
-        raise BenchbookError(f"no valid FP32 ONNX of {cfg.name!r} in {folder}: {why}")
+        raise BenchbookError(f"no valid {what} ONNX of {model!r} in {folder}: {why}")
     if why != "not built yet":
-        log(f"[export] rebuilding: {why}")
+        log(f"[export] {rebuilding or 'rebuilding ' + what}: {why}")
+    return None
+
+def onnx_fp32(cfg: ModelConfig, cache_root: Path, weights: Path | str | None = None, log=print,
+              build: bool = True) -> ExportResult:
+    """The FP32 ONNX of ``cfg``: from the cache when valid, else (``build``) exported, checked and cached."""
+    folder = Path(cache_root) / cfg.name / export_key(cfg, weights)
+    cached = cached_onnx(folder, "FP32", cfg.name, build, log, rebuilding="rebuilding")
+    if cached is not None:
+        return cached
     import onnx
     import torch
 
@@ -250,13 +260,9 @@ def _fp16_check(cfg: ModelConfig, fp16_path: Path, fp32_path: Path) -> dict:
 def onnx_fp16(cfg: ModelConfig, fp32: ExportResult, log=print, build: bool = True) -> ExportResult:
     """FP16 weights and math with FP32 inputs/outputs (onnxconverter-common), in the FP32 file's cache folder."""
     folder = fp32.cache_folder / f"fp16-{sha256_bytes(_version('onnxconverter-common').encode())[:8]}"
-    manifest, why = valid_artifact(folder, "model.onnx")
-    if manifest:
-        return ExportResult(folder / "model.onnx", True, 0.0, manifest)
-    if not build:
-        raise BenchbookError(f"no valid FP16 ONNX of {cfg.name!r} in {folder}: {why}")
-    if why != "not built yet":
-        log(f"[export] rebuilding FP16: {why}")
+    cached = cached_onnx(folder, "FP16", cfg.name, build, log)
+    if cached is not None:
+        return cached
     import onnx
     from onnxconverter_common import float16
 

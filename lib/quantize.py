@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import sha256_bytes, sha256_file, valid_artifact, write_manifest
+from .cache import sha256_bytes, sha256_file, write_manifest
 from .errors import BenchbookError, ConfigError
 from .inputs import make_inputs
 from .model_config import BATCH_DIM, ModelConfig
@@ -261,19 +261,15 @@ def onnx_int8(cfg: ModelConfig, fp32, calib: str | None = None, log=print, build
               variant: str = "int8"):
     """The INT8 (QDQ) ONNX of ``fp32`` (an ``lib.export.ExportResult``), calibrated on CALIB or seeded inputs;
     ``variant`` ``int8`` (ONNX Runtime) or ``int8_trt`` (TensorRT's Q/DQ rules)."""
-    from .export import ExportResult
+    from .export import ExportResult, cached_onnx
 
     if variant not in VARIANTS:
         raise ConfigError(f"INT8 variant {variant!r} is not valid; use one of {', '.join(VARIANTS)}")
     source = calibration_source(cfg, calib)
     folder = fp32.cache_folder / f"{variant.replace('_', '-')}-{int8_key(fp32.manifest['sha256'], source, variant)}"
-    manifest, why = valid_artifact(folder, "model.onnx")
-    if manifest:
-        return ExportResult(folder / "model.onnx", True, 0.0, manifest)
-    if not build:
-        raise BenchbookError(f"no valid INT8 ONNX of {cfg.name!r} in {folder}: {why}")
-    if why != "not built yet":
-        log(f"[export] rebuilding INT8: {why}")
+    cached = cached_onnx(folder, "INT8", cfg.name, build, log)
+    if cached is not None:
+        return cached
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
