@@ -647,14 +647,19 @@ _SIGNUMS: list[int] = []  # the signal that interrupted this process
 def _interrupt_makes() -> None:
     """A Ctrl-C that reached this step but not the makes above it (a SIGINT sent to this process alone, or one
     this process saw first): make would report the step's exit 130 as its own error and exit 2. Interrupting
-    each make above this process makes them end as a Ctrl-C does (killed by SIGINT: status 130 in a shell)."""
+    each make above this process makes them end as a Ctrl-C does (killed by SIGINT: status 130 in a shell).
+    Only makes in this process's own process group: those a terminal's Ctrl-C would have reached. A make further
+    up in another group (a `make test` whose test started this run in a session of its own, a CI job) is not
+    this run's, and interrupting it made a passing `make test` end with status 130."""
     if _SIGNUMS[:1] != [signal.SIGINT]:
         return
     try:
         import psutil
 
+        group = os.getpgid(0)
         for proc in psutil.Process().parents():
-            if os.path.basename((proc.cmdline() or [""])[0]) in ("make", "gmake"):
+            if (os.path.basename((proc.cmdline() or [""])[0]) in ("make", "gmake")
+                    and os.getpgid(proc.pid) == group):
                 os.kill(proc.pid, signal.SIGINT)
     except Exception:  # psutil missing or a parent gone: the exit status is then make's own
         pass

@@ -150,3 +150,23 @@ def test_make_vars_check():
     _check_make_vars([], ["MODEL"])
     with pytest.raises(BenchbookError, match=r"does not take ITER \(did you mean ITERS\?\), FOO; its parameters"):
         _check_make_vars(["ITER", "FOO"], ["MODEL", "ITERS"])
+
+
+def test_an_interrupted_step_interrupts_only_the_makes_of_its_own_process_group(tmp_path):
+    """A step interrupted by itself interrupts the makes above it in its process group (Ctrl-C semantics), never a
+    make in another group: before, a `make test` whose test started a run in a session of its own ended with 130
+    although every test passed."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    step = ("import signal, lib.cli as c; c._SIGNUMS[:] = [signal.SIGINT]; c._interrupt_makes()")
+    mk = tmp_path / "Makefile"
+    mk.write_text(f"other:\n\tsetsid {sys.executable} -c '{step}'; sleep 1\n"
+                  f"same:\n\t{sys.executable} -c '{step}'; sleep 1\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    other = subprocess.run(["make", "-s", "-f", str(mk), "other"], env=env, start_new_session=True, timeout=60)
+    assert other.returncode == 0  # the make above, in another group, is left alone
+    same = subprocess.run(["make", "-s", "-f", str(mk), "same"], env=env, start_new_session=True, timeout=60)
+    assert same.returncode != 0  # the make of its own group is interrupted
