@@ -129,7 +129,7 @@ test-fast:
 	$(PYTHON) -m pytest -q -ra -m "not slow"
 
 models:
-	@$(PYTHON) -m lib.cli models $(if $(value MODELS_DIR),--models-dir $(call qv,MODELS_DIR))
+	@$(PYTHON) -m lib.pipeline.cli models $(if $(value MODELS_DIR),--models-dir $(call qv,MODELS_DIR))
 
 # Localhost only, with the token Jupyter generates (the URL it prints carries it). As root (containers,
 # cloud GPU hosts) Jupyter refuses to start without --allow-root, so it is added there and only there.
@@ -142,74 +142,74 @@ lab:
 # The plan step validates every parameter (seconds, before any heavy work), creates the run folder
 # and writes plan.mk there; a second make then builds that run's files from it.
 # Ctrl-C or kill: every point measured so far stays on disk; RUN_ID=<the id printed> resumes.
-# The second make runs holding the run folder's lock (lib.cli locked): a second `make report` of the same
+# The second make runs holding the run folder's lock (lib.pipeline.cli locked): a second `make report` of the same
 # RUN_ID is refused, naming the live one.
 report:
-	@run_dir=$$($(PYTHON) -m lib.cli plan $(PLAN_SETS) --reports-dir $(call qv,REPORTS_DIR) \
+	@run_dir=$$($(PYTHON) -m lib.pipeline.cli plan $(PLAN_SETS) --reports-dir $(call qv,REPORTS_DIR) \
 	  --run-id $(call qv,RUN_ID) --unknown-vars '$(UNKNOWN_VARS)' --known-vars '$(PARAMS)') && \
-	  $(PYTHON) -m lib.cli locked --run-dir "$$run_dir" -- \
+	  $(PYTHON) -m lib.pipeline.cli locked --run-dir "$$run_dir" -- \
 	  $(MAKE) --no-print-directory execute PLAN=$$run_dir/plan.mk
 
 # (Recipes stay single commands: bash then execs them, so make waits for them on Ctrl-C or kill. A step that
-# is interrupted by itself, not through make, interrupts the makes above it: lib/cli.py _interrupt_makes.)
+# is interrupted by itself, not through make, interrupts the makes above it: lib/pipeline/cli.py _interrupt_makes.)
 
 ifdef PLAN
 include $(PLAN)
-# Two passes over the backends: pass 1 in plan order, pass 2 in reverse (lib/bench.py says why).
+# Two passes over the backends: pass 1 in plan order, pass 2 in reverse (lib/sweep/bench.py says why).
 BENCH_PASS1 := $(foreach c,$(COMBOS),$(RUN_DIR)/bench/$(subst @,-,$(c))/pass1.done)
 BENCH_DONE := $(foreach c,$(COMBOS_REVERSED),$(RUN_DIR)/bench/$(subst @,-,$(c))/notebook.done)
 # Chained pattern targets: make would delete them as intermediate files at the end; they are records.
 .SECONDARY: $(BENCH_PASS1) $(BENCH_DONE)
 
-# Measurements never overlap: one step at a time whatever -j is given (and lib.runstate.device_lock keeps
+# Measurements never overlap: one step at a time whatever -j is given (and lib.common.runstate.device_lock keeps
 # separate runs on one host from measuring on the same device at once).
 .NOTPARALLEL:
 
 execute: $(RUN_DIR)/report.html
-	@$(PYTHON) -m lib.cli summary $(RUN_DIR) --reports-dir $(call qv,REPORTS_DIR)
+	@$(PYTHON) -m lib.pipeline.cli summary $(RUN_DIR) --reports-dir $(call qv,REPORTS_DIR)
 
 # Export (cached by content hash under $(CACHE_DIR)/onnx): redone only when the model's files change.
-$(ONNX_STAMP): $(ONNX_DEPS) notebooks/00_export.ipynb lib/export.py lib/quantize.py
-	@$(PYTHON) -m lib.cli notebook export --run-dir $(RUN_DIR) --stamp $@
+$(ONNX_STAMP): $(ONNX_DEPS) notebooks/00_export.ipynb lib/artifacts/export.py lib/artifacts/quantize.py
+	@$(PYTHON) -m lib.pipeline.cli notebook export --run-dir $(RUN_DIR) --stamp $@
 
 $(RUN_DIR)/export.json: $(ONNX_STAMP)
-	@$(PYTHON) -m lib.cli export-record --run-dir $(RUN_DIR)
+	@$(PYTHON) -m lib.pipeline.cli export-record --run-dir $(RUN_DIR)
 
 # One kernel per backend/precision and pass: a crash takes down only its own notebook (recorded, sweep
 # goes on). Every pass 2 waits for every pass 1.
 $(RUN_DIR)/bench/%/pass1.done: $(RUN_DIR)/export.json notebooks/10_benchmark.ipynb
-	@$(PYTHON) -m lib.cli notebook benchmark --run-dir $(RUN_DIR) --combo $* --pass 1
+	@$(PYTHON) -m lib.pipeline.cli notebook benchmark --run-dir $(RUN_DIR) --combo $* --pass 1
 
 $(RUN_DIR)/bench/%/notebook.done: $(BENCH_PASS1)
-	@$(PYTHON) -m lib.cli notebook benchmark --run-dir $(RUN_DIR) --combo $* --pass 2
+	@$(PYTHON) -m lib.pipeline.cli notebook benchmark --run-dir $(RUN_DIR) --combo $* --pass 2
 
 # Latency under load, after every benchmark pass (it picks its configurations from their results) and before
-# the analysis: closed loop, Poisson arrivals, dynamic batching (lib/load_stage.py). LOAD=none writes only
+# the analysis: closed loop, Poisson arrivals, dynamic batching (lib/sweep/load_stage.py). LOAD=none writes only
 # load/load.json saying so. A failure is recorded there and the report says why the section is empty.
 $(RUN_DIR)/load/load.json: $(BENCH_DONE) notebooks/15_load.ipynb
-	@$(PYTHON) -m lib.cli notebook load --run-dir $(RUN_DIR)
+	@$(PYTHON) -m lib.pipeline.cli notebook load --run-dir $(RUN_DIR)
 
-# Both written under a temporary name and renamed when complete (lib/cli.py, lib/html_report.py).
+# Both written under a temporary name and renamed when complete (lib/pipeline/cli.py, lib/html_report.py).
 $(RUN_DIR)/analysis.ipynb: $(BENCH_DONE) $(RUN_DIR)/load/load.json $(RUN_DIR)/export.json notebooks/20_analysis.ipynb
-	@$(PYTHON) -m lib.cli notebook analysis --run-dir $(RUN_DIR)
+	@$(PYTHON) -m lib.pipeline.cli notebook analysis --run-dir $(RUN_DIR)
 
 $(RUN_DIR)/report.html: $(RUN_DIR)/analysis.ipynb
-	@$(PYTHON) -m lib.cli html $(RUN_DIR)
+	@$(PYTHON) -m lib.pipeline.cli html $(RUN_DIR)
 endif
 
 index:
-	@$(PYTHON) -m lib.cli index $(call qv,REPORTS_DIR)
+	@$(PYTHON) -m lib.pipeline.cli index $(call qv,REPORTS_DIR)
 
-# Checked before anything is deleted: only a folder that holds nothing but benchbook's caches (lib.cache.clean_cache).
+# Checked before anything is deleted: only a folder that holds nothing but benchbook's caches (lib.common.cache.clean_cache).
 clean-cache:
-	@$(PYTHON) -m lib.cli clean-cache --cache-dir $(call qv,CACHE_DIR)
+	@$(PYTHON) -m lib.pipeline.cli clean-cache --cache-dir $(call qv,CACHE_DIR)
 
 # --- figures about the harness itself (CUDA GPU): fidelity vs torch.utils.benchmark, sampler cost,
 # timed median vs the GPU's busy time (CUPTI)
 FIDELITY_BATCH ?= 32
 .PHONY: fidelity
 fidelity:
-	$(PYTHON) -m lib.fidelity --model $(call qv,MODEL) --batch $(call qv,FIDELITY_BATCH) --cache $(call qv,CACHE_DIR)
+	$(PYTHON) -m lib.sweep.fidelity --model $(call qv,MODEL) --batch $(call qv,FIDELITY_BATCH) --cache $(call qv,CACHE_DIR)
 
 # --- compare runs: one HTML page across runs (two GPUs, two library versions, before/after) ----------
 # make compare RUNS="reports/<model>/<run A> reports/<model>/<run B> ..."  (the first run is the reference)
@@ -226,5 +226,5 @@ REPRO_TOL ?= 0.05
 HOG ?=
 .PHONY: reproducibility
 reproducibility:
-	$(PYTHON) -m lib.reproducibility run --python $(call q,$(PYTHON)) --tol $(call qv,REPRO_TOL) \
+	$(PYTHON) -m lib.pipeline.reproducibility run --python $(call q,$(PYTHON)) --tol $(call qv,REPRO_TOL) \
 	  $(if $(HOG),--hog $(call qv,HOG)) -- $(foreach v,$(filter $(PARAMS),$(CMDLINE_VARS)),$(v)=$(call qv,$(v)))

@@ -11,11 +11,12 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "RunParams": "params", "make_plan": "plan", "run_backend": "bench", "load_run": "results",
-    "get_model": "models", "list_models": "models", "build_model": "models", "ensure_onnx": "export",
-    "make_engine": "engines", "list_backends": "engines", "collect_environment": "environment",
-    "TimingPolicy": "timing", "measure_latency": "timing", "measure_throughput": "timing",
-    "report": None, "BenchbookError": "errors",
+    "RunParams": "config.params", "make_plan": "sweep.plan", "run_backend": "sweep.bench", "load_run": "results.run",
+    "get_model": "config.models", "list_models": "config.models", "build_model": "config.models",
+    "ensure_onnx": "artifacts.export", "make_engine": "backends", "list_backends": "backends",
+    "collect_environment": "measure.environment", "TimingPolicy": "measure.timing",
+    "measure_latency": "measure.timing", "measure_throughput": "measure.timing",
+    "report": None, "BenchbookError": "common.errors",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -28,13 +28,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .cache import new_folder
-from .errors import BenchbookError
+from .common.cache import new_folder
+from .common.errors import BenchbookError
 from .markup import code, md
 from .plots import sorted_shapes
 from .report import MODE_SHORT, _plain_log, fmt_num, fmt_x, relpath
-from .results import Run, check_run_dir, load_run
-from .stats import ratio_interval, verdict
+from .results.run import Run, check_run_dir, load_run
+from .common.stats import ratio_interval, verdict
 
 __all__ = ["Comparison", "parse_runs", "load_comparison", "ratios", "ratio_table", "summary_markdown",
            "runs_table", "differences_table", "failures_table", "plot_ratios", "plot_overlay",
@@ -426,9 +426,9 @@ def _new_out_dir(root: Path) -> Path:
 
 def run_compare(runs, outliers: str = "", reports_dir: str | Path = "reports", log=print) -> Path:
     """Check the runs, execute the comparison notebook into a new folder and render compare.html there."""
-    from .cli import _Kernel, _run_papermill
+    from .runner.kernel import Kernel, run_papermill
     from .html_report import render_index, render_notebook
-    from .stats import parse_outlier_rule
+    from .common.stats import parse_outlier_rule
 
     paths = [p.resolve() for p in parse_runs(runs)]
     if outliers:
@@ -443,9 +443,9 @@ def run_compare(runs, outliers: str = "", reports_dir: str | Path = "reports", l
     log(f"[compare] {len(paths)} runs: " + ", ".join(p.name for p in paths) + " (the first is the reference)")
     # the same kernel set-up as a report's notebooks: Unix sockets (no TCP, so no ipykernel warning about
     # it), the kernel's own stderr in a log file, only printed lines on the terminal
-    _run_papermill("compare", out / "compare.ipynb", {"runs": shlex.join(str(p) for p in paths),
-                                                      "outliers": outliers or "", "out_dir": str(out.resolve())},
-                   _Kernel(out / "compare.kernel.log"))
+    run_papermill("compare", out / "compare.ipynb", {"runs": shlex.join(str(p) for p in paths),
+                                                     "outliers": outliers or "", "out_dir": str(out.resolve())},
+                  Kernel(out / "compare.kernel.log"))
     models = sorted({load_run(p).params.get("model") for p in paths})
     page = render_notebook(out / "compare.ipynb", out / "compare.html",
                            title=f"benchbook comparison — {', '.join(models)} — {out.name}")

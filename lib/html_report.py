@@ -13,7 +13,7 @@ import re
 import urllib.parse
 from pathlib import Path
 
-from .cache import atomic_write_text, read_json
+from .common.cache import atomic_write_text, read_json
 
 __all__ = ["render_report", "render_notebook", "render_index"]
 

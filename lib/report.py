@@ -25,8 +25,8 @@ import pandas as pd
 
 from .markup import code, md
 from .plots import use_style  # the notebooks call report.use_style() before plotting
-from .results import Run
-from .stats import ratio_interval, verdict
+from .results.run import Run
+from .common.stats import ratio_interval, verdict
 
 __all__ = ["show", "table", "fmt_num", "MODE_LABELS", "BASELINE", "title_markdown", "summary_markdown",
            "decision_table", "speedups", "speedup_table", "plot_speedups", "budget_table", "budget_markdown",
@@ -480,7 +480,7 @@ def weights_markdown(run: Run) -> str:
         return (f"Weights: **seeded random** (seed {run.params.get('seed', 0)}), BatchNorm statistics calibrated on "
                 "seeded inputs so every layer runs at a realistic scale; no trained weights, so top-1 agreement "
                 "between backends can flip on near-ties.")
-    from .runstate import FINGERPRINT_FILE
+    from .common.runstate import FINGERPRINT_FILE
 
     digest = None
     try:
@@ -842,7 +842,7 @@ def plot_latency_vs_batch(run: Run, mode: str = "device"):
 def _shape_dim_name(run: Run) -> str:
     """The model's one shape dim (e.g. 'seq'), from its config; 'shape' when it cannot be read."""
     try:
-        from .models import get_model
+        from .config.models import get_model
 
         dims = get_model(run.params["model"], run.params.get("models_dir") or None).shape_dims
         return dims[0] if len(dims) == 1 else "shape"
@@ -963,7 +963,7 @@ def _segments(t: pd.Series, y: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 def _throttle_frame(s: pd.DataFrame) -> pd.DataFrame:
     """One bool column per throttling reason, per tick."""
-    from .sampler import throttle_names
+    from .measure.sampler import throttle_names
 
     if "throttle_reasons" not in s:
         return pd.DataFrame(index=s.index)
@@ -1269,7 +1269,7 @@ def heading_markdown(run: Run, section: str) -> str:
 
 
 def parity_note(run: Run) -> str:
-    from .parity import CALIBRATION_ITEMS, CENTRED_THRESHOLDS, THRESHOLDS
+    from .measure.parity import CALIBRATION_ITEMS, CENTRED_THRESHOLDS, THRESHOLDS
 
     src = next((e.get("reference") for e in run.engines.values()), "PyTorch FP32 (CPU)")
     th = "; ".join(f"{p}: cosine ≥ {c}, max|err|/max|ref| ≤ {r:g} (input-dependent part: ≥ {cc}, ≤ {cr:g})"

@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .energy import MIN_UPDATES, MIN_WINDOW_S
-from .results import Run
+from .measure.energy import MIN_UPDATES, MIN_WINDOW_S
+from .results.run import Run
 
 __all__ = ["cost_per_million", "energy_frame", "energy_table", "energy_summary_lines", "energy_markdown",
            "plot_energy"]

@@ -7,10 +7,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .kernels import CATEGORIES, short_name
+from .measure.kernels import CATEGORIES, short_name
 from .markup import code, md
 from .report import _series_order, fmt_num
-from .results import Run
+from .results.run import Run
 
 __all__ = ["kernels_markdown", "kernel_points_table", "top_kernels_table", "plot_kernel_categories",
            "LAUNCH_BOUND_SHARE"]

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from .markup import md
-from .params import QUANTIZED
-from .results import Run
+from .config.params import QUANTIZED
+from .results.run import Run
 
 __all__ = ["has_quantized", "tolerance", "quant_table", "quant_markdown", "DEFAULT_TOP1_DROP_POINTS"]
 
@@ -43,8 +43,8 @@ def tolerance(run: Run, max_acc_drop: str | None = None) -> tuple[str, float | N
 
 
 def _accuracy(run: Run, backend: str, precision: str) -> dict | None:
-    from .accuracy import ACCURACY_FILE
-    from .cache import read_json
+    from .measure.accuracy import ACCURACY_FILE
+    from .common.cache import read_json
 
     path = Path(run.path) / "bench" / f"{backend}-{precision}" / ACCURACY_FILE
     if not path.exists():
@@ -59,7 +59,7 @@ def _files(run: Run) -> dict[str, dict]:
 
 def _model_file(run: Run, backend: str, precision: str, files: dict) -> tuple[float, str]:
     """(MB, what) of the file the backend loads: its TensorRT plan, its ONNX, or none (PyTorch)."""
-    from .engines import engine_class
+    from .backends import engine_class
 
     info = (run.engines.get(f"{backend}/{precision}") or {}).get("info") or {}
     plan = info.get("engine_path")
@@ -156,7 +156,7 @@ def quant_table(run: Run) -> pd.DataFrame:
 
 
 def _variant(backend: str, precision: str) -> str:
-    from .engines import engine_class
+    from .backends import engine_class
 
     try:
         return engine_class(backend).onnx_variant(precision)
@@ -183,12 +183,12 @@ def _within(row: pd.Series, kind: str, points: float | None) -> tuple[bool, str]
 
 
 def _random_weights(run: Run) -> bool:
-    from .export import is_given_onnx
+    from .config.models import is_given_onnx
 
     if run.params.get("weights"):
         return False
     try:
-        from .models import get_model
+        from .config.models import get_model
 
         return not is_given_onnx(get_model(run.params["model"], run.params.get("models_dir") or None))
     except Exception:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib.timing import HostSentinel
+from lib.measure.timing import HostSentinel
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures" / "models"
@@ -47,7 +47,7 @@ def tiny_raw() -> dict:
 
 @pytest.fixture(scope="session")
 def tiny():
-    from lib.models import get_model
+    from lib.config.models import get_model
 
     return get_model("tiny_cnn", FIXTURES)
 
@@ -55,7 +55,7 @@ def tiny():
 @pytest.fixture(scope="session")
 def tiny_module(tiny):
     """The tiny model built as the pipeline builds it (seeded, BatchNorm calibrated, eval mode)."""
-    from lib.models import build_model
+    from lib.config.models import build_model
 
     return build_model(tiny)
 
@@ -69,7 +69,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny, cache_dir):
     """The tiny model's FP32 and FP16 ONNX, exported for real once per session: {precision: ExportResult}."""
-    from lib.export import ensure_onnx
+    from lib.artifacts.export import ensure_onnx
 
     return ensure_onnx(tiny, cache_dir / "onnx", precisions=("fp32", "fp16"), log=Log())
 
@@ -109,9 +109,9 @@ BENCH_SETTINGS = dict(model="tiny_cnn", backends="torch,ort", precisions="fp32",
 
 
 def make_run(reports_dir: Path, cache: Path, run_id: str = "", **changes):
-    """``lib.plan.make_plan`` for the tiny model on the CPU with tiny ITERS/DURATION; returns the Plan."""
-    from lib.params import RunParams
-    from lib.plan import make_plan
+    """``lib.sweep.plan.make_plan`` for the tiny model on the CPU with tiny ITERS/DURATION; returns the Plan."""
+    from lib.config.params import RunParams
+    from lib.sweep.plan import make_plan
 
     params = RunParams.from_strings(**{**BENCH_SETTINGS, "models_dir": str(FIXTURES), "cache_dir": str(cache),
                                        **changes})
@@ -122,13 +122,13 @@ def make_run(reports_dir: Path, cache: Path, run_id: str = "", **changes):
 def bench_run(tmp_path_factory, cache_dir, tiny_onnx):
     """A measured run folder (both combos, every point): {"run_dir", "plan", "logs", "done"}. Read-only for
     tests: copy it (``copy_run``) before changing anything."""
-    from lib.bench import run_backend
+    from lib.sweep.bench import run_backend
 
     plan = make_run(tmp_path_factory.mktemp("reports"), cache_dir, run_id="bench-test")
     logs, done = {}, {}
     with pytest.MonkeyPatch.context() as mp:
         # A host at its best throughout: the run's shape (rounds per pass) is what the tests read, and the
-        # sweep's replacement of slow-host rounds (tests/test_bench.py tests it) would vary it on a busy host.
+        # sweep's replacement of slow-host rounds (tests/sweep/test_bench.py tests it) would vary it on a busy host.
         mp.setattr(HostSentinel, "measure", quiet_sentinel)
         for bench_pass, combos in ((1, plan.combos), (2, plan.combos[::-1])):  # as the Makefile runs them
             for combo in combos:

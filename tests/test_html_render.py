@@ -118,7 +118,7 @@ def assert_self_contained(page: Path) -> None:
 def _render(run_dir: Path) -> Path:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for cmd in (["notebook", "analysis", "--run-dir", str(run_dir)], ["html", str(run_dir)]):
-        proc = subprocess.run([sys.executable, "-m", "lib.cli", *cmd], cwd=ROOT, env=env, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "lib.pipeline.cli", *cmd], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir / "report.html"

@@ -25,7 +25,7 @@ def loaded_run(bench_run, tmp_path_factory):
     """A copy of the tiny bench run with the load stage run on it (LOAD=all, two concurrencies, two rates)."""
     import shutil
 
-    from lib.load_stage import run_load
+    from lib.sweep.load_stage import run_load
 
     dst = tmp_path_factory.mktemp("loadrun") / "reports" / "tiny_cnn" / bench_run["run_dir"].name
     shutil.copytree(bench_run["run_dir"], dst)
@@ -36,8 +36,8 @@ def loaded_run(bench_run, tmp_path_factory):
 
 
 def test_stage_measures_every_configuration_and_writes_the_files(loaded_run):
-    from lib.load import POINT_COLUMNS, REQUEST_COLUMNS
-    from lib.load_stage import LOAD_FILES
+    from lib.measure.load import POINT_COLUMNS, REQUEST_COLUMNS
+    from lib.sweep.load_stage import LOAD_FILES
 
     run_dir, record, log = loaded_run
     assert record["status"] == "ok", record
@@ -63,7 +63,7 @@ def test_stage_measures_every_configuration_and_writes_the_files(loaded_run):
 
 def test_report_section_reads_the_files(loaded_run):
     from lib import report_load
-    from lib.results import load_run
+    from lib.results.run import load_run
 
     run = load_run(loaded_run[0])
     text = report_load.load_markdown(run)
@@ -80,8 +80,8 @@ def test_report_section_reads_the_files(loaded_run):
 
 def test_a_run_without_load_files_says_why(copy_run):
     from lib import report_load
-    from lib.load_stage import run_load
-    from lib.results import load_run
+    from lib.sweep.load_stage import run_load
+    from lib.results.run import load_run
 
     run = load_run(copy_run)
     assert "No load measurements" in report_load.load_markdown(run)

@@ -12,10 +12,10 @@ import pytest
 
 from conftest import Log, make_run, write_model
 from lib import report_quant
-from lib.bench import run_backend
-from lib.export import ensure_onnx, export_summary
-from lib.models import get_model
-from lib.results import load_run
+from lib.sweep.bench import run_backend
+from lib.artifacts.export import ensure_onnx, export_summary
+from lib.config.models import get_model
+from lib.results.run import load_run
 from make_images import write_labelled_images
 
 PREP = {"resize": 36, "crop": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}

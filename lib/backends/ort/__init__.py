@@ -1,0 +1,1 @@
+"""ONNX Runtime backends: CPU/CUDA EPs, CUDA graph, TensorRT EP."""

@@ -1,0 +1,1 @@
+"""TensorRT backends (engine) and the engine build (build)."""

@@ -1,0 +1,1 @@
+"""The commands the Makefile runs (cli), notebook-side helpers (notebook) and the reproducibility check."""

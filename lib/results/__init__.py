@@ -1,0 +1,1 @@
+"""A run folder read back: ``load_run`` and the tidy tables (run)."""

@@ -1,0 +1,74 @@
+"""lib.backends registry: every backend registered once, in report order; a duplicate name raises naming
+both classes; an unknown name lists the valid ones; make_engine builds the registered class."""
+
+from __future__ import annotations
+
+import pytest
+
+import lib.backends as engines
+from lib.backends import Engine, EngineSpec, engine_class, list_backends, make_engine, register_engine
+from lib.backends.ort.engine import OrtEngine
+from lib.backends.torch.engine import TorchEager
+from lib.common.errors import ConfigError
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """A private copy of the registry, so a test may register classes without leaking them."""
+    monkeypatch.setattr(engines, "_REGISTRY", dict(engines._REGISTRY))
+    return engines._REGISTRY
+
+
+def test_core_backends_are_registered_in_report_order():
+    names = list_backends()
+    assert len(names) == len(set(names))
+    assert names[:6] == ["torch", "torch-cudagraph", "torch-compile", "ort", "ort-cudagraph", "ort-trt"]
+    assert engine_class("torch") is TorchEager and engine_class("ort") is OrtEngine
+    for name in names:
+        cls = engine_class(name)
+        assert issubclass(cls, Engine) and cls.backend == name
+
+
+def test_duplicate_registration_raises(registry):
+    class AnotherTorch(TorchEager):
+        backend = "torch"
+
+    with pytest.raises(ValueError) as e:
+        register_engine(AnotherTorch)
+    msg = str(e.value)
+    assert "'torch' registered twice" in msg and TorchEager.__module__ in msg and __name__ in msg
+    assert engine_class("torch") is TorchEager  # the first one stays
+
+
+def test_register_and_make(registry, tiny):
+    @register_engine
+    class Dummy(TorchEager):
+        backend = "dummy-test"
+
+    assert list_backends()[-1] == "dummy-test" and engine_class("dummy-test") is Dummy
+    spec = EngineSpec(model=tiny, precision="fp32", device="cpu")
+    engine = make_engine("dummy-test", spec)
+    assert isinstance(engine, Dummy) and engine.spec is spec and not engine.loaded
+    assert engine.label == "dummy-test/fp32"
+
+
+def test_unknown_backend_lists_the_valid_ones():
+    with pytest.raises(ConfigError) as e:
+        engine_class("onnxruntime")
+    msg = str(e.value)
+    assert "'onnxruntime' is not a backend" in msg
+    for name in list_backends():
+        assert name in msg
+    with pytest.raises(ConfigError, match="'tensorflow' is not a backend"):
+        make_engine("tensorflow", None)
+
+
+def test_cpu_capabilities():
+    assert TorchEager.devices == ("cpu", "cuda") and "cpu" in TorchEager.in_auto and not TorchEager.needs_onnx
+    assert TorchEager.precisions("cpu") == ("fp32", "bf16") and TorchEager.auto_precisions("cpu") == ("fp32",)
+    assert OrtEngine.needs_onnx and OrtEngine.precisions("cpu") == ("fp32", "int8")  # int8: the QDQ file
+    assert OrtEngine.auto_precisions("cpu") == ("fp32",) and "int8" not in OrtEngine.auto_precisions("cuda")
+    assert OrtEngine.unavailable_reason("cpu") is None and TorchEager.unavailable_reason("cpu") is None
+    assert engine_class("torch-compile").in_auto == ("cuda",)
+    for name in ("torch-cudagraph", "ort-cudagraph", "ort-trt"):
+        assert engine_class(name).devices == ("cuda",) and engine_class(name).precisions("cpu") == ()

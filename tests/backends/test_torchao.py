@@ -1,0 +1,79 @@
+"""torchao INT8 on ``torch-compile``, for real on the CPU (``quantize_`` with
+Int8DynamicActivationInt8WeightConfig, then inductor): which layers were quantized and which stayed in
+higher precision, outputs within the INT8 parity thresholds of PyTorch FP32; and the plan step's checks
+(torchao missing, FP8 on a GPU older than compute capability 8.9), which need no torchao.
+Skipped where torchao is not installed (``pip install -e .[torchao]``)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from lib.backends import EngineSpec, engine_class, make_engine
+from lib.backends.torch.engine import FP8_MIN_CC, torch_dtype, torchao_reason
+from lib.config.inputs import make_inputs
+from lib.measure.parity import calibration_centre, compare_outputs
+
+HAVE_TORCHAO = importlib.util.find_spec("torchao") is not None
+needs_torchao = pytest.mark.skipif(not HAVE_TORCHAO, reason="torchao is not installed (pip install -e .[torchao])")
+
+
+class _Ref:
+    def __init__(self, module):
+        self.module = module
+
+    def get(self, key, inputs):
+        with torch.no_grad():
+            return {"logits": self.module(torch.from_numpy(inputs["image"])).numpy()}
+
+
+def test_precisions_and_auto():
+    cls = engine_class("torch-compile")
+    assert "int8" in cls.precisions("cpu") and "fp8" not in cls.precisions("cpu")
+    assert {"int8", "fp8"} <= set(cls.precisions("cuda"))
+    assert not {"int8", "fp8"} & set(cls.auto_precisions("cuda"))  # quantized only by name
+    assert "int8" not in engine_class("torch").precisions("cpu")  # eager: see lib.backends.torch.engine
+    assert torch_dtype("int8", "cpu") is torch.float32 and torch_dtype("fp8", "cuda") is torch.bfloat16
+
+
+def test_plan_reason_without_torchao():
+    reason = engine_class("torch-compile").precision_unavailable_reason("cpu", "int8")
+    if HAVE_TORCHAO:
+        assert reason is None and torchao_reason() is None
+    else:
+        assert "torchao is not installed" in reason and "pip install" in reason
+
+
+@needs_torchao
+def test_int8_tiny_on_cpu(tiny, tiny_module):
+    spec = EngineSpec(model=tiny, precision="int8", device="cpu", options={"compile_mode": "default"})
+    with make_engine("torch-compile", spec) as engine:
+        ao = engine.info["torchao"]
+        assert ao["config"] == "Int8DynamicActivationInt8WeightConfig"
+        assert ao["quantized"] == {"Linear": 1}  # torchao quantizes nn.Linear only
+        assert ao["kept_in_higher_precision"] == {"Conv2d": 2, "BatchNorm2d": 1}
+        shape = tiny.parse_shape("32x32")
+        x = make_inputs(tiny, 4, shape, seed=2)
+        engine.bind(x)
+        engine.run_bound()
+        got = engine.fetch()
+        ref = _Ref(tiny_module)
+        centre, _ = calibration_centre(tiny, shape, 2, ref)
+        r = compare_outputs(got, ref.get("", x), "int8", "logits", centre)
+        assert r["passed"], r["problems"]
+        assert np.abs(got["logits"] - ref.get("", x)["logits"]).max() > 0  # really quantized
+        assert engine.info["compile_graphs"] >= 1
+
+
+def test_fp8_needs_compute_capability_8_9(monkeypatch):
+    import lib.backends.torch.engine as te
+
+    monkeypatch.setattr(te, "torchao_reason", lambda: None)
+    monkeypatch.setattr(te, "gpu_compute_capability", lambda: (8, 0))
+    reason = engine_class("torch-compile").precision_unavailable_reason("cuda", "fp8")
+    assert f"{FP8_MIN_CC[0]}.{FP8_MIN_CC[1]} or newer" in reason and "8.0" in reason
+    monkeypatch.setattr(te, "gpu_compute_capability", lambda: (9, 0))
+    assert engine_class("torch-compile").precision_unavailable_reason("cuda", "fp8") is None
