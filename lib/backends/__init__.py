@@ -37,6 +37,6 @@ def make_engine(backend: str, spec: EngineSpec) -> Engine:
 
 
 # Registration order is the report's order.
+from .torch import engine as _torch_engine  # noqa: E402,F401
 from .ort import engine as _ort_engine  # noqa: E402,F401
 from .tensorrt import engine as _trt_engine  # noqa: E402,F401
-from .torch import engine as _torch_engine  # noqa: E402,F401
