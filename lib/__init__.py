@@ -1,7 +1,8 @@
 """benchbook: benchmark a model on PyTorch, ONNX Runtime and TensorRT; one self-contained HTML report.
 
 The public names below are imported lazily, so ``import lib`` stays fast and works on a machine
-without torch's GPU stack, ONNX Runtime or TensorRT.
+without torch's GPU stack, ONNX Runtime or TensorRT. The code is laid out by pipeline stage, one sub-package
+each (README "How it is built"); tests/test_layout.py states the order in which imports may run between them.
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ import errno
 import html
 import logging
 import os
-import re
 import signal
 import sys
 import threading
