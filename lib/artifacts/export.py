@@ -65,10 +65,10 @@ def export_key(cfg: ModelConfig, weights: Path | str | None = None) -> str:
     if is_given_onnx(cfg):
         parts.append(f"given-onnx={sha256_file(cfg.folder / 'model.onnx')}".encode())
     parts.append(sha256_file(weights).encode() if weights else b"random-weights")
-    lib = Path(__file__).resolve().parents[1]
+    lib_dir = Path(__file__).resolve().parents[1]
     # how the module is built, seeded and exported
     for code in ("artifacts/export.py", "config/models.py", "config/inputs.py"):
-        parts.append((lib / code).read_bytes())
+        parts.append((lib_dir / code).read_bytes())
     parts.append(f"opset={OPSET}|torch={_version('torch')}|torchvision={_version('torchvision')}|"
                  f"transformers={_version('transformers')}|"
                  f"onnx={_version('onnx')}|onnxscript={_version('onnxscript')}".encode())
