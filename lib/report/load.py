@@ -19,9 +19,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .load_model import BatchPolicy
-from .load_stage import BUDGET_MS, capacity_rows, read_load
-from .results import Run
+from ..load_model import BatchPolicy
+from ..load_stage import BUDGET_MS, capacity_rows, model_samples, read_load
+from ..results import Run
+
 
 __all__ = ["load_markdown", "plot_load_curves", "load_table", "capacity_table", "model_error_markdown",
            "model_errors"]
@@ -180,8 +181,6 @@ def capacity_table(run: Run, budget_ms: float = BUDGET_MS) -> pd.DataFrame:
             batcher = g[g["max_batch"] > 1]
             pol = BatchPolicy(int(batcher["max_batch"].iloc[0]), float(batcher["max_delay_ms"].iloc[0])) \
                 if len(batcher) else None
-            from .load_stage import model_samples
-
             req = d["requests"]
             req = req[(req["backend"] == b) & (req["precision"] == p) & (req["shape"] == s)] if len(req) else req
             samples = model_samples(req) if len(req) else None
