@@ -3,16 +3,12 @@ layout lib.bench writes (``kernels.json`` per backend/precision; see test_report
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lib
+from lib.report import kernels as rk
 
-import lib  # noqa: E402
-from lib import report_kernels as rk  # noqa: E402
-from test_report import make_fake_run  # noqa: E402
+from .fake_runs import make_fake_run
 
 
 @pytest.fixture

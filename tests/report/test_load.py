@@ -62,7 +62,7 @@ def test_stage_measures_every_configuration_and_writes_the_files(loaded_run):
 
 
 def test_report_section_reads_the_files(loaded_run):
-    from lib import report_load
+    from lib.report import load as report_load
     from lib.results import load_run
 
     run = load_run(loaded_run[0])
@@ -79,7 +79,7 @@ def test_report_section_reads_the_files(loaded_run):
 
 
 def test_a_run_without_load_files_says_why(copy_run):
-    from lib import report_load
+    from lib.report import load as report_load
     from lib.load_stage import run_load
     from lib.results import load_run
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import Log, make_run, write_model
-from lib import report_quant
+from lib.report import quant as report_quant
 from lib.bench import run_backend
 from lib.export import ensure_onnx, export_summary
 from lib.models import get_model
