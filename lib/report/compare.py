@@ -42,14 +42,12 @@ from .markup import code, md
 from .method import ratio_rule
 from .plots import latency_throughput, legend_below, plain_log, series_colours, sorted_shapes
 from .points import MODE_SHORT
-from .stability import failure_rows
 from .render import render_index, render_notebook
-
+from .stability import failure_rows
 
 __all__ = ["Comparison", "parse_runs", "load_comparison", "ratios", "ratio_table", "summary_markdown",
            "runs_table", "differences_table", "failures_table", "plot_ratios", "plot_overlay",
            "plot_latency_throughput", "links_markdown", "title_markdown", "method_markdown", "main"]
-
 
 KEY = ["backend", "precision", "batch", "shape", "mode"]
 LINESTYLES = ["-", "--", ":", "-."]

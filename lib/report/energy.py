@@ -18,10 +18,8 @@ from ..results import Run
 from .format import fmt_num
 from .points import MODE_SHORT, multi_shape, palette, rate_mode, series_order, usable_points
 
-
 __all__ = ["cost_per_million", "energy_frame", "energy_table", "energy_summary_lines", "energy_markdown",
            "plot_energy"]
-
 
 SOURCE_LABELS = {"nvml_energy_counter": "NVML energy counter", "nvml_sampled_power": "sampled NVML power x time",
                  "rapl": "RAPL (CPU packages)"}

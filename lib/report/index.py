@@ -9,7 +9,6 @@ from pathlib import Path
 
 from ..cache import atomic_write_text, read_json
 
-
 __all__ = ["run_status", "headline", "render_index"]
 
 

@@ -13,10 +13,8 @@ from .format import fmt_num
 from .markup import code, md
 from .points import series_order
 
-
 __all__ = ["kernels_markdown", "kernel_points_table", "top_kernels_table", "plot_kernel_categories",
            "LAUNCH_BOUND_SHARE"]
-
 
 # Below this share of the request the GPU was busy, the host (launches, framework overhead) set the pace.
 LAUNCH_BOUND_SHARE = 0.6

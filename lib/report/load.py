@@ -23,7 +23,6 @@ from ..load_model import BatchPolicy
 from ..load_stage import BUDGET_MS, capacity_rows, model_samples, read_load
 from ..results import Run
 
-
 __all__ = ["load_markdown", "plot_load_curves", "load_table", "capacity_table", "model_error_markdown",
            "model_errors"]
 

@@ -15,7 +15,6 @@ import re
 
 __all__ = ["md", "code"]
 
-
 # what can start inline markup anywhere in a line (links, emphasis, code, strikethrough); "<" and "&" are
 # HTML-escaped instead (a backslash before an entity would show the entity's text). "_" is left alone: inside a
 # word (sw_thermal, max_autotune) CommonMark never reads it as emphasis, and names are full of it.

@@ -17,7 +17,6 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from matplotlib.transforms import Bbox
 
-
 # The report's and the compare page's look: applied by use_style(), which the notebooks call, never at import
 # (importing lib.report must not restyle a user's own plots in the same kernel).
 STYLE = {"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,

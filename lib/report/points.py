@@ -20,19 +20,17 @@ MODE_LABELS = {
     "end_to_end": "end-to-end latency (host arrays in, host arrays out, copies included)",
     "throughput": "pipelined throughput (back-to-back requests, one sync per window)",
 }
-
-
 MODE_SHORT = {"device": "device-resident", "end_to_end": "end-to-end", "throughput": "pipelined"}
-
-
 BASELINE = ("torch", "fp32")  # PyTorch eager FP32: what every speedup is relative to
 
 
 def series_of(p: pd.DataFrame) -> pd.Series:
+    """Each row's series name, "backend/precision"."""
     return p["backend"] + "/" + p["precision"]
 
 
 def series_order(run: Run) -> list[str]:
+    """The run's series in plan order (then any measured but not planned): tables, legends and colours follow it."""
     order = [f"{c['backend']}/{c['precision']}" for c in run.plan.get("combos", [])]
     if not run.points.empty:
         order += [s for s in dict.fromkeys(series_of(run.points)) if s not in order]
@@ -54,10 +52,12 @@ def usable_points(run: Run) -> pd.DataFrame:
 
 
 def rate_mode(run: Run) -> str:
+    """The mode a throughput figure comes from: pipelined where measured (a GPU), else device-resident."""
     return "throughput" if (not run.points.empty and (run.points["mode"] == "throughput").any()) else "device"
 
 
 def multi_shape(run: Run) -> bool:
+    """Whether the run sweeps more than one input shape (then tables keep a shape column)."""
     return len(run.plan.get("shapes", [])) > 1
 
 

@@ -26,7 +26,6 @@ from ..results import Run
 from .markup import md
 from .points import compare_points
 
-
 __all__ = ["has_quantized", "tolerance", "quant_table", "quant_markdown", "DEFAULT_TOP1_DROP_POINTS"]
 
 DEFAULT_TOP1_DROP_POINTS = 1.0  # MAX_ACC_DROP=auto with DATA: one point of top-1

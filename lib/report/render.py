@@ -14,11 +14,9 @@ import urllib.parse
 from pathlib import Path
 
 from ..cache import atomic_write_text, read_json
-from .index import render_index as render
-
+from .index import render_index as write_index
 
 __all__ = ["render_report", "render_notebook", "render_index"]
-
 
 _STYLE = """<style>
 body { max-width: 1240px; margin: 0 auto; box-sizing: border-box; }
@@ -47,7 +45,6 @@ img { max-width: 100%; height: auto; }
 .bb-toc li { margin: 2px 0; break-inside: avoid; }
 a.anchor-link { display: none; }
 </style>"""
-
 
 # nbconvert's lab template without the scripts it loads from a CDN.
 _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
@@ -164,4 +161,4 @@ def render_report(run_dir: Path) -> Path:
 
 def render_index(reports_dir: Path) -> Path:
     """``reports/index.html`` (lib.report.index)."""
-    return render(reports_dir)
+    return write_index(reports_dir)
