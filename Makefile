@@ -189,7 +189,7 @@ $(RUN_DIR)/bench/%/notebook.done: $(BENCH_PASS1)
 $(RUN_DIR)/load/load.json: $(BENCH_DONE) notebooks/15_load.ipynb
 	@$(PYTHON) -m lib.pipeline.cli notebook load --run-dir $(RUN_DIR)
 
-# Both written under a temporary name and renamed when complete (lib/pipeline/cli.py, lib/html_report.py).
+# Both written under a temporary name and renamed when complete (lib/pipeline/cli.py, lib/report/render.py).
 $(RUN_DIR)/analysis.ipynb: $(BENCH_DONE) $(RUN_DIR)/load/load.json $(RUN_DIR)/export.json notebooks/20_analysis.ipynb
 	@$(PYTHON) -m lib.pipeline.cli notebook analysis --run-dir $(RUN_DIR)
 
@@ -216,7 +216,7 @@ fidelity:
 # -> $(REPORTS_DIR)/compare/<UTC time>/compare.html, a new folder every time
 .PHONY: compare
 compare:
-	@$(PYTHON) -m lib.compare --runs $(call qv,RUNS) --outliers $(call qv,OUTLIERS) \
+	@$(PYTHON) -m lib.report.compare --runs $(call qv,RUNS) --outliers $(call qv,OUTLIERS) \
 	  --reports-dir $(call qv,REPORTS_DIR)
 
 # --- does a report reproduce? `make report` twice with the same variables, compared point by point:

@@ -13,9 +13,6 @@ LIB = REPO / "lib"
 
 # The stages, in the one order imports may run (each may import from those before it, never after).
 STAGES = ("common", "config", "measure", "artifacts", "backends", "results", "sweep", "runner", "report", "pipeline")
-# Report-stage modules that still sit at lib/ top level (lib/report.py itself is named by its stage).
-REPORT_MODULES = {"report_energy", "report_kernels", "report_load", "report_quant", "plots", "compare", "html_report",
-                  "index_page", "markup"}
 
 
 def _module_name(path: Path) -> str:
@@ -31,8 +28,6 @@ def _stage(module: str) -> str | None:
     first = parts[1]
     if first in STAGES:
         return first
-    if first in REPORT_MODULES:
-        return "report"
     return "?"
 
 

@@ -11,7 +11,7 @@
   on the rate: the tail grows with the rate), and ``best_policy`` the policy that sustains the most.
 
 The model knows nothing the measurement does not: no host jitter, no interference between a batch and the
-generator, a service time that does not depend on the load. ``lib.report_load`` shows its error against the
+generator, a service time that does not depend on the load. ``lib.report.load`` shows its error against the
 measured points, so how far to trust it is on the page.
 """
 

@@ -340,7 +340,7 @@ def cmd_export_record(args) -> int:
 
 
 def cmd_html(args) -> int:
-    from ..html_report import render_report
+    from ..report.render import render_report
 
     path = render_report(Path(args.run_dir))
     _log(f"[make] {path.name} rendered ({path.stat().st_size / 1e6:.1f} MB)")  # the summary prints its path
@@ -349,7 +349,7 @@ def cmd_html(args) -> int:
 
 def cmd_summary(args) -> int:
     """The end of ``make report``: refresh the index, then two or three lines on the run."""
-    from ..html_report import render_index
+    from ..report.render import render_index
     from ..runner.terminal import run_summary
 
     render_index(Path(args.reports_dir))
@@ -359,7 +359,7 @@ def cmd_summary(args) -> int:
 
 
 def cmd_index(args) -> int:
-    from ..html_report import render_index
+    from ..report.render import render_index
 
     path = render_index(Path(args.reports_dir))
     _log(f"[make] index: {path}")

@@ -59,13 +59,13 @@ def compare_runs(a: Run, b: Run, tol: float = 0.05) -> pd.DataFrame:
 def headlines(run: Run) -> dict:
     """The summary's headline configurations: per shape, the lowest device-resident (and end-to-end)
     median at the smallest batch and the highest throughput (pipelined on a GPU)."""
-    from ..report import _rate_mode, _usable
+    from ..report.points import rate_mode, usable_points
 
-    ok = _usable(run)
+    ok = usable_points(run)
     out = {}
     if ok.empty:
         return out
-    rate = _rate_mode(run)
+    rate = rate_mode(run)
     for shape, g in ok.groupby("shape"):
         small = g[g["batch"] == g["batch"].min()]
         for mode in ("device", "end_to_end"):

@@ -90,14 +90,14 @@ def test_garbage_params_json_is_a_clear_error(copy_run, tmp_path, cache_dir):
     assert f"{copy_run / 'params.json'} is corrupt: not UTF-8 text" in str(e.value)
     with pytest.raises(CorruptFile):  # resuming it: the same one-line error
         make_run(copy_run.parent.parent, cache_dir, run_id=copy_run.name)
-    proc = subprocess.run([PY, "-m", "lib.compare", "--runs", f"{other} {copy_run}", "--reports-dir",
+    proc = subprocess.run([PY, "-m", "lib.report.compare", "--runs", f"{other} {copy_run}", "--reports-dir",
                            str(tmp_path / "r")], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and f"{copy_run / 'params.json'} is corrupt" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_compare_names_a_corrupt_point(copy_run, tmp_path):
-    from lib.compare import load_comparison
+    from lib.report.compare import load_comparison
 
     other = tmp_path / "other" / "tiny_cnn" / "b"
     shutil.copytree(copy_run, other)
@@ -106,7 +106,7 @@ def test_compare_names_a_corrupt_point(copy_run, tmp_path):
     cmp = load_comparison(f"{copy_run} {other}")  # before: JSONDecodeError, the file not named
     assert any(str(bad) in r for r in cmp.runs[1].failures["reason"])
     (other / "plan.json").write_text("[1, 2]")
-    proc = subprocess.run([PY, "-m", "lib.compare", "--runs", f"{copy_run} {other}", "--reports-dir",
+    proc = subprocess.run([PY, "-m", "lib.report.compare", "--runs", f"{copy_run} {other}", "--reports-dir",
                            str(tmp_path / "r")], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and f"{other / 'plan.json'} is corrupt" in proc.stderr, proc.stderr
 
@@ -303,18 +303,18 @@ def test_a_write_the_disk_refuses_at_the_html_step_is_one_line(copy_run):
 def test_the_report_says_which_weights_were_loaded(tmp_path, cache_dir, tiny_module):
     import torch
 
-    from lib import report
+    from lib.report import parity, summary
     from lib.common.cache import sha256_file
 
     weights = tmp_path / "trained.pth"
     torch.save(tiny_module.state_dict(), weights)
     plan = make_run(tmp_path / "reports", cache_dir, weights=str(weights))
     run = load_run(plan.run_dir)
-    title = report.title_markdown(run)
+    title = summary.title_markdown(run)
     assert str(weights) in title and sha256_file(weights) in title and "calibration was **skipped**" in title
-    assert "random weights" not in report.parity_note(run)
+    assert "random weights" not in parity.parity_note(run)
     plain = load_run(make_run(tmp_path / "reports", cache_dir).run_dir)
-    assert "seeded random" in report.title_markdown(plain) and "random weights" in report.parity_note(plain)
+    assert "seeded random" in summary.title_markdown(plain) and "random weights" in parity.parity_note(plain)
 
 
 # --- make report: interrupted and failed analyses, a second report of a live run, -j2 -------------------------

@@ -177,7 +177,7 @@ def test_price_per_hour_is_validated_and_optional():
 
 
 def test_cost_per_million():
-    from lib.report_energy import cost_per_million
+    from lib.report.energy import cost_per_million
 
     assert cost_per_million(3.6, 1000.0) == pytest.approx(1.0)  # 3.6/h = 0.001/s; 10^6 items take 1000 s
     assert np.isnan(cost_per_million(0.0, 1000.0)) and np.isnan(cost_per_million(3.6, float("nan")))

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: test_rep
 import lib  # noqa: E402
 from lib.measure import flops, peaks  # noqa: E402
 from lib.config.models import get_model  # noqa: E402
-from test_report import FIXTURE_MODELS, make_fake_run  # noqa: E402
+from report.fake_runs import FIXTURE_MODELS, make_fake_run  # noqa: E402 (tests/report/)
 
 # tiny_cnn at 32x32, batch 1: conv 3->8 3x3 on 32x32 (2*8*32*32*3*9) + conv 8->16 3x3 stride 2 to 16x16
 # (2*16*16*16*8*9) + linear 16->10 (2*16*10)
@@ -107,7 +107,7 @@ def test_analysis_never_runs_the_code_a_run_folder_names(tmp_path):
     params = json.loads((path / "params.json").read_text())
     params["models_dir"] = str(evil.parent)
     (path / "params.json").write_text(json.dumps(params))
-    from test_report import run_analysis_cells
+    from report.fake_runs import run_analysis_cells
 
     run_analysis_cells(path)
     assert not marker.exists(), "analysing the run folder ran its load.py"

@@ -150,7 +150,7 @@ def faulty(tmp_path_factory):
 def make_report(faulty: dict, reports: Path, *args: str, env: dict | None = None, timeout: int = 400):
     cmd = ["make", "--no-print-directory", "report", "MODEL=faulty", f"MODELS_DIR={faulty['models']}",
            f"REPORTS_DIR={reports}", f"CACHE_DIR={faulty['cache']}", "ITERS=3", "DURATION=0.25", "WARMUP=0.02", *args]
-    # (DURATION long enough for the ~10 Hz resource sampler to tick inside every timed window: lib/report.py's
+    # (DURATION long enough for the ~10 Hz resource sampler to tick inside every timed window: lib/report/stability.py's
     # plot_resources fails on a run where none did)
     return subprocess.run(cmd, cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=timeout)
 
@@ -446,7 +446,7 @@ def _oom_run(tmp_path, monkeypatch, kind: str):
 
 
 def test_oom_point_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    from lib import report
+    from lib.report import stability
     from lib.results.run import load_run
 
     run_dir, done, log = _oom_run(tmp_path, monkeypatch, "cuda")
@@ -456,7 +456,7 @@ def test_oom_point_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert rec["status"] == "oom" and rec["batch"] == 3 and "OutOfMemoryError: CUDA out of memory" in rec["error"]
     assert read_json(points / "bs4_32x32.json")["status"] == "ok"  # measured after the OOM
     assert "batch 3, shape 32x32: OUT OF MEMORY" in log.text
-    table = report.failures_table(load_run(run_dir))
+    table = stability.failures_table(load_run(run_dir))
     row = table[table["status"] == "oom"]
     assert list(row["batch"]) == ["3"] and "CUDA out of memory" in row["reason"].iloc[0]
     assert "oom" in table.to_html()

@@ -21,9 +21,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from test_report import ROOT, build_real_run, make_fake_run  # noqa: E402
+from .fake_runs import ROOT, build_real_run, make_fake_run
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
                  if p and os.path.exists(p)), None)

@@ -1,4 +1,4 @@
-"""The load stage (lib.load_stage) on a real tiny run folder, and its report section (lib.report_load): what it
+"""The load stage (lib.sweep.load_stage) on a real tiny run folder, and its report section (lib.report.load): what it
 picks, the files it writes and their columns, and a run without load files still rendering the section."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def test_stage_measures_every_configuration_and_writes_the_files(loaded_run):
 
 
 def test_report_section_reads_the_files(loaded_run):
-    from lib import report_load
+    from lib.report import load as report_load
     from lib.results.run import load_run
 
     run = load_run(loaded_run[0])
@@ -79,7 +79,7 @@ def test_report_section_reads_the_files(loaded_run):
 
 
 def test_a_run_without_load_files_says_why(copy_run):
-    from lib import report_load
+    from lib.report import load as report_load
     from lib.sweep.load_stage import run_load
     from lib.results.run import load_run
 

@@ -1,18 +1,14 @@
-"""lib.index_page: reports/index.html lists every run newest first with status, device, a headline and a
+"""lib.report.index: reports/index.html lists every run newest first with status, device, a headline and a
 link; runs without a report are listed (not hidden); an empty index says so."""
 
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
+import lib
+from lib.report.index import run_status
+from lib.report.render import render_index
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import lib  # noqa: E402
-from lib.html_report import render_index  # noqa: E402
-from lib.index_page import run_status  # noqa: E402
-from test_report import make_fake_run  # noqa: E402
+from .fake_runs import make_fake_run
 
 
 def _rows(page: str) -> list[str]:

@@ -1,16 +1,21 @@
-"""The report's decision plots, drawn to stay legible with many configurations (10 backend/precision
+"""The report's shared plots and its one palette, drawn to stay legible with many configurations (10 backend/precision
 series x 4 batch sizes on a GPU) and on a narrow screen: figures at most ``MAX_WIDTH_IN`` wide (the
 page's column at 100 dpi, so a browser never scales their text down on a laptop), legends below the
 axes instead of over the data, labels placed where they do not collide, one axis scale across panels.
 
-``lib.report`` keeps the public names (``report.plot_latency_throughput`` ...) and calls these."""
+The section modules (``lib.report.summary``, ``latency`` ...) and the compare page call these; a
+backend/precision *series* keeps the colour ``series_colours`` gives it in every figure of a page."""
 
 from __future__ import annotations
+
+import math
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.transforms import Bbox
 
 # The report's and the compare page's look: applied by use_style(), which the notebooks call, never at import
 # (importing lib.report must not restyle a user's own plots in the same kernel).
@@ -21,6 +26,35 @@ STYLE = {"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.t
 def use_style() -> None:
     """Apply ``STYLE`` to matplotlib (the analysis and compare notebooks call it once, before any plot)."""
     plt.rcParams.update(STYLE)
+
+
+
+def series_colours(series) -> dict:
+    """The one palette: each series (in its order, duplicates once) a tab10 colour, cycling past ten."""
+    cmap = plt.get_cmap("tab10")
+    return {s: cmap(i % 10) for i, s in enumerate(dict.fromkeys(series))}
+
+
+def mark_parity_failed(ax, g: pd.DataFrame, x: str, y: str) -> None:
+    """A red cross over each point whose parity failed: its number is drawn, but it is not a result to use."""
+    if "parity_passed" not in g:
+        return
+    bad = g[g["parity_passed"].map(lambda v: v is False or v is np.False_)]
+    if len(bad):
+        ax.plot(bad[x], bad[y], "x", color="#c0392b", ms=11, mew=2.2, zorder=5,
+                label="parity failed" if "parity failed" not in ax.get_legend_handles_labels()[1] else None)
+
+
+def plain_log(ax, axis: str = "y") -> None:
+    """Log-scale tick labels as plain numbers (0.5, 2, 20) rather than 2×10⁻¹."""
+    a = ax.yaxis if axis == "y" else ax.xaxis
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()  # call after plotting: the data's range
+    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 1.0
+    subs = (1.0,) if decades > 3.2 else (1.0, 2.0, 5.0) if decades > 1.5 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if decades > 0.6 else (
+        1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    a.set_major_locator(LogLocator(base=10, subs=subs))
+    a.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    a.set_minor_formatter(NullFormatter())
 
 
 MAX_WIDTH_IN = 9.6  # 960 px at the report's 100 dpi: fits the page's 1200 px column, and shrinks least at 800 px
@@ -76,8 +110,6 @@ def place_labels(ax, items, fontsize: float = 8) -> None:
     taken = []
     for x, y, _, _ in items:  # the points themselves are taken
         px, py = ax.transData.transform((x, y))
-        from matplotlib.transforms import Bbox
-
         taken.append(Bbox.from_extents(px - 4, py - 4, px + 4, py + 4))
     axes_box = ax.get_window_extent(renderer)
     for x, y, text, colour in items:
@@ -112,10 +144,12 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def latency_throughput(ok: pd.DataFrame, series_order: list[str], palette: dict, mode_short: dict,
                        plain_log, budget_ms: float | None, stat: str, modes: tuple[str, ...], tail: str = "p99",
-                       mark=None):
+                       mark=None, styles: dict | None = None):
     """Latency–throughput: every configuration's curve over its batch sizes drawn faint, the Pareto
     frontier (the configurations worth choosing: nothing else is both faster and higher-throughput)
-    drawn strongly, each of its points labelled with its configuration and batch."""
+    drawn strongly, each of its points labelled with its configuration and batch. ``styles``: a line style
+    per series (the compare page's runs), default solid."""
+    styles = styles or {}
     modes = tuple(m for m in modes if (ok["mode"] == m).any())
     shapes = sorted_shapes(ok["shape"])
     if not modes or not shapes:
@@ -129,7 +163,8 @@ def latency_throughput(ok: pd.DataFrame, series_order: list[str], palette: dict,
         sub = ok[(ok["shape"] == shape) & (ok["mode"] == mode)]
         for s in [s for s in series_order if s in set(sub["series"])]:
             g = sub[sub["series"] == s].sort_values("batch")
-            ax.plot(g[stat], g["items_per_s"], "-o", color=palette.get(s), ms=3.5, lw=1, alpha=0.35)
+            ax.plot(g[stat], g["items_per_s"], marker="o", ls=styles.get(s, "-"), color=palette.get(s), ms=3.5, lw=1,
+                    alpha=0.35)
             used.append(s)
             if mark is not None:  # e.g. a cross over points whose parity failed
                 mark(ax, g, stat, "items_per_s")
@@ -157,7 +192,7 @@ def latency_throughput(ok: pd.DataFrame, series_order: list[str], palette: dict,
                  fontsize=11)
     fig.tight_layout()
     seen = list(dict.fromkeys(used))
-    handles = [Line2D([], [], color=palette.get(s), marker="o", ms=5, lw=1.5) for s in seen]
+    handles = [Line2D([], [], color=palette.get(s), ls=styles.get(s, "-"), marker="o", ms=5, lw=1.5) for s in seen]
     labels = list(seen)
     handles.append(Line2D([], [], color="#222", lw=1.8, marker="o", mfc="white", mec="#222"))
     labels.append("Pareto frontier")

@@ -1,18 +1,14 @@
-"""lib.report_kernels: the "Where the GPU time goes" section, on synthetic run folders written in the
-layout lib.bench writes (``kernels.json`` per backend/precision; see test_report.make_fake_run)."""
+"""lib.report.kernels: the "Where the GPU time goes" section, on synthetic run folders written in the
+layout lib.sweep.bench writes (``kernels.json`` per backend/precision; see tests/report/fake_runs.make_fake_run)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lib
+from lib.report import kernels as rk
 
-import lib  # noqa: E402
-from lib import report_kernels as rk  # noqa: E402
-from test_report import make_fake_run  # noqa: E402
+from .fake_runs import make_fake_run
 
 
 @pytest.fixture

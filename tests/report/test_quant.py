@@ -1,4 +1,4 @@
-"""lib.report_quant on a real run: the tiny CNN (with image preprocessing) on ONNX Runtime's CPU EP at FP32
+"""lib.report.quant on a real run: the tiny CNN (with image preprocessing) on ONNX Runtime's CPU EP at FP32
 and INT8, calibrated and scored on a generated labelled folder (CALIB = DATA): speedups from the raw
 medians, parity, top-1 and its drop, agreement with FP32 image by image, file sizes and calibration; the
 tolerance stated, the fastest configuration within it named, random weights said plainly."""
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import Log, make_run, write_model
-from lib import report_quant
+from lib.report import quant as report_quant
 from lib.sweep.bench import run_backend
 from lib.artifacts.export import ensure_onnx, export_summary
 from lib.config.models import get_model
@@ -33,7 +33,7 @@ def quant_run(tmp_path_factory, tiny_raw, cache_dir):
     for bench_pass, combos in ((1, plan.combos), (2, plan.combos[::-1])):
         for c in combos:
             run_backend(plan.run_dir, c["backend"], c["precision"], bench_pass=bench_pass, log=Log())
-    # export.json, as the export step writes it (lib.cli export-record: from the cache, nothing rebuilt)
+    # export.json, as the export step writes it (lib.pipeline.cli export-record: from the cache, nothing rebuilt)
     cfg = get_model("tiny_q", models)
     export_summary(ensure_onnx(cfg, cache_dir / "onnx", plan.onnx_precisions, log=Log(), build=False,
                                calib=str(images)), plan.run_dir)

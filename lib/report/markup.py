@@ -5,7 +5,7 @@ file paths, another run's fields in a comparison) is data that someone else may 
 ``<script>`` or ``<img onerror=...>`` in it must reach the page as text, never as markup, and a
 ``[text](javascript:...)`` must not become a link. ``md(value)`` escapes HTML's specials and
 backslash-escapes Markdown's inline punctuation; ``code(value)`` is for a value shown as code.
-Tables are escaped separately (``lib.report.table`` formats cells with ``escape="html"``).
+Tables are escaped separately (``lib.report.format.table`` formats cells with ``escape="html"``).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ import re
 import urllib.parse
 from pathlib import Path
 
-from .common.cache import atomic_write_text, read_json
+from ..common.cache import atomic_write_text, read_json
+from .index import render_index as write_index
 
 __all__ = ["render_report", "render_notebook", "render_index"]
 
@@ -159,7 +160,5 @@ def render_report(run_dir: Path) -> Path:
 
 
 def render_index(reports_dir: Path) -> Path:
-    """``reports/index.html`` (lib.index_page)."""
-    from .index_page import render_index as render
-
-    return render(reports_dir)
+    """``reports/index.html`` (lib.report.index)."""
+    return write_index(reports_dir)

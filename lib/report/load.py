@@ -1,6 +1,6 @@
 """Latency under load for the analysis notebook (display code only: it reads the load stage's files,
-``lib.load_stage.read_load``; the one computation here is the model's budget search when the notebook's
-``budget_ms`` differs from the stage's, which runs the same ``lib.load_stage.capacity_rows``).
+``lib.sweep.load_stage.read_load``; the one computation here is the model's budget search when the notebook's
+``budget_ms`` differs from the stage's, which runs the same ``lib.sweep.load_stage.capacity_rows``).
 
 * ``load_markdown``: what ran (which configurations, why, what a lane is on each backend), or why nothing did.
 * ``plot_load_curves``: perf_analyzer's curve per configuration: tail latency against achieved throughput,
@@ -19,9 +19,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .measure.load_model import BatchPolicy
-from .sweep.load_stage import BUDGET_MS, capacity_rows, read_load
-from .results.run import Run
+from ..measure.load_model import BatchPolicy
+from ..sweep.load_stage import BUDGET_MS, capacity_rows, model_samples, read_load
+from ..results.run import Run
 
 __all__ = ["load_markdown", "plot_load_curves", "load_table", "capacity_table", "model_error_markdown",
            "model_errors"]
@@ -180,8 +180,6 @@ def capacity_table(run: Run, budget_ms: float = BUDGET_MS) -> pd.DataFrame:
             batcher = g[g["max_batch"] > 1]
             pol = BatchPolicy(int(batcher["max_batch"].iloc[0]), float(batcher["max_delay_ms"].iloc[0])) \
                 if len(batcher) else None
-            from .sweep.load_stage import model_samples
-
             req = d["requests"]
             req = req[(req["backend"] == b) & (req["precision"] == p) & (req["shape"] == s)] if len(req) else req
             samples = model_samples(req) if len(req) else None

@@ -16,9 +16,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..measure.accuracy import ACCURACY_FILE
+from ..common.cache import read_json
+from ..backends import engine_class
+from ..config.models import is_given_onnx
+from ..config.models import get_model
+from ..config.params import QUANTIZED
+from ..results.run import Run
 from .markup import md
-from .config.params import QUANTIZED
-from .results.run import Run
+from .points import compare_points
 
 __all__ = ["has_quantized", "tolerance", "quant_table", "quant_markdown", "DEFAULT_TOP1_DROP_POINTS"]
 
@@ -43,9 +49,6 @@ def tolerance(run: Run, max_acc_drop: str | None = None) -> tuple[str, float | N
 
 
 def _accuracy(run: Run, backend: str, precision: str) -> dict | None:
-    from .measure.accuracy import ACCURACY_FILE
-    from .common.cache import read_json
-
     path = Path(run.path) / "bench" / f"{backend}-{precision}" / ACCURACY_FILE
     if not path.exists():
         return None
@@ -59,8 +62,6 @@ def _files(run: Run) -> dict[str, dict]:
 
 def _model_file(run: Run, backend: str, precision: str, files: dict) -> tuple[float, str]:
     """(MB, what) of the file the backend loads: its TensorRT plan, its ONNX, or none (PyTorch)."""
-    from .backends import engine_class
-
     info = (run.engines.get(f"{backend}/{precision}") or {}).get("info") or {}
     plan = info.get("engine_path")
     if plan and Path(plan).is_file():
@@ -86,9 +87,7 @@ def _device_points(run: Run) -> pd.DataFrame:
 def _speedups(run: Run, backend: str, precision: str) -> dict:
     """{(batch, shape): (FP32 median / this median, 95 % interval low, high, verdict)} device-resident, where
     both were measured: the medians over raw samples, the interval from both sides' round medians
-    (``lib.report.compare_points``), verdict 'faster' / 'slower' only when the interval lies beyond ±1 %."""
-    from .report import compare_points
-
+    (``lib.report.points.compare_points``), verdict 'faster' / 'slower' only when the interval lies beyond ±1 %."""
     d = _device_points(run)
     if d.empty:
         return {}
@@ -156,8 +155,6 @@ def quant_table(run: Run) -> pd.DataFrame:
 
 
 def _variant(backend: str, precision: str) -> str:
-    from .backends import engine_class
-
     try:
         return engine_class(backend).onnx_variant(precision)
     except Exception:
@@ -183,13 +180,9 @@ def _within(row: pd.Series, kind: str, points: float | None) -> tuple[bool, str]
 
 
 def _random_weights(run: Run) -> bool:
-    from .config.models import is_given_onnx
-
     if run.params.get("weights"):
         return False
     try:
-        from .config.models import get_model
-
         return not is_given_onnx(get_model(run.params["model"], run.params.get("models_dir") or None))
     except Exception:
         return True

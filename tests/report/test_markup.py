@@ -1,4 +1,4 @@
-"""Values from a run folder reach the report as text, never as markup (lib/markup.py and every place the
+"""Values from a run folder reach the report as text, never as markup (lib/report/markup.py and every place the
 report, the comparison page and the index interpolate them)."""
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lib.report.markup import code, md
 
-from test_html_render import CHROMIUM, _render  # noqa: E402
-from test_report import ROOT, make_fake_run  # noqa: E402
-
-from lib.markup import code, md  # noqa: E402
+from .fake_runs import ROOT, make_fake_run
+from .test_render import CHROMIUM, _render
 
 PAYLOAD = "<img src=x onerror=alert(1)>"
 LINK = "[click](javascript:alert(1))"
@@ -91,7 +89,7 @@ def test_compare_page_shows_foreign_run_fields_as_text(tmp_path):
     b = make_fake_run(tmp_path / "b", gpu=True, gpu_name=f"GPU {PAYLOAD}")
     _poison(b)
     reports = tmp_path / "reports"
-    proc = subprocess.run([sys.executable, "-m", "lib.compare", "--runs", f"{a} {b}", "--reports-dir", str(reports)],
+    proc = subprocess.run([sys.executable, "-m", "lib.report.compare", "--runs", f"{a} {b}", "--reports-dir", str(reports)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -104,7 +102,7 @@ def test_index_quotes_folder_names(tmp_path):
     the href."""
     import shutil
 
-    from lib.html_report import render_index
+    from lib.report.render import render_index
 
     reports = tmp_path / "reports"
     run = make_fake_run(reports, gpu=False)

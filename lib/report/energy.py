@@ -1,5 +1,5 @@
 """Energy and cost for the analysis notebook (display code only: it reads ``run.points``' energy columns,
-which ``lib.energy`` measured, and the run's ``price_per_hour``).
+which ``lib.measure.energy`` measured, and the run's ``price_per_hour``).
 
 Cost per million inferences = price per hour / 3600 s x 10^6 / items per second, at the configuration's
 rate figure: pipelined throughput on a GPU (requests back to back, as a loaded server runs), batch /
@@ -13,8 +13,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .measure.energy import MIN_UPDATES, MIN_WINDOW_S
-from .results.run import Run
+from ..measure.energy import MIN_UPDATES, MIN_WINDOW_S
+from ..results.run import Run
+from .format import fmt_num
+from .points import MODE_SHORT, multi_shape, palette, rate_mode, series_order, usable_points
 
 __all__ = ["cost_per_million", "energy_frame", "energy_table", "energy_summary_lines", "energy_markdown",
            "plot_energy"]
@@ -37,12 +39,10 @@ def _price(run: Run) -> float:
 def energy_frame(run: Run) -> pd.DataFrame:
     """One row per parity-passing configuration (series x batch x shape): its rate-mode throughput, energy
     and cost, and the p99 of its latency mode (end-to-end where measured) for budget decisions."""
-    from .report import _rate_mode, _usable
-
-    ok = _usable(run)
+    ok = usable_points(run)
     if ok.empty:
         return pd.DataFrame()
-    rate = _rate_mode(run)
+    rate = rate_mode(run)
     lat_mode = "end_to_end" if (ok["mode"] == "end_to_end").any() else "device"
     key = ["series", "backend", "precision", "batch", "shape"]
     r = ok[ok["mode"] == rate].set_index(key)
@@ -57,8 +57,6 @@ def energy_frame(run: Run) -> pd.DataFrame:
 
 
 def energy_table(run: Run) -> pd.DataFrame:
-    from .report import _multi_shape
-
     f = energy_frame(run)
     if f.empty:
         return f
@@ -73,7 +71,7 @@ def energy_table(run: Run) -> pd.DataFrame:
         out["cost per 1M"] = f["cost_per_million"]
     out["source"] = [SOURCE_LABELS.get(s, s) if isinstance(s, str) and s else "–" for s in f["energy_source"]]
     out["note"] = [n if isinstance(n, str) and st != "ok" else "" for n, st in zip(f["energy_note"], f["energy_status"])]
-    if not _multi_shape(run):
+    if not multi_shape(run):
         out = out.drop(columns="shape")
     return out.sort_values(["configuration", "batch"]).reset_index(drop=True)
 
@@ -85,12 +83,10 @@ def _where(r, multi: bool) -> str:
 def energy_summary_lines(run: Run, budget_ms: float = 10.0) -> list[str]:
     """Summary bullets: the most energy-efficient configuration, and with PRICE_PER_HOUR the cheapest one
     within the latency budget (p99 of the latency mode over every sample, as the budget line)."""
-    from .report import MODE_SHORT, _multi_shape, fmt_num
-
     f = energy_frame(run)
     if f.empty:
         return []
-    multi = _multi_shape(run)
+    multi = multi_shape(run)
     lines = []
     measured = f[f["items_per_joule"].notna()]
     if len(measured):
@@ -117,8 +113,6 @@ def energy_summary_lines(run: Run, budget_ms: float = 10.0) -> list[str]:
 
 
 def energy_markdown(run: Run) -> str:
-    from .report import MODE_SHORT
-
     notes = {}
     for e in run.engines.values():
         for d, why in (e.get("energy") or {}).get("notes", {}).items():
@@ -144,14 +138,12 @@ def energy_markdown(run: Run) -> str:
 
 def plot_energy(run: Run):
     """Throughput against joules per inference, one curve per series over its batch sizes."""
-    from .report import _palette, _series_order
-
     f = energy_frame(run)
     if f.empty or not f["joules_per_item"].notna().any():
         return None
-    pal = _palette(run)
+    pal = palette(run)
     fig, ax = plt.subplots(figsize=(6.5, 4.4))
-    for s in [s for s in _series_order(run) if s in set(f["series"])]:
+    for s in [s for s in series_order(run) if s in set(f["series"])]:
         for shape, g in f[f["series"] == s].dropna(subset=["joules_per_item"]).groupby("shape"):
             g = g.sort_values("batch")
             ax.plot(g["joules_per_item"] * 1e3, g["items_per_s"], "-o", ms=5, color=pal.get(s),

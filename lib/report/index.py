@@ -7,7 +7,7 @@ import html
 import urllib.parse
 from pathlib import Path
 
-from .common.cache import atomic_write_text, read_json
+from ..common.cache import atomic_write_text, read_json
 
 __all__ = ["run_status", "headline", "render_index"]
 

@@ -1,4 +1,4 @@
-"""``python -m lib.compare`` (``make compare RUNS=...``): checks RUNS, ratios with bootstrap intervals,
+"""``python -m lib.report.compare`` (``make compare RUNS=...``): checks RUNS, ratios with bootstrap intervals,
 one HTML page per comparison in a new folder, runs copied from other machines."""
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lib
+from lib.report import compare
 
-import lib  # noqa: E402
-from lib import compare  # noqa: E402
-from test_html_render import assert_renders, assert_self_contained, needs_chromium  # noqa: E402
-from test_report import ROOT, build_real_run, make_fake_run  # noqa: E402
+from .fake_runs import ROOT, build_real_run, make_fake_run
+from .test_render import assert_renders, assert_self_contained, needs_chromium
 
 
 @pytest.fixture
@@ -52,7 +51,7 @@ def test_bad_runs_give_one_clear_line(two_gpu_runs, tmp_path, capsys, runs, expe
 
 
 def test_bad_runs_from_the_command_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "lib.compare", "--runs", f"{tmp_path}/nope {tmp_path}/nada"],
+    proc = subprocess.run([sys.executable, "-m", "lib.report.compare", "--runs", f"{tmp_path}/nope {tmp_path}/nada"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2
@@ -122,7 +121,7 @@ def test_compare_real_run_with_a_copy_from_another_machine(tmp_path_factory, tmp
     reports = tmp_path / "reports"
     b = reports / "tiny_cnn" / "20991231-000000-cpu"  # as if copied here from another machine
     shutil.copytree(a, b)
-    proc = subprocess.run([sys.executable, "-m", "lib.compare", "--runs", f"{a} {b}", "--reports-dir", str(reports)],
+    proc = subprocess.run([sys.executable, "-m", "lib.report.compare", "--runs", f"{a} {b}", "--reports-dir", str(reports)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,16 +1,19 @@
 """Compare runs: two GPUs, two library versions, before/after a change.
 
-``python -m lib.compare --runs "<run dir> <run dir> ..."`` (``make compare RUNS=...``) checks the
+``python -m lib.report.compare --runs "<run dir> <run dir> ..."`` (``make compare RUNS=...``) checks the
 runs, creates ``<reports>/compare/<UTC timestamp>/`` (a new folder every time, never overwriting),
 executes ``notebooks/30_compare.ipynb`` there (``compare.ipynb``) and renders ``compare.html``: one
 self-contained page with the runs side by side.
 
 The first run is the reference ("A"); every other run ("B", "C", ...) is compared with it, per
 backend/precision/batch/shape/mode that both measured: the ratio median(B) / median(A) of the raw
-samples, with a 95% interval from both runs' round medians (``lib.stats.ratio_interval``: rounds, not
+samples, with a 95% interval from both runs' round medians (``lib.common.stats.ratio_interval``: rounds, not
 iterations, are the independent units). A ratio below 1 means B is faster; a change is called only when
-the whole interval lies beyond ±1 % (``lib.stats.verdict``). Only paths relative to each run folder are used, so runs copied from other
-machines into ``reports/`` compare the same.
+the whole interval lies beyond ±1 % (``lib.common.stats.verdict``). Only paths relative to each run folder are used,
+so runs copied from other machines into ``reports/`` compare the same.
+
+The palette, the latency–throughput plot, the failures table and the rule for calling a ratio are the
+report's (``plots``, ``stability``, ``method``): a series has the same colour on both pages.
 """
 
 from __future__ import annotations
@@ -27,14 +30,20 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 
-from .common.cache import new_folder
-from .common.errors import BenchbookError
+from ..common.cache import new_folder
+from ..runner.kernel import Kernel, run_papermill
+from ..common.errors import BenchbookError
+from ..results.run import Run, check_run_dir, load_run
+from ..common.stats import parse_outlier_rule, ratio_interval, verdict
+from .format import fmt_num, fmt_x, relpath
 from .markup import code, md
-from .plots import sorted_shapes
-from .report import MODE_SHORT, _plain_log, fmt_num, fmt_x, relpath
-from .results.run import Run, check_run_dir, load_run
-from .common.stats import ratio_interval, verdict
+from .method import ratio_rule
+from .plots import latency_throughput, legend_below, plain_log, series_colours, sorted_shapes
+from .points import MODE_SHORT
+from .render import render_index, render_notebook
+from .stability import failure_rows
 
 __all__ = ["Comparison", "parse_runs", "load_comparison", "ratios", "ratio_table", "summary_markdown",
            "runs_table", "differences_table", "failures_table", "plot_ratios", "plot_overlay",
@@ -85,8 +94,8 @@ def parse_runs(value, what: str = "RUNS") -> list[Path]:
 
 def ratios(runs: list[Run], labels: list[str]) -> pd.DataFrame:
     """median(B) / median(A) per backend/precision/batch/shape/mode measured by both, for every run B after A,
-    with a 95 % interval from both runs' round medians (``lib.stats.ratio_interval``; each run's passes are
-    its processes) and a verdict that calls a change only beyond ±1 % (``lib.stats.verdict``)."""
+    with a 95 % interval from both runs' round medians (``lib.common.stats.ratio_interval``; each run's passes are
+    its processes) and a verdict that calls a change only beyond ±1 % (``lib.common.stats.verdict``)."""
     cols = ["run", "vs", *KEY, "median_a_ms", "median_b_ms", "ratio", "ci_low", "ci_high", "verdict", "rounds_a",
             "rounds_b"]
     a = runs[0]
@@ -256,27 +265,20 @@ def summary_markdown(cmp: Comparison) -> str:
 
 
 def failures_table(cmp: Comparison) -> pd.DataFrame:
-    frames = []
-    for lab, r in zip(cmp.labels, cmp.runs):
-        if not r.failures.empty:
-            f = r.failures.copy()
-            f.insert(0, "run", lab)
-            frames.append(f)
+    """Every run's failures and skips (``stability.failure_rows``), a run's rows together."""
+    frames = [r.failures.assign(run=lab)[["run", *r.failures.columns]] for lab, r in zip(cmp.labels, cmp.runs)
+              if not r.failures.empty]
     if not frames:
         return pd.DataFrame({"status": ["none: every planned point of every run produced numbers"]})
-    out = pd.concat(frames, ignore_index=True)
-    out["batch"] = out["batch"].map(lambda v: "–" if v is None or (isinstance(v, float) and np.isnan(v)) else str(int(v)))
-    out["reason"] = out["reason"].map(lambda s: str(s).strip()[-300:] if s else "–")
-    return out
+    return failure_rows(pd.concat(frames, ignore_index=True), first=("run",), reason_chars=300)
 
 
 def method_markdown(cmp: Comparison) -> str:
     return "\n".join([
         f"- Reference: run {cmp.labels[0]}. For every backend/precision/batch/shape/mode measured by both runs, the "
         f"ratio is median(run) / median({cmp.labels[0]}) over the raw samples (no outlier filtering), with a 95% "
-        "interval from both runs' round medians (Welch's t on their logarithms; `lib.stats.ratio_interval`).",
-        "- Verdict: *faster* when the whole interval is below 1/1.01, *slower* when above 1.01, else *no clear "
-        "change* (a difference within ±1% is not called: separate processes of one configuration differ that much).",
+        "interval from both runs' round medians (`lib.common.stats.ratio_interval`).",
+        "- Verdict (*faster*, *slower*): " + ratio_rule("Ratios", "no clear change"),
         "- Curves show each run's medians under its outlier rule ("
         + md(", ".join(sorted({r.rule.name for r in cmp.runs}))) + ").",
         "- Ratios as data: `ratios.csv` beside this page.",
@@ -285,12 +287,9 @@ def method_markdown(cmp: Comparison) -> str:
 
 # --- figures ----------------------------------------------------------------------------------
 
-def _palette(cmp: Comparison) -> dict:
-    series = []
-    for r in cmp.runs:
-        series += [f"{c['backend']}/{c['precision']}" for c in r.plan.get("combos", [])]
-    cmap = plt.get_cmap("tab10")
-    return {s: cmap(i % 10) for i, s in enumerate(dict.fromkeys(series))}
+def palette(cmp: Comparison) -> dict:
+    """The report's palette (``plots.series_colours``) over every run's series, the reference's first."""
+    return series_colours(f"{c['backend']}/{c['precision']}" for r in cmp.runs for c in r.plan.get("combos", []))
 
 
 def _all_points(cmp: Comparison) -> pd.DataFrame:
@@ -310,7 +309,7 @@ def plot_ratios(cmp: Comparison, mode: str | None = None):
     d = d[d["mode"] == mode].sort_values(["run", "backend", "precision", "shape", "batch"])
     if d.empty:
         return None
-    pal = _palette(cmp)
+    pal = palette(cmp)
     labels = [f"{r.run}: {r.backend}/{r.precision} bs {r.batch}" + (f" {r.shape}" if d["shape"].nunique() > 1 else "")
               for r in d.itertuples()]
     fig, ax = plt.subplots(figsize=(9, 0.28 * len(d) + 1.2))
@@ -325,7 +324,7 @@ def plot_ratios(cmp: Comparison, mode: str | None = None):
     if hi / max(lo, 1e-12) > 4:  # wide spread: a log axis keeps 0.5x and 2x equally far from 1
         ax.set_xscale("log")
         ax.set_xlim(lo / 1.3, hi * 1.3)
-        _plain_log(ax, "x")
+        plain_log(ax, "x")
     else:
         pad = 0.05 * max(hi - lo, 0.1)
         ax.set_xlim(lo - pad, hi + pad)
@@ -345,7 +344,7 @@ def plot_overlay(cmp: Comparison, modes: tuple[str, ...] = ("device", "end_to_en
     modes = tuple(m for m in modes if (p["mode"] == m).any())
     if not modes:
         return None
-    pal = _palette(cmp)
+    pal = palette(cmp)
     shapes = sorted_shapes(p["shape"])
     fig, axes = plt.subplots(len(shapes), len(modes), figsize=(min(4.8 * len(modes), 9.6), 4.0 * len(shapes)),
                              squeeze=False)
@@ -363,16 +362,12 @@ def plot_overlay(cmp: Comparison, modes: tuple[str, ...] = ("device", "end_to_en
             batches = sorted(sub["batch"].unique())
             ax.set_xticks(batches, [str(b) for b in batches])
             ax.set_yscale("log")
-            _plain_log(ax)
+            plain_log(ax)
             ax.set_xlabel("batch size")
             ax.set_ylabel("median latency (ms, log)")
             ax.set_title(f"{MODE_SHORT.get(mode, mode)}" + (f" — shape {shape}" if len(shapes) > 1 else ""))
     fig.tight_layout()
     # one legend for the figure: a colour per configuration, then a line style per run, named
-    from matplotlib.lines import Line2D
-
-    from .plots import legend_below
-
     drawn = [s for s in pal if (p["series"] == s).any()]
     handles = [Line2D([], [], color=pal[s], lw=2) for s in drawn]
     handles += [Line2D([], [], color="#555", ls=LINESTYLES[k % 4], marker=MARKERS[k % 6], ms=5)
@@ -382,39 +377,19 @@ def plot_overlay(cmp: Comparison, modes: tuple[str, ...] = ("device", "end_to_en
 
 
 def plot_latency_throughput(cmp: Comparison, mode: str = "end_to_end"):
-    """Tail latency (p99, or p95 under 100 samples) vs items/s over batch sizes, every run overlaid."""
+    """The report's latency–throughput plot (``plots.latency_throughput``: tail latency vs items/s over batch
+    sizes, the Pareto frontier labelled) over every run's points: colour = backend/precision, line style = run."""
     p = _all_points(cmp)
     if p.empty:
         return None
     if not (p["mode"] == mode).any():
         mode = "device"
-    p = p[p["mode"] == mode]
-    if p.empty:
-        return None
-    pal = _palette(cmp)
-    shapes = sorted(p["shape"].unique())
-    fig, axes = plt.subplots(1, len(shapes), figsize=(min(7.5 * len(shapes) + 2, 12.5), 4.6), squeeze=False)
-    for ax, shape in zip(axes[0], shapes):
-        sub = p[p["shape"] == shape]
-        for i, lab in enumerate(cmp.labels):
-            for s in pal:
-                g = sub[(sub["run"] == lab) & (sub["series"] == s)].sort_values("batch")
-                if len(g):
-                    ax.plot(g["tail_ms"], g["items_per_s"], LINESTYLES[i % 4], marker=MARKERS[i % 6],
-                            color=pal[s], ms=5, label=f"{lab}: {s}")
-                    for r in g.itertuples(index=False):
-                        ax.annotate(f"{r.batch}", (r.tail_ms, r.items_per_s), textcoords="offset points",
-                                    xytext=(3, 3), fontsize=6, color=pal[s])
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        _plain_log(ax, "x")
-        _plain_log(ax, "y")
-        ax.set_xlabel(f"tail (p99/p95) {MODE_SHORT.get(mode, mode)} latency (ms, log)")
-        ax.set_ylabel("items / s (log)")
-        ax.set_title("Latency–throughput, batch sizes labelled" + (f" — shape {shape}" if len(shapes) > 1 else ""))
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    return fig
+    pal = palette(cmp)
+    curves = {f"{lab}: {s}": (pal[s], LINESTYLES[k % 4]) for k, lab in enumerate(cmp.labels) for s in pal}
+    p = p.assign(series=p["run"] + ": " + p["series"])
+    return latency_throughput(p, list(curves), {s: c for s, (c, _) in curves.items()}, MODE_SHORT, plain_log, None,
+                              "tail_ms", (mode,), tail="tail (p99/p95)",
+                              styles={s: ls for s, (_, ls) in curves.items()})
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -426,10 +401,6 @@ def _new_out_dir(root: Path) -> Path:
 
 def run_compare(runs, outliers: str = "", reports_dir: str | Path = "reports", log=print) -> Path:
     """Check the runs, execute the comparison notebook into a new folder and render compare.html there."""
-    from .runner.kernel import Kernel, run_papermill
-    from .html_report import render_index, render_notebook
-    from .common.stats import parse_outlier_rule
-
     paths = [p.resolve() for p in parse_runs(runs)]
     if outliers:
         parse_outlier_rule(outliers)
@@ -456,7 +427,7 @@ def run_compare(runs, outliers: str = "", reports_dir: str | Path = "reports", l
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lib.compare", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m lib.report.compare", description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", default="", help="run folders separated by spaces; the first is the reference")
     ap.add_argument("runs_pos", nargs="*", metavar="RUN", help="run folders (instead of --runs)")
     ap.add_argument("--outliers", default="", help="presentation rule: tukey[:k], mad[:k] or none; empty: each run's own")

@@ -1,5 +1,5 @@
 """The report's "Where the GPU time goes" section: display of ``run.kernel_points`` and ``run.kernels``
-(CUPTI profiles taken by ``lib.kernels`` after each sweep's timing). Reads the loaded run only."""
+(CUPTI profiles taken by ``lib.measure.kernels`` after each sweep's timing). Reads the loaded run only."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .measure.kernels import CATEGORIES, short_name
+from ..measure.kernels import CATEGORIES, short_name
+from ..results.run import Run
+from .format import fmt_num
 from .markup import code, md
-from .report import _series_order, fmt_num
-from .results.run import Run
+from .points import series_order
 
 __all__ = ["kernels_markdown", "kernel_points_table", "top_kernels_table", "plot_kernel_categories",
            "LAUNCH_BOUND_SHARE"]
@@ -30,7 +31,7 @@ def _profiled(run: Run) -> pd.DataFrame:
     if kp.empty:
         return kp
     kp = kp[kp["error"].isna() & kp["busy_ms"].notna()] if "error" in kp else kp
-    order = {s: i for i, s in enumerate(_series_order(run))}
+    order = {s: i for i, s in enumerate(series_order(run))}
     kp = kp.assign(series=kp["backend"] + "/" + kp["precision"])
     return kp.assign(_o=kp["series"].map(order)).sort_values(["_o", "shape", "batch"]).drop(columns="_o")
 
@@ -170,10 +171,10 @@ def plot_kernel_categories(run: Run):
     for shape, g in kp.groupby("shape", sort=False):
         ends = {"smallest batch": _ends(g, "idxmin"), "largest batch": _ends(g, "idxmax")}
         n = max(len(v) for v in ends.values())
-        fig, axes = plt.subplots(1, 2, figsize=(9.6, 0.42 * n + 1.6))  # the page's column (lib.plots.MAX_WIDTH_IN)
+        fig, axes = plt.subplots(1, 2, figsize=(9.6, 0.42 * n + 1.6))  # the page's column (lib.report.plots.MAX_WIDTH_IN)
         used = set()
         for ax, (title, sel) in zip(axes, ends.items()):
-            order = [s for s in _series_order(run) if s in set(sel["series"])]
+            order = [s for s in series_order(run) if s in set(sel["series"])]
             sel = sel.set_index("series").loc[order]
             y = np.arange(len(sel))
             left = np.zeros(len(sel))
