@@ -129,10 +129,28 @@ def _fmt_ms(x: float) -> str:
     return f"{x:.3g}" if x < 100 else f"{x:,.0f}"
 
 
+def _load_line(run_dir: Path) -> str | None:
+    """The highest arrival rate a configuration sustains within the load stage's p99 budget, as the
+    discrete-event model predicts it from measured batch latencies (``load_capacity.parquet``)."""
+    import pandas as pd
+
+    path = run_dir / "load_capacity.parquet"
+    cap = pd.read_parquet(path) if path.exists() else pd.DataFrame()
+    if cap.empty or "max_rate_rps" not in cap or not (cap["max_rate_rps"] > 0).any():
+        return None
+    r = cap.sort_values("max_rate_rps", ascending=False).iloc[0]
+    policy = str(r["policy"])
+    if policy != "no batching" and pd.notna(r.get("max_batch")):
+        policy += f", max batch {int(r['max_batch'])}, {r['max_delay_ms']:.3g} ms delay"
+    return (f"[done] under load, p99 within {r['budget_ms']:.3g} ms: {_series(r)} sustains up to "
+            f"{r['max_rate_rps']:,.0f} req/s ({policy}; {r['source']}, the report's Latency under load section)")
+
+
 def run_summary(run_dir: Path | str) -> list[str]:
-    """Two or three lines on a finished run, from its ``points.parquet`` and ``failures.csv``: the best
-    configuration per goal (lowest latency at the smallest batch, highest throughput), how many points
-    were unstable or noisy, and where the report is."""
+    """A few lines on a finished run, from its ``points.parquet``, ``failures.csv`` and
+    ``load_capacity.parquet``: the best configuration per goal (lowest latency at the smallest batch, highest
+    throughput, and, where the load stage ran, the highest request rate within its p99 budget), how many
+    points were unstable or noisy, and where the report is."""
     import pandas as pd
 
     run_dir = Path(run_dir)
@@ -158,6 +176,9 @@ def run_summary(run_dir: Path | str) -> list[str]:
                          + f", {r['items_per_s']:,.0f} items/s")
         if parts:
             lines.append("[done] " + "; ".join(parts))
+        served = _load_line(run_dir)
+        if served:
+            lines.append(served)
         flags = []
         for col in ("unstable", "noisy"):
             if col in p:

@@ -84,8 +84,9 @@ def test_terminal_shows_progress_not_tables(pipeline):
     assert "exists: its" not in err and "already on disk" not in err  # only a resumed run says that
     assert "[make] benchmark torch/fp32 pass 1 (1/2)" in err and "[make] benchmark ort/fp32 pass 2 (2/2)" in err
     done = [ln for ln in lines if ln.startswith("[done]")]
-    assert len(done) == 2 and "lowest latency: " in done[0] and "highest throughput: " in done[0]
-    assert re.search(r"\d+ unstable", done[1])
+    assert len(done) == 3 and "lowest latency: " in done[0] and "highest throughput: " in done[0]
+    assert re.search(r"under load, p99 within 10 ms: \w+/fp32 sustains up to [\d,]+ req/s", done[1]), done[1]
+    assert re.search(r"\d+ unstable", done[2])
     assert err.count(f"{run1}/report.html") == 1 and lines[-1] == f"report: {run1}/report.html"
 
 

@@ -49,3 +49,25 @@ def test_kernel_lines_print_above_the_bar_and_plainly_off_a_terminal(tmp_path):
         echo.progress = bar
         echo.write("[ort/fp32] pass 1 done\n")
     assert plain.getvalue() == "[ort/fp32] pass 1 done\n"
+
+
+def test_run_summary_names_the_best_per_goal_and_the_rate_under_load(tmp_path):
+    import pandas as pd
+
+    from lib.runner.terminal import run_summary
+
+    rows = [dict(backend=b, precision="fp32", batch=bs, shape="static", mode=m, median_ms=ms, items_per_s=bs * 1e3 / ms,
+                 parity_passed=True, unstable=False, noisy=b == "torch")
+            for b, k in (("torch", 2.0), ("ort", 1.0)) for bs in (1, 8) for m in ("end_to_end", "throughput")
+            for ms in [k * (1 + bs / 4)]]
+    pd.DataFrame(rows).to_parquet(tmp_path / "points.parquet")
+    lines = run_summary(tmp_path)
+    assert lines[0].startswith("[done] lowest latency: ort/fp32 at batch 1, 1.25 ms")
+    assert len(lines) == 3 and "4 noisy" in lines[1] and lines[-1] == f"report: {tmp_path / 'report.html'}"
+    pd.DataFrame([dict(backend="ort", precision="fp32", shape="static", policy=p, max_batch=mb, max_delay_ms=d,
+                       max_rate_rps=r, budget_ms=10.0, source="predicted")
+                  for p, mb, d, r in (("no batching", 1, 0.0, 700.0), ("measured batcher", 8, 2.0, 2400.0))]
+                 ).to_parquet(tmp_path / "load_capacity.parquet")
+    lines = run_summary(tmp_path)
+    assert lines[1] == ("[done] under load, p99 within 10 ms: ort/fp32 sustains up to 2,400 req/s (measured batcher, "
+                        "max batch 8, 2 ms delay; predicted, the report's Latency under load section)")
