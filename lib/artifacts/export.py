@@ -31,7 +31,7 @@ from ..config.inputs import make_inputs
 from ..config.model_config import BATCH_DIM, ModelConfig, Shape
 from ..config.models import is_given_onnx
 
-__all__ = ["ExportResult", "export_key", "onnx_fp32", "onnx_fp16", "onnx_given", "ensure_onnx",
+__all__ = ["ExportResult", "example_shape", "export_key", "onnx_fp32", "onnx_fp16", "onnx_given", "ensure_onnx",
            "cached_onnx", "OPSET"]
 
 OPSET = 20
@@ -75,7 +75,7 @@ def export_key(cfg: ModelConfig, weights: Path | str | None = None) -> str:
     return sha256_bytes(b"\0".join(parts))[:16]
 
 
-def _example_shape(cfg: ModelConfig) -> tuple[int, Shape]:
+def example_shape(cfg: ModelConfig) -> tuple[int, Shape]:
     first = cfg.inputs[0]
     batch = first.example[first.dims.index(BATCH_DIM)]
     values = []
@@ -177,7 +177,7 @@ def onnx_fp32(cfg: ModelConfig, cache_root: Path, weights: Path | str | None = N
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = build_model(cfg, weights, cache_dir=Path(cache_root).parent)  # cache_root is <CACHE_DIR>/onnx
-    batch, shape = _example_shape(cfg)
+    batch, shape = example_shape(cfg)
     inputs = make_inputs(cfg, batch, shape, seed=1234)
     args = tuple(torch.from_numpy(inputs[s.name]) for s in cfg.inputs)
     reference = _torch_reference(model, cfg, inputs)  # first: a module that does not fit the config fails here
@@ -242,7 +242,7 @@ def _fp16_check(cfg: ModelConfig, fp16_path: Path, fp32_path: Path) -> dict:
     Recorded, never raised: the benchmark compares every point again on the real backend."""
     from ..measure.parity import compare_outputs
 
-    batch, shape = _example_shape(cfg)
+    batch, shape = example_shape(cfg)
     inputs = make_inputs(cfg, batch, shape, seed=1234)
     try:
         result = compare_outputs(_ort_outputs(fp16_path, cfg, inputs), _ort_outputs(fp32_path, cfg, inputs), "fp16",
@@ -348,7 +348,7 @@ def _check_given(cfg: ModelConfig, path: Path) -> dict:
     if sorted(onnx_outputs) != sorted(o.name for o in cfg.outputs):
         raise ConfigError(f"{cfg.path}: outputs: the names {[o.name for o in cfg.outputs]} do not match the "
                           f"outputs of {path}: {onnx_outputs}")
-    batch, shape = _example_shape(cfg)
+    batch, shape = example_shape(cfg)
     try:
         outs = _ort_outputs(path, cfg, make_inputs(cfg, batch, shape, seed=1234))
     except Exception as e:

@@ -104,10 +104,10 @@ def _image_files(root: Path) -> list[Path]:
 
 def _geometry(cfg: ModelConfig, calib: str) -> dict:
     """The model's image preprocessing (as for DATA), errors naming CALIB."""
-    from ..measure.accuracy import _image_geometry
+    from ..measure.accuracy import image_geometry
 
     try:
-        return _image_geometry(cfg)
+        return image_geometry(cfg)
     except ConfigError as e:
         msg = str(e).replace("DATA: accuracy needs", "calibration images need").removeprefix("DATA: ")
         raise ConfigError(f"CALIB={calib!r} cannot calibrate model {cfg.name!r}: {msg}; leave CALIB empty to "
@@ -161,11 +161,11 @@ def _batch_size(cfg: ModelConfig) -> int:
 
 def calibration_batches(cfg: ModelConfig, source: CalibSource) -> list[dict[str, np.ndarray]]:
     """The calibration inputs, in batches the model's profile accepts."""
-    from .export import _example_shape
+    from .export import example_shape
 
     batch = _batch_size(cfg)
     if source.kind == "seeded":
-        _, shape = _example_shape(cfg)
+        _, shape = example_shape(cfg)
         return [make_inputs(cfg, batch, shape, 0, stream=f"int8-calibration{i}")
                 for i in range(-(-SEEDED_CALIB_ITEMS // batch))]
     from ..measure.accuracy import preprocess
@@ -227,11 +227,11 @@ def _check(cfg: ModelConfig, int8_path: Path, fp32_path: Path, batches) -> dict:
     included), top-1 agreement on the calibration inputs. Recorded, never raised: the benchmark checks
     every point again against PyTorch FP32."""
     from ..measure.parity import CALIBRATION_ITEMS, compare_outputs
-    from .export import _example_shape
+    from .export import example_shape
 
     try:
         q, f = _session(int8_path), _session(fp32_path)
-        batch, shape = _example_shape(cfg)
+        batch, shape = example_shape(cfg)
         lo, hi = cfg.profile_range(BATCH_DIM)
         per = max(lo, min(CALIBRATION_ITEMS, hi))
         centre_out = _run(f, make_inputs(cfg, per, shape, 0, stream="calibration0"))

@@ -32,7 +32,7 @@ from ..common.errors import BenchbookError
 from ..config.model_config import ModelConfig
 from ..measure.timing import CpuTimer, CudaEventTimer
 
-__all__ = ["Engine", "EngineSpec", "Artifacts", "Lane", "SerialLane"]
+__all__ = ["Engine", "EngineSpec", "Artifacts", "Lane", "SerialLane", "cuda_reason"]
 
 
 @dataclass
@@ -247,3 +247,19 @@ class SerialLane(Lane):
         key = ("load",) + tuple(sorted((k, v.shape) for k, v in host_inputs.items()))
         self.engine.bind(host_inputs, key=key)  # a switch to a kept binding is a pointer swap
         return self.engine.infer(host_inputs)
+
+
+def cuda_reason() -> str | None:
+    """Why a CUDA backend cannot run here (no NVIDIA GPU, no torch, a torch without CUDA), or None. The
+    driver is asked first (NVML, no torch import), so a machine without a GPU answers fast."""
+    from ..config.device import nvml_gpus
+
+    if not nvml_gpus():
+        return "no NVIDIA GPU on this machine"
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return f"torch {torch.__version__} cannot use the GPU (CPU-only build, or driver too old)"
+    return None

@@ -12,14 +12,14 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["collect_environment", "LIBRARIES"]
+__all__ = ["collect_environment", "cpu_model", "LIBRARIES"]
 
 LIBRARIES = ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime-gpu", "onnxruntime", "onnxconverter-common",
              "tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-rtx", "tensorrt-rtx-cu13", "transformers",
              "numpy", "pandas", "papermill", "nbconvert", "psutil", "nvidia-ml-py")
 
 
-def _cpu_model() -> str | None:
+def cpu_model() -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -139,7 +139,7 @@ def collect_environment() -> dict:
         "os": f"{platform.system()} {platform.release()}",
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_logical_cores": psutil.cpu_count(logical=True),
         "cpu_physical_cores": psutil.cpu_count(logical=False),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

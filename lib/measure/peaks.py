@@ -162,13 +162,13 @@ def measure_matmul_peak(device: str = "cpu", key: str = "fp32", n: int | None = 
 
 
 def _this_machine_matches(env: dict, device: str) -> tuple[bool, str]:
-    from .environment import _cpu_model
+    from .environment import cpu_model
 
     if env.get("hostname") and env["hostname"] != socket.gethostname():
         return False, f"the run was measured on host {env['hostname']!r}, not this one ({socket.gethostname()!r})"
     if device == "cpu":
-        if env.get("cpu") and env["cpu"] != _cpu_model():
-            return False, f"the run's CPU ({env['cpu']}) is not this machine's ({_cpu_model()})"
+        if env.get("cpu") and env["cpu"] != cpu_model():
+            return False, f"the run's CPU ({env['cpu']}) is not this machine's ({cpu_model()})"
         return True, ""
     try:
         import torch

@@ -131,9 +131,9 @@ class OrtEngine(Engine):
         if importlib.util.find_spec("onnxruntime") is None:
             return f"onnxruntime is not installed ({ort_install_hint()})"
         if device == "cuda":
-            from ..torch.engine import _cuda_reason
+            from ..base import cuda_reason
 
-            reason = _cuda_reason()
+            reason = cuda_reason()
             if reason:
                 return reason
             import onnxruntime as ort

@@ -204,13 +204,11 @@ def gpu_identity() -> tuple[str, str] | None:
     except Exception:  # torch without CUDA, or a broken driver: try NVML, which needs neither
         pass
     try:
-        import pynvml
+        from ...common.gpu import first_gpu_handle, nvml, text
 
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        name = pynvml.nvmlDeviceGetName(handle)
-        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
-        return (name.decode() if isinstance(name, bytes) else name), f"{major}.{minor}"
+        handle = first_gpu_handle()
+        major, minor = nvml().nvmlDeviceGetCudaComputeCapability(handle)
+        return text(nvml().nvmlDeviceGetName(handle)), f"{major}.{minor}"
     except Exception:
         return None
 

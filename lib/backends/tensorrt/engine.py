@@ -97,9 +97,9 @@ class TrtEngine(Engine):
         reason = tensorrt_unavailable_reason(rtx_ok=True)
         if reason:
             return reason
-        from ..torch.engine import _cuda_reason
+        from ..base import cuda_reason
 
-        reason = _cuda_reason()
+        reason = cuda_reason()
         if reason:
             return reason
         return _module_gpu_reason()

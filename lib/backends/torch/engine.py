@@ -54,12 +54,11 @@ def torchao_reason() -> str | None:
 
 
 def gpu_compute_capability() -> tuple[int, int] | None:
-    """The first GPU's compute capability from NVML (no torch import: the plan step uses it), or None."""
+    """The compute capability of the GPU CUDA lists first, from NVML (no torch import: the plan step uses it), or None."""
     try:
-        import pynvml
+        from ...common.gpu import first_gpu_handle, nvml
 
-        pynvml.nvmlInit()
-        return tuple(pynvml.nvmlDeviceGetCudaComputeCapability(pynvml.nvmlDeviceGetHandleByIndex(0)))
+        return tuple(nvml().nvmlDeviceGetCudaComputeCapability(first_gpu_handle()))
     except Exception:
         return None
 
@@ -379,23 +378,3 @@ class TorchCompile(_TorchBase):
         self.info["compile_s"] = compile_s
         self.info["compile_graphs"] = graphs  # graphs dynamo compiled for this shape (its first call)
         self.info["compile_graphs_total"] = sum(self._compiled_shapes.values())
-
-
-def _cuda_reason() -> str | None:
-    from ...config.device import nvml_gpus
-
-    if not nvml_gpus():
-        return "no NVIDIA GPU on this machine"
-    try:
-        import torch
-    except ImportError:
-        return "torch is not installed"
-    if not torch.cuda.is_available():
-        return f"torch {torch.__version__} cannot use the GPU (CPU-only build, or driver too old)"
-    return None
-
-
-def check_cuda() -> None:
-    reason = _cuda_reason()
-    if reason:
-        raise UnavailableError(reason)
