@@ -27,6 +27,7 @@ import numpy as np
 
 from ..common.cache import sha256_bytes, sha256_file, valid_artifact, write_manifest
 from ..common.errors import BenchbookError
+from ..config.dtypes import ONNX_ELEM_TYPES
 from ..config.inputs import make_inputs
 from ..config.model_config import BATCH_DIM, ModelConfig, Shape
 from ..config.models import is_given_onnx
@@ -296,7 +297,6 @@ def onnx_fp16(cfg: ModelConfig, fp32: ExportResult, log=print, build: bool = Tru
     return ExportResult(folder / "model.onnx", False, seconds, manifest)
 
 
-_ONNX_DTYPES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
 
 
 def _check_given(cfg: ModelConfig, path: Path) -> dict:
@@ -320,7 +320,7 @@ def _check_given(cfg: ModelConfig, path: Path) -> dict:
                           f"{sorted(onnx_inputs)}")
     for i, spec in enumerate(cfg.inputs):
         t = onnx_inputs[spec.name].type.tensor_type
-        dtype = _ONNX_DTYPES.get(t.elem_type, f"ONNX type {t.elem_type}")
+        dtype = ONNX_ELEM_TYPES.get(t.elem_type, f"ONNX type {t.elem_type}")
         if dtype != spec.dtype:
             raise ConfigError(f"{cfg.path}: inputs[{i}].dtype: {spec.dtype!r}, but {path} takes {spec.name!r} "
                               f"as {dtype!r}")

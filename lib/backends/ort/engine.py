@@ -12,14 +12,11 @@ from __future__ import annotations
 import numpy as np
 
 from ...common.errors import UnavailableError
+from ...config.dtypes import numpy_to_torch, ort_numpy_dtype
 from .. import register_engine
 from ..base import Engine, Lane
 
 __all__ = ["OrtEngine", "OrtCudaGraph", "OrtTensorRT"]
-
-_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-       "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(double)": np.float64}
-
 
 def ort_install_hint() -> str:
     return "pip install onnxruntime-gpu (its CPU provider also serves CPU-only machines)"
@@ -212,7 +209,7 @@ class OrtEngine(Engine):
         self.info.update({"providers": got, "onnx": str(path), "ort_version": ort.__version__})
         self._in_names = [i.name for i in self.session.get_inputs()]
         self._out_names = [o.name for o in self.session.get_outputs()]
-        self._in_types = {i.name: _NP.get(i.type, np.float32) for i in self.session.get_inputs()}
+        self._in_types = {i.name: ort_numpy_dtype(i.type) for i in self.session.get_inputs()}
         self._run_options = ort.RunOptions()
         if self.spec.device == "cuda" and self.spec.options.get("ort_user_stream", True):
             # Let run_with_iobinding return without waiting for the GPU, so pipelined requests overlap;
@@ -294,10 +291,8 @@ class OrtEngine(Engine):
             self._binding, self._out_bufs = probe, None
             return
         shapes = [tuple(v.shape()) for v in probe.get_outputs()]
-        out_types = [_NP.get(o.type, np.float32) for o in self.session.get_outputs()]
-        torch_types = {np.float32: torch.float32, np.float16: torch.float16, np.int64: torch.int64,
-                       np.int32: torch.int32, np.bool_: torch.bool, np.float64: torch.float64}
-        self._out_bufs = [torch.empty(s, dtype=torch_types[t], device="cuda") for s, t in zip(shapes, out_types)]
+        out_types = [ort_numpy_dtype(o.type) for o in self.session.get_outputs()]
+        self._out_bufs = [torch.empty(s, dtype=numpy_to_torch(t), device="cuda") for s, t in zip(shapes, out_types)]
         b = self.session.io_binding()
         for n, t in zip(self._in_names, self._in_bufs):
             b.bind_input(n, "cuda", 0, self._in_types[n], tuple(t.shape), t.data_ptr())

@@ -17,11 +17,11 @@ import importlib.util
 import numpy as np
 
 from ...common.errors import BenchbookError, ConfigError, UnavailableError
+from ...config.dtypes import trt_torch_dtypes
 from .. import register_engine
 from ..base import Engine
 
-__all__ = ["TrtEngine", "TrtCudaGraph", "tensorrt_unavailable_reason", "tensorrt_install_hint",
-           "trt_torch_dtypes"]
+__all__ = ["TrtEngine", "TrtCudaGraph", "tensorrt_unavailable_reason", "tensorrt_install_hint"]
 
 
 def tensorrt_install_hint(cuda_version: str | None = "auto") -> str:
@@ -56,17 +56,6 @@ def _module_gpu_reason() -> str | None:
     if flavour == "tensorrt_rtx" and gpu is not None and gpu[1] not in supported_rtx_targets(trt):
         return rtx_unsupported_gpu_reason(trt, *gpu)
     return None
-
-
-def trt_torch_dtypes(trt) -> dict:
-    """trt.DataType -> torch dtype (trt.nptype has no BF16/FP8)."""
-    import torch
-
-    names = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT8": torch.int8,
-             "UINT8": torch.uint8, "INT32": torch.int32, "INT64": torch.int64, "BOOL": torch.bool}
-    if hasattr(torch, "float8_e4m3fn"):
-        names["FP8"] = torch.float8_e4m3fn
-    return {getattr(trt.DataType, n): dt for n, dt in names.items() if hasattr(trt.DataType, n)}
 
 
 @register_engine

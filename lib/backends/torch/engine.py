@@ -22,22 +22,12 @@ import time
 import numpy as np
 
 from ...common.errors import UnavailableError
+from ...config.dtypes import precision_torch_dtype
 from ...config.models import as_output_list, build_model
 from .. import register_engine
 from ..base import Engine, Lane, SerialLane
 
-__all__ = ["TorchEager", "TorchCudaGraph", "TorchCompile", "torch_dtype"]
-
-
-def torch_dtype(precision: str, device: str = "cpu"):
-    """The module's float dtype at ``precision``; for torchao's quantized precisions, the activations' dtype."""
-    import torch
-
-    if precision == "int8":
-        return torch.bfloat16 if device == "cuda" else torch.float32
-    if precision == "fp8":
-        return torch.bfloat16
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+__all__ = ["TorchEager", "TorchCudaGraph", "TorchCompile"]
 
 
 TORCHAO_CONFIGS = {"int8": "Int8DynamicActivationInt8WeightConfig", "fp8": "Float8DynamicActivationFloat8WeightConfig"}
@@ -97,7 +87,7 @@ class _TorchBase(Engine):
         spec = self.spec
         self._torch = torch
         self._dev = torch.device(spec.device)
-        self._dtype = torch_dtype(spec.precision, spec.device)
+        self._dtype = precision_torch_dtype(spec.precision, spec.device)
         tf32 = bool(spec.options.get("tf32", True))
         if spec.device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = tf32
