@@ -47,6 +47,7 @@ from ..common.cache import sha256_bytes, sha256_file, write_manifest
 from ..common.errors import BenchbookError, ConfigError
 from ..config.inputs import make_inputs
 from ..config.model_config import BATCH_DIM, ModelConfig
+from ..measure.reference import onnx_cpu_outputs, onnx_cpu_session
 
 __all__ = ["CalibSource", "check_calib", "calibration_source", "calibration_batches", "onnx_int8", "int8_key",
            "cuda_ep_estimate", "SETTINGS", "MAX_CALIB_IMAGES", "SEEDED_CALIB_ITEMS", "CUDA_QUANT_OPS"]
@@ -211,17 +212,6 @@ def cuda_ep_estimate(model) -> dict:
             "source": "static count from the ONNX file, ONNX Runtime FAQ; not observed on a GPU"}
 
 
-def _session(path: Path):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def _run(sess, inputs) -> dict[str, np.ndarray]:
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, inputs)))
-
-
 def _check(cfg: ModelConfig, int8_path: Path, fp32_path: Path, batches) -> dict:
     """INT8 against FP32 on ONNX Runtime's CPU EP: parity on a fresh seeded input (input-dependent part
     included), top-1 agreement on the calibration inputs. Recorded, never raised: the benchmark checks
@@ -230,20 +220,20 @@ def _check(cfg: ModelConfig, int8_path: Path, fp32_path: Path, batches) -> dict:
     from .export import example_shape
 
     try:
-        q, f = _session(int8_path), _session(fp32_path)
+        q, f = onnx_cpu_session(int8_path), onnx_cpu_session(fp32_path)
         batch, shape = example_shape(cfg)
         lo, hi = cfg.profile_range(BATCH_DIM)
         per = max(lo, min(CALIBRATION_ITEMS, hi))
-        centre_out = _run(f, make_inputs(cfg, per, shape, 0, stream="calibration0"))
+        centre_out = onnx_cpu_outputs(f, make_inputs(cfg, per, shape, 0, stream="calibration0"))
         centre = {k: np.asarray(v, np.float64).mean(0) for k, v in centre_out.items() if np.ndim(v) >= 1}
         x = make_inputs(cfg, batch, shape, 0, stream="parity")
-        r = compare_outputs(_run(q, x), _run(f, x), "int8", cfg.top_k_output, centre)
+        r = compare_outputs(onnx_cpu_outputs(q, x), onnx_cpu_outputs(f, x), "int8", cfg.top_k_output, centre)
         out = {"checked": True, **{k: r[k] for k in ("passed", "cosine", "rel_err", "centred_cosine",
                                                     "centred_rel_err", "problems")}}
         if cfg.top_k_output:
             agree, n, classes = 0, 0, set()
             for b in batches:
-                a, ref = _run(q, b)[cfg.top_k_output], _run(f, b)[cfg.top_k_output]
+                a, ref = onnx_cpu_outputs(q, b)[cfg.top_k_output], onnx_cpu_outputs(f, b)[cfg.top_k_output]
                 if a.ndim == 2:
                     agree += int((a.argmax(1) == ref.argmax(1)).sum())
                     n += len(a)
