@@ -32,7 +32,20 @@ from ..common.errors import BenchbookError
 from ..config.model_config import ModelConfig
 from ..measure.timing import CpuTimer, CudaEventTimer
 
-__all__ = ["Engine", "EngineSpec", "Artifacts", "Lane", "SerialLane", "cuda_reason"]
+__all__ = ["Engine", "EngineSpec", "Artifacts", "Library", "TORCH", "Lane", "SerialLane", "cuda_reason"]
+
+
+@dataclass(frozen=True)
+class Library:
+    """A library a backend needs: its import name, and the distributions (pip names) that may install it, in
+    order of preference; the environment table records the version of each one installed."""
+
+    module: str
+    distributions: tuple[str, ...]
+
+
+# Every engine stages its GPU buffers and streams with torch, so every backend needs it.
+TORCH = Library("torch", ("torch",))
 
 
 @dataclass
@@ -57,8 +70,9 @@ class EngineSpec:
 class Engine(ABC):
     """One backend at one precision on one device."""
 
-    backend: ClassVar[str]
-    summary: ClassVar[str] = ""
+    backend: ClassVar[str]  # the name BACKENDS and the report use
+    summary: ClassVar[str] = ""  # a short title (the run's summary.json, the report's tables)
+    libraries: ClassVar[tuple[Library, ...]] = (TORCH,)  # what it imports; their versions are recorded
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     needs_onnx: ClassVar[bool] = False  # True: built from the exported ONNX, not the torch module
     in_auto: ClassVar[tuple[str, ...]] = ("cpu", "cuda")  # devices on which BACKENDS=auto picks it

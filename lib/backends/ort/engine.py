@@ -14,9 +14,13 @@ import numpy as np
 from ...common.errors import UnavailableError
 from ...config.dtypes import numpy_to_torch, ort_numpy_dtype
 from .. import register_engine
-from ..base import Engine, Lane
+from ..base import TORCH, Engine, Lane, Library
+from ..tensorrt.build import TENSORRT_LIBRARIES
 
-__all__ = ["OrtEngine", "OrtCudaGraph", "OrtTensorRT"]
+__all__ = ["OrtEngine", "OrtCudaGraph", "OrtTensorRT", "ONNXRUNTIME"]
+
+# The GPU build (onnxruntime-gpu) first: it is the one a CUDA run needs, and it also serves the CPU.
+ONNXRUNTIME = Library("onnxruntime", ("onnxruntime-gpu", "onnxruntime"))
 
 def ort_install_hint() -> str:
     return "pip install onnxruntime-gpu (its CPU provider also serves CPU-only machines)"
@@ -113,6 +117,7 @@ class OrtEngine(Engine):
     backend = "ort"
     summary = "ONNX Runtime (CPU EP on CPU, CUDA EP with IO binding on GPU)"
     needs_onnx = True
+    libraries = (TORCH, ONNXRUNTIME)
     provider = None  # chosen by device
 
     @classmethod
@@ -336,6 +341,7 @@ class OrtTensorRT(OrtEngine):
     """ONNX Runtime's TensorRT EP, with engine and timing caches and the model's profile shapes."""
 
     backend = "ort-trt"
+    libraries = (TORCH, ONNXRUNTIME, TENSORRT_LIBRARIES[0])  # the EP loads TensorRT (not TensorRT-RTX)
     summary = "ONNX Runtime TensorRT EP"
     devices = ("cuda",)
     # One session: its engine covers the profile's shapes; a new session per binding would rebuild or

@@ -19,7 +19,8 @@ import numpy as np
 from ...common.errors import BenchbookError, ConfigError, UnavailableError
 from ...config.dtypes import trt_torch_dtypes
 from .. import register_engine
-from ..base import Engine
+from ..base import TORCH, Engine
+from .build import TENSORRT_LIBRARIES
 
 __all__ = ["TrtEngine", "TrtCudaGraph", "tensorrt_unavailable_reason", "tensorrt_install_hint"]
 
@@ -68,6 +69,7 @@ class TrtEngine(Engine):
     keeps_bindings = False
     devices = ("cuda",)
     needs_onnx = True
+    libraries = (TORCH, *TENSORRT_LIBRARIES)
 
     @classmethod
     def precisions(cls, device):
