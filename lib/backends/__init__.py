@@ -35,11 +35,12 @@ def register_engine(cls: type[Engine]) -> type[Engine]:
 
 
 def _family_order(cls: type[Engine]) -> float:
-    """The ``ORDER`` of the family (sub-package) that defines ``cls``; a class from elsewhere (a test's) last."""
-    parts = cls.__module__.split(".")
-    if parts[: len(__name__.split("."))] != __name__.split(".") or len(parts) <= len(__name__.split(".")):
+    """The ``ORDER`` of the family (``lib.backends.<family>``) that defines ``cls``; a class defined elsewhere
+    (a test's) sorts last."""
+    prefix = __name__ + "."
+    if not cls.__module__.startswith(prefix):
         return float("inf")
-    family = sys.modules.get(".".join(parts[: len(__name__.split(".")) + 1]))
+    family = sys.modules.get(prefix + cls.__module__[len(prefix):].split(".")[0])
     return float(getattr(family, "ORDER", float("inf")))
 
 
