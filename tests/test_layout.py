@@ -92,3 +92,18 @@ def test_a_backward_import_is_found(tmp_path):
     assert sorted(w.split(" imports ")[1] for w in wrong) == ["lib.pipeline (pipeline)", "lib.results.run (results)",
                                                              "lib.sweep.plan (sweep)"], wrong
     assert _backward(probe, "lib.pipeline.probe") == []  # the last stage may import every other
+
+
+def _private_imports(path: Path) -> list[str]:
+    """``from <module> import _name`` in ``path``: a private name taken from another module."""
+    return [f"{path.relative_to(REPO)}:{node.lineno} imports {a.name} from {'.' * node.level}{node.module or ''}"
+            for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, ast.ImportFrom) for a in node.names
+            if a.name.startswith("_") and not a.name.startswith("__")]
+
+
+def test_private_names_do_not_cross_modules():
+    """A ``_name`` is its module's own: another module that needs it gets a public name (or the helper moves to
+    the earliest stage that needs it), so renaming a private helper never breaks a distant import."""
+    wrong = [w for p in _modules() for w in _private_imports(p)]
+    assert not wrong, "private names imported from another module; make them public or move them:\n" + "\n".join(wrong)

@@ -23,15 +23,15 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..common.cache import sha256_bytes, sha256_file, valid_artifact, write_manifest
 from ..common.errors import BenchbookError
+from ..config.dtypes import ONNX_ELEM_TYPES
 from ..config.inputs import make_inputs
 from ..config.model_config import BATCH_DIM, ModelConfig, Shape
 from ..config.models import is_given_onnx
+from ..measure.reference import onnx_cpu_outputs, torch_outputs
 
-__all__ = ["ExportResult", "export_key", "onnx_fp32", "onnx_fp16", "onnx_given", "ensure_onnx",
+__all__ = ["ExportResult", "example_shape", "export_key", "onnx_fp32", "onnx_fp16", "onnx_given", "ensure_onnx",
            "cached_onnx", "OPSET"]
 
 OPSET = 20
@@ -75,7 +75,7 @@ def export_key(cfg: ModelConfig, weights: Path | str | None = None) -> str:
     return sha256_bytes(b"\0".join(parts))[:16]
 
 
-def _example_shape(cfg: ModelConfig) -> tuple[int, Shape]:
+def example_shape(cfg: ModelConfig) -> tuple[int, Shape]:
     first = cfg.inputs[0]
     batch = first.example[first.dims.index(BATCH_DIM)]
     values = []
@@ -100,47 +100,10 @@ def _dynamic_shapes(cfg: ModelConfig):
     return tuple({i: dims[d] for i, (d, r) in enumerate(zip(s.dims, s.runtime)) if r == -1} for s in cfg.inputs)
 
 
-def _torch_reference(model, cfg: ModelConfig, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The module's outputs by the config's output names; a module whose inputs or outputs do not match
-    the config raises ConfigError naming the field (before any export work)."""
-    import torch
-
-    from ..common.errors import ConfigError
-    from ..config.models import as_output_list
-
-    names = [s.name for s in cfg.inputs]
-    try:
-        with torch.inference_mode():
-            result = model(*[torch.from_numpy(inputs[n]) for n in names])
-    except TypeError as e:  # forward() takes another number of arguments
-        raise ConfigError(f"{cfg.path}: inputs: the module's forward() does not take the config's {len(names)} "
-                          f"input(s) {names}, in that order: {e}") from e
-    except Exception as e:
-        raise BenchbookError(f"model {cfg.name!r}: forward() on the config's example inputs "
-                             f"({', '.join(f'{n} {list(inputs[n].shape)} {inputs[n].dtype}' for n in names)}) raised "
-                             f"{type(e).__name__}: {str(e)[:500]}") from e
-    outs = as_output_list(result)
-    if len(outs) != len(cfg.outputs) or not all(isinstance(t, torch.Tensor) for t in outs):
-        got = ", ".join(f"{type(t).__name__} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
-                        for t in outs)
-        raise ConfigError(f"{cfg.path}: outputs: lists {len(cfg.outputs)} ({', '.join(o.name for o in cfg.outputs)}), "
-                          f"but the module returns {len(outs)}: {got}; list one output per tensor forward() "
-                          f"returns, in order")
-    return {o.name: t.float().numpy() for o, t in zip(cfg.outputs, outs)}
-
-
-def _ort_outputs(path: Path, cfg: ModelConfig, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, inputs)))
-
-
 def _check_parity(path: Path, cfg: ModelConfig, inputs, reference, precision: str) -> dict:
     from ..measure.parity import compare_outputs
 
-    got = _ort_outputs(path, cfg, inputs)
+    got = onnx_cpu_outputs(path, inputs)
     result = compare_outputs(got, reference, precision, cfg.top_k_output)
     if not result["passed"]:
         raise BenchbookError(f"export of {cfg.name!r}: ONNX Runtime output differs from PyTorch ({precision}): "
@@ -177,10 +140,10 @@ def onnx_fp32(cfg: ModelConfig, cache_root: Path, weights: Path | str | None = N
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = build_model(cfg, weights, cache_dir=Path(cache_root).parent)  # cache_root is <CACHE_DIR>/onnx
-    batch, shape = _example_shape(cfg)
+    batch, shape = example_shape(cfg)
     inputs = make_inputs(cfg, batch, shape, seed=1234)
     args = tuple(torch.from_numpy(inputs[s.name]) for s in cfg.inputs)
-    reference = _torch_reference(model, cfg, inputs)  # first: a module that does not fit the config fails here
+    reference = torch_outputs(model, cfg, inputs)  # first: a module that does not fit the config fails here
     tmp = folder / "model.onnx.partial"
     log(f"[export] {cfg.name}: torch.onnx.export (dynamo, opset {OPSET}) ...")
     try:
@@ -242,10 +205,10 @@ def _fp16_check(cfg: ModelConfig, fp16_path: Path, fp32_path: Path) -> dict:
     Recorded, never raised: the benchmark compares every point again on the real backend."""
     from ..measure.parity import compare_outputs
 
-    batch, shape = _example_shape(cfg)
+    batch, shape = example_shape(cfg)
     inputs = make_inputs(cfg, batch, shape, seed=1234)
     try:
-        result = compare_outputs(_ort_outputs(fp16_path, cfg, inputs), _ort_outputs(fp32_path, cfg, inputs), "fp16",
+        result = compare_outputs(onnx_cpu_outputs(fp16_path, inputs), onnx_cpu_outputs(fp32_path, inputs), "fp16",
                                  cfg.top_k_output)
     except Exception as e:  # e.g. an op without an FP16 kernel on the CPU EP
         return {"checked": False, "reason": f"ONNX Runtime (CPU EP) could not run it: {type(e).__name__}: "
@@ -296,7 +259,6 @@ def onnx_fp16(cfg: ModelConfig, fp32: ExportResult, log=print, build: bool = Tru
     return ExportResult(folder / "model.onnx", False, seconds, manifest)
 
 
-_ONNX_DTYPES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
 
 
 def _check_given(cfg: ModelConfig, path: Path) -> dict:
@@ -320,7 +282,7 @@ def _check_given(cfg: ModelConfig, path: Path) -> dict:
                           f"{sorted(onnx_inputs)}")
     for i, spec in enumerate(cfg.inputs):
         t = onnx_inputs[spec.name].type.tensor_type
-        dtype = _ONNX_DTYPES.get(t.elem_type, f"ONNX type {t.elem_type}")
+        dtype = ONNX_ELEM_TYPES.get(t.elem_type, f"ONNX type {t.elem_type}")
         if dtype != spec.dtype:
             raise ConfigError(f"{cfg.path}: inputs[{i}].dtype: {spec.dtype!r}, but {path} takes {spec.name!r} "
                               f"as {dtype!r}")
@@ -348,9 +310,9 @@ def _check_given(cfg: ModelConfig, path: Path) -> dict:
     if sorted(onnx_outputs) != sorted(o.name for o in cfg.outputs):
         raise ConfigError(f"{cfg.path}: outputs: the names {[o.name for o in cfg.outputs]} do not match the "
                           f"outputs of {path}: {onnx_outputs}")
-    batch, shape = _example_shape(cfg)
+    batch, shape = example_shape(cfg)
     try:
-        outs = _ort_outputs(path, cfg, make_inputs(cfg, batch, shape, seed=1234))
+        outs = onnx_cpu_outputs(path, make_inputs(cfg, batch, shape, seed=1234))
     except Exception as e:
         raise ModelError(f"ONNX Runtime (CPU EP) cannot run {path} on the config's example input "
                          f"(batch {batch}, shape {shape.label}, from {cfg.path} inputs[*].example): "

@@ -50,6 +50,7 @@ from ..common.cache import sha256_bytes, sha256_file, write_manifest
 from ..common.errors import BenchbookError, ConfigError
 from ..config.inputs import make_inputs
 from ..config.model_config import BATCH_DIM, ModelConfig
+from ..measure.reference import onnx_cpu_outputs, onnx_cpu_session
 
 __all__ = ["CalibSource", "check_calib", "calibration_source", "calibration_batches", "onnx_int8", "int8_key",
            "cuda_ep_estimate", "SETTINGS", "MAX_CALIB_IMAGES", "SEEDED_CALIB_ITEMS", "CUDA_QUANT_OPS"]
@@ -110,10 +111,10 @@ def _image_files(root: Path) -> list[Path]:
 
 def _geometry(cfg: ModelConfig, calib: str) -> dict:
     """The model's image preprocessing (as for DATA), errors naming CALIB."""
-    from ..measure.accuracy import _image_geometry
+    from ..measure.accuracy import image_geometry
 
     try:
-        return _image_geometry(cfg)
+        return image_geometry(cfg)
     except ConfigError as e:
         msg = str(e).replace("DATA: accuracy needs", "calibration images need").removeprefix("DATA: ")
         raise ConfigError(f"CALIB={calib!r} cannot calibrate model {cfg.name!r}: {msg}; leave CALIB empty to "
@@ -167,11 +168,11 @@ def _batch_size(cfg: ModelConfig) -> int:
 
 def calibration_batches(cfg: ModelConfig, source: CalibSource) -> list[dict[str, np.ndarray]]:
     """The calibration inputs, in batches the model's profile accepts."""
-    from .export import _example_shape
+    from .export import example_shape
 
     batch = _batch_size(cfg)
     if source.kind == "seeded":
-        _, shape = _example_shape(cfg)
+        _, shape = example_shape(cfg)
         return [make_inputs(cfg, batch, shape, 0, stream=f"int8-calibration{i}")
                 for i in range(-(-SEEDED_CALIB_ITEMS // batch))]
     from ..measure.accuracy import preprocess
@@ -217,39 +218,28 @@ def cuda_ep_estimate(model) -> dict:
             "source": "static count from the ONNX file, ONNX Runtime FAQ; not observed on a GPU"}
 
 
-def _session(path: Path):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
-def _run(sess, inputs) -> dict[str, np.ndarray]:
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, inputs)))
-
-
 def _check(cfg: ModelConfig, int8_path: Path, fp32_path: Path, batches) -> dict:
     """INT8 against FP32 on ONNX Runtime's CPU EP: parity on a fresh seeded input (input-dependent part
     included), top-1 agreement on the calibration inputs. Recorded, never raised: the benchmark checks
     every point again against PyTorch FP32."""
     from ..measure.parity import CALIBRATION_ITEMS, compare_outputs
-    from .export import _example_shape
+    from .export import example_shape
 
     try:
-        q, f = _session(int8_path), _session(fp32_path)
-        batch, shape = _example_shape(cfg)
+        q, f = onnx_cpu_session(int8_path), onnx_cpu_session(fp32_path)
+        batch, shape = example_shape(cfg)
         lo, hi = cfg.profile_range(BATCH_DIM)
         per = max(lo, min(CALIBRATION_ITEMS, hi))
-        centre_out = _run(f, make_inputs(cfg, per, shape, 0, stream="calibration0"))
+        centre_out = onnx_cpu_outputs(f, make_inputs(cfg, per, shape, 0, stream="calibration0"))
         centre = {k: np.asarray(v, np.float64).mean(0) for k, v in centre_out.items() if np.ndim(v) >= 1}
         x = make_inputs(cfg, batch, shape, 0, stream="parity")
-        r = compare_outputs(_run(q, x), _run(f, x), "int8", cfg.top_k_output, centre)
+        r = compare_outputs(onnx_cpu_outputs(q, x), onnx_cpu_outputs(f, x), "int8", cfg.top_k_output, centre)
         out = {"checked": True, **{k: r[k] for k in ("passed", "cosine", "rel_err", "centred_cosine",
                                                     "centred_rel_err", "problems")}}
         if cfg.top_k_output:
             agree, n, classes = 0, 0, set()
             for b in batches:
-                a, ref = _run(q, b)[cfg.top_k_output], _run(f, b)[cfg.top_k_output]
+                a, ref = onnx_cpu_outputs(q, b)[cfg.top_k_output], onnx_cpu_outputs(f, b)[cfg.top_k_output]
                 if a.ndim == 2:
                     agree += int((a.argmax(1) == ref.argmax(1)).sum())
                     n += len(a)

@@ -32,7 +32,20 @@ from ..common.errors import BenchbookError
 from ..config.model_config import ModelConfig
 from ..measure.timing import CpuTimer, CudaEventTimer
 
-__all__ = ["Engine", "EngineSpec", "Artifacts", "Lane", "SerialLane"]
+__all__ = ["Engine", "EngineSpec", "Artifacts", "Library", "TORCH", "Lane", "SerialLane", "cuda_reason"]
+
+
+@dataclass(frozen=True)
+class Library:
+    """A library a backend needs: its import name, and the distributions (pip names) that may install it, in
+    order of preference; the environment table records the version of each one installed."""
+
+    module: str
+    distributions: tuple[str, ...]
+
+
+# Every engine stages its GPU buffers and streams with torch, so every backend needs it.
+TORCH = Library("torch", ("torch",))
 
 
 @dataclass
@@ -57,8 +70,9 @@ class EngineSpec:
 class Engine(ABC):
     """One backend at one precision on one device."""
 
-    backend: ClassVar[str]
-    summary: ClassVar[str] = ""
+    backend: ClassVar[str]  # the name BACKENDS and the report use
+    summary: ClassVar[str] = ""  # a short title (the run's summary.json, the report's tables)
+    libraries: ClassVar[tuple[Library, ...]] = (TORCH,)  # what it imports; their versions are recorded
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     needs_onnx: ClassVar[bool] = False  # True: built from the exported ONNX, not the torch module
     in_auto: ClassVar[tuple[str, ...]] = ("cpu", "cuda")  # devices on which BACKENDS=auto picks it
@@ -247,3 +261,19 @@ class SerialLane(Lane):
         key = ("load",) + tuple(sorted((k, v.shape) for k, v in host_inputs.items()))
         self.engine.bind(host_inputs, key=key)  # a switch to a kept binding is a pointer swap
         return self.engine.infer(host_inputs)
+
+
+def cuda_reason() -> str | None:
+    """Why a CUDA backend cannot run here (no NVIDIA GPU, no torch, a torch without CUDA), or None. The
+    driver is asked first (NVML, no torch import), so a machine without a GPU answers fast."""
+    from ..config.device import nvml_gpus
+
+    if not nvml_gpus():
+        return "no NVIDIA GPU on this machine"
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return f"torch {torch.__version__} cannot use the GPU (CPU-only build, or driver too old)"
+    return None

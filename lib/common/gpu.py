@@ -4,7 +4,8 @@ NVML numbers every GPU of the machine in PCI bus order and ignores ``CUDA_VISIBL
 only the visible devices, fastest first unless ``CUDA_DEVICE_ORDER=PCI_BUS_ID``. NVML's index 0 is therefore
 not necessarily CUDA's device 0 (on a shared host it is often another user's card). A GPU's UUID is the same
 for both: torch reports it for a CUDA device, and NVML looks the handle up by it. Every place that opens
-NVML for a device (the sampler, the environment record, the per-point process memory) goes through here.
+NVML (the sampler, the energy meter, the environment record, the per-point process memory, the device check,
+the build target) goes through here; pynvml is imported lazily, so ``import lib`` works without it.
 """
 
 from __future__ import annotations
@@ -13,11 +14,39 @@ import os
 
 from .errors import BenchbookError
 
-__all__ = ["GpuError", "cuda_uuid", "nvml_handle"]
+__all__ = ["GpuError", "nvml", "cuda_uuid", "nvml_handle", "first_gpu_handle", "gpu_names", "text"]
 
 
 class GpuError(BenchbookError):
     """The CUDA device cannot be matched to an NVML device (no driver, no CUDA in torch, unknown UUID)."""
+
+
+def nvml():
+    """The pynvml module, initialised (``nvmlInit`` may be called any number of times); ``GpuError`` saying
+    why not (pynvml missing, no driver)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as e:
+        raise GpuError(f"NVML cannot start ({type(e).__name__}: {e})") from e
+    return pynvml
+
+
+def text(value):
+    """NVML strings are bytes in older pynvml releases and str in newer ones."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def gpu_names() -> tuple[str, ...]:
+    """Names of every NVIDIA GPU NVML sees (all of the machine's, whatever CUDA_VISIBLE_DEVICES says); empty
+    without a driver."""
+    try:
+        nv = nvml()
+        return tuple(text(nv.nvmlDeviceGetName(nv.nvmlDeviceGetHandleByIndex(i)))
+                     for i in range(nv.nvmlDeviceGetCount()))
+    except Exception:
+        return ()
 
 
 def cuda_uuid(cuda_index: int | None = None) -> str:
@@ -37,12 +66,7 @@ def cuda_uuid(cuda_index: int | None = None) -> str:
 def nvml_handle(cuda_index: int | None = None):
     """The NVML handle of CUDA device ``cuda_index`` (default: the current one), matched by UUID; ``GpuError``
     saying why not. NVML is initialised here (``nvmlInit`` may be called any number of times)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception as e:
-        raise GpuError(f"NVML cannot start ({type(e).__name__}: {e})") from e
+    pynvml = nvml()
     uuid = cuda_uuid(cuda_index)
     tried = [uuid] if uuid.startswith("MIG-") else [uuid, "MIG-" + uuid[len("GPU-"):]]  # torch drops the prefix
     for u in tried:
@@ -52,3 +76,19 @@ def nvml_handle(cuda_index: int | None = None):
             continue
     raise GpuError(f"NVML knows no GPU with the UUID {uuid} of CUDA device {cuda_index or 0} "
                    f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')})")
+
+
+def first_gpu_handle():
+    """The NVML handle of the GPU CUDA would list first, found without importing torch (the plan step, and
+    builds where torch has no CUDA): the first entry of ``CUDA_VISIBLE_DEVICES`` (a UUID or an index), else
+    NVML's index 0. An index is NVML's PCI order, which is CUDA's only with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``:
+    good enough for a capability check on a host of one GPU model; measurements use ``nvml_handle``."""
+    nv = nvml()
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    try:
+        if first.startswith(("GPU-", "MIG-")):
+            return nv.nvmlDeviceGetHandleByUUID(first)
+        return nv.nvmlDeviceGetHandleByIndex(int(first) if first.isdecimal() else 0)
+    except Exception as e:
+        raise GpuError(f"NVML has no GPU for CUDA_VISIBLE_DEVICES={first or '(unset)'} "
+                       f"({type(e).__name__}: {e})") from e

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 from ..common.errors import ConfigError, UnavailableError
+from ..common.gpu import gpu_names
 
 __all__ = ["DEVICES", "nvml_gpus", "resolve_device"]
 
@@ -13,21 +14,8 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @functools.lru_cache(maxsize=1)
 def nvml_gpus() -> tuple[str, ...]:
-    """Names of the NVIDIA GPUs NVML sees (empty without a driver)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:
-        return ()
-    try:
-        names = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
-            names.append(name.decode() if isinstance(name, bytes) else name)
-        return tuple(names)
-    except Exception:
-        return ()
+    """Names of the NVIDIA GPUs NVML sees (empty without a driver); cached: the driver does not change."""
+    return gpu_names()
 
 
 def resolve_device(text: str) -> str:

@@ -6,12 +6,11 @@ import zlib
 
 import numpy as np
 
+from .dtypes import numpy_dtype
 from .model_config import ModelConfig, Shape
 
 __all__ = ["make_inputs", "point_seed"]
 
-_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.float32,  # bf16 hosts as fp32
-              "int64": np.int64, "int32": np.int32, "bool": np.bool_}
 
 
 def point_seed(seed: int, name: str, batch: int, shape: Shape, stream: str = "") -> int:
@@ -35,5 +34,5 @@ def make_inputs(cfg: ModelConfig, batch: int, shape: Shape, seed: int = 0, strea
             a = np.ones(dims)
         else:  # randint, high exclusive
             a = rng.integers(spec.data["low"], spec.data["high"], size=dims)
-        out[spec.name] = np.ascontiguousarray(a.astype(_NP_DTYPES[spec.dtype]))
+        out[spec.name] = np.ascontiguousarray(a.astype(numpy_dtype(spec.dtype)))
     return out

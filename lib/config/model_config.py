@@ -25,7 +25,7 @@ from typing import Any
 
 from ..common.errors import ConfigError
 
-__all__ = ["TensorSpec", "InputSpec", "ModelConfig", "Shape", "DTYPES", "BATCH_DIM", "parse_model_config"]
+__all__ = ["TensorSpec", "InputSpec", "ModelConfig", "Shape", "DTYPES", "BATCH_DIM", "parse_model_config", "split_shape"]
 
 BATCH_DIM = "batch"
 DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool")
@@ -71,6 +71,16 @@ def _int_list(where: _Where, fieldname: str, value: Any, length: int | None = No
     if length is not None and len(value) != length:
         raise where.error(fieldname, f"expected {length} values (one per dim), got {len(value)}: {list(value)}")
     return tuple(value)
+
+
+def split_shape(text, signed: bool = False) -> tuple[int, ...] | None:
+    """A shape label's values, 'x'-separated ('240x240' -> (240, 240), '128' -> (128,)); None when it is not of
+    that form ('static', '', '2x'). ``signed`` also reads '-32', so a caller can say that the value is out of
+    range rather than malformed. Every reader of shape labels (configs, SHAPES, the report's sort) uses this."""
+    parts = str(text).strip().lower().split("x")
+    if not all((p.strip().lstrip("-") if signed else p.strip()).isdecimal() for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
 
 
 @dataclass(frozen=True)
@@ -173,17 +183,25 @@ class ModelConfig:
                 return Shape(())
             raise ConfigError(f"SHAPES: {text!r}: model {self.name!r} has no dynamic dims besides batch; use 'static'")
         form = "x".join(f"<{d}>" for d in dims)
-        parts = text.split("x")
-        if len(parts) != len(dims) or not all(p.strip().lstrip("-").isdecimal() for p in parts):
+        parts = split_shape(text, signed=True)
+        if parts is None or len(parts) != len(dims):
             raise ConfigError(f"SHAPES: {text!r} is not a shape of model {self.name!r}; expected {form}, e.g. "
                               f"{self.shapes[0].label if self.shapes else self.opt_shape().label}")
-        values = tuple((d, int(p)) for d, p in zip(dims, parts))
+        values = tuple(zip(dims, parts))
+        outside = self.outside_profile(values)
+        if outside:
+            d, v, lo, hi = outside
+            raise ConfigError(f"SHAPES: {text!r}: {d}={v} is outside the profile of model {self.name!r} "
+                              f"({d} from {lo} to {hi}, set in {self.path} inputs[*].profile)")
+        return Shape(values)
+
+    def outside_profile(self, values) -> tuple[str, int, int, int] | None:
+        """The first (dim, value, lo, hi) of ``values`` ((dim, value) pairs) outside the profile, or None."""
         for d, v in values:
             lo, hi = self.profile_range(d)
             if not lo <= v <= hi:
-                raise ConfigError(f"SHAPES: {text!r}: {d}={v} is outside the profile of model {self.name!r} "
-                                  f"({d} from {lo} to {hi}, set in {self.path} inputs[*].profile)")
-        return Shape(values)
+                return d, v, lo, hi
+        return None
 
     def opt_shape(self) -> Shape:
         """The profile's opt value of each shape dim: an example shape that always fits the profile."""

@@ -40,7 +40,7 @@ import numpy as np
 from ..common.errors import BenchbookError, ConfigError
 from ..config.model_config import BATCH_DIM, InputSpec, ModelConfig
 
-__all__ = ["IMAGE_EXTENSIONS", "LabelledImages", "find_images", "check_data", "image_input", "scored_output",
+__all__ = ["IMAGE_EXTENSIONS", "image_geometry", "LabelledImages", "find_images", "check_data", "image_input", "scored_output",
            "preprocess", "evaluate", "record", "accuracy_table", "ACCURACY_FILE"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp")
@@ -129,7 +129,7 @@ def scored_output(cfg: ModelConfig) -> str:
                       f"{', '.join(o.name for o in cfg.outputs)} holds the class scores?)")
 
 
-def _image_geometry(cfg: ModelConfig) -> dict:
+def image_geometry(cfg: ModelConfig) -> dict:
     """resize, crop (height, width), mean, std, channels and layout, checked against the input's dims."""
     spec, layout = image_input(cfg)
     prep = dict(cfg.preprocessing or {})
@@ -168,7 +168,7 @@ def _image_geometry(cfg: ModelConfig) -> dict:
 def check_data(cfg: ModelConfig, data_dir: Path | str) -> LabelledImages:
     """Everything about DATA that can be checked before a run (no image is decoded)."""
     images = find_images(data_dir)
-    _image_geometry(cfg)
+    image_geometry(cfg)
     scored_output(cfg)
     return images
 
@@ -211,7 +211,7 @@ def _topk(scores: np.ndarray, k: int) -> np.ndarray:
 def evaluate(engine, cfg: ModelConfig, data_dir: Path | str, batch: int, log=print) -> dict:
     """Top-1 / top-5 of ``engine`` (loaded, any backend) on DATA, in batches of ``batch`` images."""
     images = find_images(data_dir)
-    geo = _image_geometry(cfg)
+    geo = image_geometry(cfg)
     out_name = scored_output(cfg)
     lo, hi = cfg.profile_range(BATCH_DIM)
     batch = max(lo, min(int(batch), hi))

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["EnergyMeter", "nvml_handle", "rapl_zones", "counter_window", "power_window", "energy_columns",
+__all__ = ["EnergyMeter", "rapl_zones", "counter_window", "power_window", "energy_columns",
            "MIN_WINDOW_S", "MIN_UPDATES", "POLL_S", "RAPL_ROOT", "ENERGY_COLUMNS"]
 
 MIN_WINDOW_S = 0.5
@@ -46,15 +46,6 @@ RAPL_ROOT = Path("/sys/class/powercap")
 ENERGY_COLUMNS = ["energy_source", "energy_status", "energy_j", "energy_window_s", "energy_power_w",
                   "joules_per_item", "items_per_joule", "energy_note", "host_cpu_joules_per_item",
                   "host_cpu_power_w", "host_cpu_energy_note"]
-
-
-def nvml_handle(cuda_index: int = 0):
-    """The NVML handle of a CUDA device. The one place NVML handles are opened here (the lead switches it
-    to ``lib.common.gpu.nvml_handle``, which maps CUDA devices to NVML by UUID)."""
-    import pynvml
-
-    pynvml.nvmlInit()
-    return pynvml.nvmlDeviceGetHandleByIndex(cuda_index)
 
 
 # --- sources: each read() returns cumulative joules ("counter") or watts ("power") -------------------
@@ -258,7 +249,9 @@ class EnergyMeter:
 
     def _open_gpu(self, index: int) -> None:
         try:
-            handle = nvml_handle(index)
+            from ..common.gpu import nvml_handle
+
+            handle = nvml_handle(index)  # the engines' GPU by UUID (NVML's index 0 may be another card)
         except Exception as e:
             self.notes["gpu"] = f"NVML unavailable: {type(e).__name__}: {e}"
             return

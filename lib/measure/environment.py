@@ -12,14 +12,25 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["collect_environment", "LIBRARIES"]
+__all__ = ["collect_environment", "cpu_model", "register_libraries", "LIBRARIES"]
 
-LIBRARIES = ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime-gpu", "onnxruntime", "onnxconverter-common",
-             "tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-rtx", "tensorrt-rtx-cu13", "transformers",
-             "numpy", "pandas", "papermill", "nbconvert", "psutil", "nvidia-ml-py")
+# Distributions recorded on every run that no backend declares (models, export, analysis, sampling). Each
+# backend declares its own (lib.backends.base.Library); lib.backends hands them over with
+# register_libraries when it is imported, since this earlier stage cannot import it.
+LIBRARIES = ("torchvision", "onnx", "onnxscript", "onnxconverter-common", "transformers", "numpy", "pandas",
+             "papermill", "nbconvert", "psutil", "nvidia-ml-py")
+# module -> its distributions, where the module's own __version__ is checked too (see _versions_that_run)
+_MODULES: dict[str, tuple[str, ...]] = {"onnx": ("onnx",)}
+_BACKEND_MODULES: dict[str, tuple[str, ...]] = {}
 
 
-def _cpu_model() -> str | None:
+def register_libraries(modules: dict[str, tuple[str, ...]]) -> None:
+    """Record these {import name: distributions} too (the backends' declarations, in report order)."""
+    for module, dists in modules.items():
+        _BACKEND_MODULES.setdefault(module, tuple(dists))
+
+
+def cpu_model() -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -93,18 +104,13 @@ def _torch() -> dict:
     return info
 
 
-# module -> its distributions: the module's own __version__ is what runs; metadata can disagree when a
-# package was unpacked beside another install (e.g. onnxruntime-gpu over a CPU onnxruntime).
-_MODULES = {"torch": ("torch",), "onnxruntime": ("onnxruntime-gpu", "onnxruntime"), "onnx": ("onnx",),
-            "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13"), "tensorrt_rtx": ("tensorrt-rtx",
-                                                                                         "tensorrt-rtx-cu13")}
-
-
 def _versions_that_run(versions: dict) -> None:
+    """A module's own __version__ is what runs; metadata can disagree when a package was unpacked beside
+    another install (e.g. onnxruntime-gpu over a CPU onnxruntime)."""
     import importlib
     import importlib.util
 
-    for module, dists in _MODULES.items():
+    for module, dists in {**_BACKEND_MODULES, **_MODULES}.items():
         if module not in sys.modules and importlib.util.find_spec(module) is None:
             continue
         try:
@@ -127,7 +133,7 @@ def collect_environment() -> dict:
     import psutil
 
     versions = {}
-    for lib in LIBRARIES:
+    for lib in [d for dists in _BACKEND_MODULES.values() for d in dists] + list(LIBRARIES):
         try:
             versions[lib] = md.version(lib)
         except md.PackageNotFoundError:
@@ -139,7 +145,7 @@ def collect_environment() -> dict:
         "os": f"{platform.system()} {platform.release()}",
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_logical_cores": psutil.cpu_count(logical=True),
         "cpu_physical_cores": psutil.cpu_count(logical=False),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

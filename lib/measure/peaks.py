@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..common.cache import atomic_write_json, read_json
+from ..config.dtypes import PRECISION_FLOATS, torch_dtype
 
 __all__ = ["GPU_PEAKS", "GpuPeak", "match_gpu", "peak_key", "measure_matmul_peak", "ensure_peaks", "Peak"]
 
@@ -125,9 +126,6 @@ class Peak:
         return {"tflops": self.tflops, "label": self.label, "source": self.source}
 
 
-_TORCH_DTYPES = {"fp32": "float32", "tf32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
 def measure_matmul_peak(device: str = "cpu", key: str = "fp32", n: int | None = None, min_s: float = 2.0) -> dict:
     """Best rate of an n x n matrix multiply (2 n^3 FLOP each) with torch on ``device``, in TFLOP/s.
 
@@ -135,7 +133,7 @@ def measure_matmul_peak(device: str = "cpu", key: str = "fp32", n: int | None = 
     seconds and keeps the fastest repetition (the least disturbed by other work on the machine)."""
     import torch
 
-    dtype = getattr(torch, _TORCH_DTYPES[key])
+    dtype = torch_dtype(PRECISION_FLOATS[key])
     n = n or (8192 if device == "cuda" else 2048)
     prev = torch.backends.cuda.matmul.allow_tf32
     if device == "cuda":
@@ -162,13 +160,13 @@ def measure_matmul_peak(device: str = "cpu", key: str = "fp32", n: int | None = 
 
 
 def _this_machine_matches(env: dict, device: str) -> tuple[bool, str]:
-    from .environment import _cpu_model
+    from .environment import cpu_model
 
     if env.get("hostname") and env["hostname"] != socket.gethostname():
         return False, f"the run was measured on host {env['hostname']!r}, not this one ({socket.gethostname()!r})"
     if device == "cpu":
-        if env.get("cpu") and env["cpu"] != _cpu_model():
-            return False, f"the run's CPU ({env['cpu']}) is not this machine's ({_cpu_model()})"
+        if env.get("cpu") and env["cpu"] != cpu_model():
+            return False, f"the run's CPU ({env['cpu']}) is not this machine's ({cpu_model()})"
         return True, ""
     try:
         import torch

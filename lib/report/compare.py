@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from ..backends import backend_libraries
 from ..common.cache import new_folder
 from ..runner.kernel import Kernel, run_papermill
 from ..common.errors import BenchbookError
@@ -162,13 +163,18 @@ def _env_items(run: Run) -> dict:
 
 
 def runs_table(cmp: Comparison) -> pd.DataFrame:
+    envs = [_env_items(r) for r in cmp.runs]
+
+    def version(e: dict, dists) -> str:  # a library's version: the first of its distributions recorded
+        return next((e[f"version: {d}"] for d in dists if f"version: {d}" in e), "–")
+
+    # One column per library the backends declare (torch, onnxruntime, ...), where any run recorded it.
+    libraries = {m: dists for m, dists in backend_libraries().items() if any(version(e, dists) != "–" for e in envs)}
     rows = []
-    for i, r in enumerate(cmp.runs):
-        e = _env_items(r)
+    for i, (r, e) in enumerate(zip(cmp.runs, envs)):
         rows.append({"run": cmp.labels[i], "model": e["model"], "run id": r.path.name, "device": e["device"],
                      "GPU / CPU": e["GPU"] if r.gpu_name else e["CPU"],
-                     "torch": e.get("version: torch", "–"),
-                     "onnxruntime": e.get("version: onnxruntime-gpu", e.get("version: onnxruntime", "–")),
+                     **{m: version(e, dists) for m, dists in libraries.items()},
                      "backends": e["backends"], "batch sizes": e["batch sizes"], "shapes": e["shapes"],
                      "points": len(r.points)})
     return pd.DataFrame(rows)

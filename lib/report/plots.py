@@ -17,6 +17,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from matplotlib.transforms import Bbox
 
+from ..config.model_config import split_shape
+
 # The report's and the compare page's look: applied by use_style(), which the notebooks call, never at import
 # (importing lib.report must not restyle a user's own plots in the same kernel).
 STYLE = {"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
@@ -63,9 +65,9 @@ UNSTABLE_RING = "#111111"  # not a series colour (tab10 has no black)
 
 def shape_key(label) -> tuple:
     """Sort key of a shape label: numerically per dim ('128' < '512', '224x224' < '288x288'), 'static' first."""
-    parts = str(label).split("x")
-    if all(p.strip().isdecimal() for p in parts):
-        return (1, tuple(int(p) for p in parts))
+    values = split_shape(label)
+    if values is not None:
+        return (1, values)
     return (0 if str(label) == "static" else 2, (str(label),))
 
 

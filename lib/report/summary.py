@@ -14,6 +14,7 @@ import json
 import numpy as np
 import pandas as pd
 
+from ..backends import backend_libraries
 from ..results.run import Run
 from ..common.runstate import FINGERPRINT_FILE
 from ..common.stats import ratio_interval, verdict
@@ -240,8 +241,8 @@ def title_markdown(run: Run) -> str:
     else:
         where = f"**{md(run.device)}** (machine details not recorded: no backend loaded)"
     libs = env.get("libraries", {})
-    versions = ", ".join(f"{k} {md(libs[k])}" for k in ("torch", "onnxruntime-gpu", "onnxruntime", "tensorrt",
-                                                   "tensorrt-cu12", "tensorrt-cu13", "tensorrt-rtx-cu13") if k in libs)
+    runtimes = [d for dists in backend_libraries().values() for d in dists]  # what the backends declare
+    versions = ", ".join(f"{k} {md(libs[k])}" for k in runtimes if k in libs)
     return (f"# {md(run.params['model'])}: benchmark report\n\n"
             f"Run {code(run.path.name)} on {where}. Batch sizes {md(', '.join(map(str, run.plan['batch_sizes'])))}; "
             f"shapes {md(', '.join(run.plan['shapes']))}; {len(run.plan['combos'])} backend/precision runs "

@@ -55,12 +55,13 @@ from ..common.runstate import read_prior_ticks, valid_points
 from ..common.stats import host_slow_limit, round_interval
 from ..config.inputs import make_inputs
 from ..config.model_config import ModelConfig, Shape
-from ..config.models import build_model, get_model
+from ..config.models import get_model
 from ..config.params import MAX_ROUNDS, measured_modes, pass_targets
 from ..measure.energy import EnergyMeter
 from ..measure.environment import collect_environment
 from ..measure.flops import record_flops
 from ..measure.parity import check_parity
+from ..measure.reference import ReferenceOutputs
 from ..measure.sampler import Sampler
 from ..measure.timing import HostSentinel, TimingPolicy, measure_latency, measure_throughput, throughput_window, warm_up
 from .plan import load_plan, resolve_points
@@ -98,50 +99,6 @@ def _to_parquet(path: Path, frame: pd.DataFrame) -> None:
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
     atomic_write_bytes(path, buf.getvalue())
-
-
-class _Reference:
-    """PyTorch FP32 outputs on CPU for a point's seeded inputs, computed once per run and cached in
-    ``<run_dir>/reference``. Models without ``load.py`` use ONNX Runtime's CPU EP on the FP32 ONNX."""
-
-    def __init__(self, run_dir: Path, cfg: ModelConfig, weights: str | None, onnx_fp32: Path | None,
-                 cache_dir: Path | None = None):
-        self.dir = Path(run_dir) / "reference"
-        self.cfg, self.weights, self.onnx, self.cache_dir = cfg, weights, onnx_fp32, cache_dir
-        self._model = None
-
-    def source(self) -> str:
-        return "PyTorch FP32 (CPU)" if (self.cfg.folder / "load.py").exists() else "ONNX Runtime FP32 (CPU EP)"
-
-    def get(self, key: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        path = self.dir / f"{key}.npz"
-        if path.exists():
-            with np.load(path) as z:
-                return {k: z[k] for k in z.files}
-        outs = self._compute(inputs)
-        import io
-
-        buf = io.BytesIO()
-        np.savez(buf, **outs)
-        atomic_write_bytes(path, buf.getvalue())
-        return outs
-
-    def _compute(self, inputs):
-        if (self.cfg.folder / "load.py").exists():
-            import torch
-
-            from ..config.models import as_output_list
-
-            if self._model is None:
-                self._model = build_model(self.cfg, self.weights or None, cache_dir=self.cache_dir).float()
-            with torch.inference_mode():
-                outs = as_output_list(self._model(*[torch.from_numpy(inputs[s.name]) for s in self.cfg.inputs]))
-            return {o.name: t.float().numpy() for o, t in zip(self.cfg.outputs, outs)}
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(str(self.onnx), providers=["CPUExecutionProvider"])
-        names = [o.name for o in sess.get_outputs()]
-        return dict(zip(names, sess.run(names, inputs)))
 
 
 def _nvml_process_mib() -> float:
@@ -402,7 +359,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
         onnx = {p: r.path for p, r in ensure_onnx(cfg, Path(params.cache_dir) / "onnx",
                                                   precisions=plan["onnx_precisions"], weights=params.weights or None,
                                                   log=log, calib=params.calib or None).items()}
-    reference = _Reference(run_dir, cfg, params.weights, onnx.get("fp32") or cfg.folder / "model.onnx",
+    reference = ReferenceOutputs(run_dir, cfg, params.weights, onnx.get("fp32") or cfg.folder / "model.onnx",
                            cache_dir=Path(params.cache_dir))
     spec = EngineSpec(model=cfg, precision=precision, device=device,
                       artifacts=Artifacts(onnx=onnx, cache_dir=Path(params.cache_dir), weights=params.weights or None,

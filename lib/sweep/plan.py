@@ -23,7 +23,7 @@ from ..common.runstate import (FINGERPRINT_FILE, CorruptFile, RunBusy, check_fin
                                read_run_json, write_fingerprint)
 from ..common.stats import parse_outlier_rule
 from ..config.device import resolve_device
-from ..config.model_config import BATCH_DIM, ModelConfig, Shape
+from ..config.model_config import BATCH_DIM, ModelConfig, Shape, split_shape
 from ..config.models import build_model, check_load_py, check_weights_file, get_model, is_given_onnx
 from ..config.params import RunParams, check_make_path, parse_int_list, parse_list, show, show_item
 from ..measure.timing import TimingPolicy
@@ -99,16 +99,16 @@ def parse_shapes(cfg: ModelConfig, text: str, device: str = "cuda") -> list[Shap
     example = cfg.shapes[0].label if cfg.shapes else "x".join(str(cfg.profile_range(d)[0]) for d in dims)
     shapes = []
     for item in items:
-        parts = item.lower().split("x")
-        if len(parts) != len(dims) or not all(p.strip().isdecimal() for p in parts):
+        parts = split_shape(item)
+        if parts is None or len(parts) != len(dims):
             raise ConfigError(f"{show_item('SHAPES', text, item)} is not a shape of model {cfg.name!r}; expected {form} "
                               f"({_profile_text(cfg, dims)}), e.g. SHAPES={example} (or auto)")
-        for d, v in zip(dims, (int(p) for p in parts)):
-            lo, hi = cfg.profile_range(d)
-            if not lo <= v <= hi:
-                raise ConfigError(f"{show('SHAPES', text)}: {d}={v} is outside the profile of model {cfg.name!r} "
-                                  f"({_profile_text(cfg, dims)}, set in {cfg.path} inputs[*].profile)")
-        shapes.append(cfg.parse_shape("x".join(p.strip() for p in parts)))
+        outside = cfg.outside_profile(zip(dims, parts))
+        if outside:
+            d, v = outside[:2]
+            raise ConfigError(f"{show('SHAPES', text)}: {d}={v} is outside the profile of model {cfg.name!r} "
+                              f"({_profile_text(cfg, dims)}, set in {cfg.path} inputs[*].profile)")
+        shapes.append(Shape(tuple(zip(dims, parts))))
     labels = [s.label for s in shapes]
     repeated = sorted({x for x in labels if labels.count(x) > 1})
     if repeated:

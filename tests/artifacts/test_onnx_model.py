@@ -132,9 +132,9 @@ def test_fp16_conversion_goes_to_the_cache_and_matches(onnx_model, tmp_path):
 
 
 def test_parity_reference_is_onnx_runtime(onnx_model, tmp_path):
-    from lib.sweep.bench import _Reference
+    from lib.measure.reference import ReferenceOutputs
 
-    ref = _Reference(tmp_path / "run", onnx_model, None, onnx_model.folder / "model.onnx")
+    ref = ReferenceOutputs(tmp_path / "run", onnx_model, None, onnx_model.folder / "model.onnx")
     assert ref.source() == "ONNX Runtime FP32 (CPU EP)"
     x = make_inputs(onnx_model, 2, onnx_model.shapes[0], seed=0)
     out = ref.get("bs2_static", x)

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import pytest
 
-from lib.backends import Artifacts, EngineSpec, make_engine
+from lib.backends import Artifacts, EngineSpec, engine_class, list_backends, make_engine
 from lib.common.errors import BenchbookError
 from lib.config.inputs import make_inputs
 
 
-@pytest.mark.parametrize("backend", ["torch", "ort"])
+@pytest.mark.parametrize("backend", [n for n in list_backends() if "fp32" in engine_class(n).precisions("cpu")])
 def test_contract_checks(tiny, tiny_onnx, cache_dir, backend):
+    reason = engine_class(backend).unavailable_reason("cpu")
+    if reason:
+        pytest.skip(reason)
     spec = EngineSpec(model=tiny, precision="fp32", device="cpu",
                       artifacts=Artifacts(onnx={p: r.path for p, r in tiny_onnx.items()}, cache_dir=cache_dir))
     inputs = make_inputs(tiny, 2, tiny.shapes[0])

@@ -70,5 +70,44 @@ def test_cpu_capabilities():
     assert OrtEngine.auto_precisions("cpu") == ("fp32",) and "int8" not in OrtEngine.auto_precisions("cuda")
     assert OrtEngine.unavailable_reason("cpu") is None and TorchEager.unavailable_reason("cpu") is None
     assert engine_class("torch-compile").in_auto == ("cuda",)
-    for name in ("torch-cudagraph", "ort-cudagraph", "ort-trt"):
-        assert engine_class(name).devices == ("cuda",) and engine_class(name).precisions("cpu") == ()
+    gpu_only = [n for n in list_backends() if engine_class(n).devices == ("cuda",)]
+    assert {"torch-cudagraph", "ort-cudagraph", "ort-trt"} <= set(gpu_only)
+    for name in gpu_only:
+        assert engine_class(name).precisions("cpu") == (), name  # a GPU-only backend offers nothing on a CPU
+
+
+@pytest.mark.parametrize("name", list_backends())
+def test_every_backend_declares_what_it_needs(name):
+    """Name, title, ONNX or not, libraries: what the plan, the environment record and the report read."""
+    cls = engine_class(name)
+    assert cls.backend == name and cls.summary and isinstance(cls.needs_onnx, bool)
+    assert cls.libraries and all(isinstance(x, engines.Library) and x.module and x.distributions
+                                 for x in cls.libraries)
+    assert engines.TORCH in cls.libraries  # every engine stages its GPU work with torch
+    for x in cls.libraries:
+        assert engines.backend_libraries()[x.module] == x.distributions
+
+
+def test_families_are_found_from_the_folder():
+    """Each sub-package of lib/backends/ is a family with an ORDER; their engines list in that order."""
+    from conftest import REPO
+
+    folders = sorted(p.name for p in (REPO / "lib" / "backends").iterdir() if (p / "__init__.py").is_file())
+    assert sorted(engines.families()) == folders and engines.families() == ["torch", "ort", "tensorrt"]
+    libs = engines.backend_libraries()
+    assert list(libs)[:2] == ["torch", "onnxruntime"] and "tensorrt" in libs
+
+
+def test_the_environment_records_the_declared_libraries():
+    from lib.measure.environment import collect_environment
+
+    recorded = collect_environment()["libraries"]
+    import importlib.metadata as md
+
+    for dists in engines.backend_libraries().values():
+        for d in dists:
+            try:
+                installed = md.version(d)
+            except md.PackageNotFoundError:
+                continue
+            assert d in recorded and recorded[d].startswith(installed.split("+")[0]), (d, recorded.get(d))

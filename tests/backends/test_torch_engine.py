@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lib.backends import EngineSpec, make_engine
-from lib.backends.torch.engine import TorchEager, torch_dtype
+from lib.backends.torch.engine import TorchEager
+from lib.config.dtypes import precision_torch_dtype as torch_dtype
 from lib.config.inputs import make_inputs
 from lib.config.models import as_output_list
 from lib.measure.parity import compare_outputs

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from lib.backends import EngineSpec, engine_class, make_engine
-from lib.backends.torch.engine import FP8_MIN_CC, torch_dtype, torchao_reason
+from lib.backends.torch.engine import FP8_MIN_CC, torchao_reason
+from lib.config.dtypes import precision_torch_dtype as torch_dtype
 from lib.config.inputs import make_inputs
 from lib.measure.parity import calibration_centre, compare_outputs
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from lib.backends import Artifacts, EngineSpec, engine_class, list_backends, make_engine
-from lib.backends.tensorrt.engine import (TrtCudaGraph, TrtEngine, tensorrt_install_hint, tensorrt_unavailable_reason,
-                                          trt_torch_dtypes)
+from lib.backends.tensorrt.engine import (TrtCudaGraph, TrtEngine, tensorrt_install_hint, tensorrt_unavailable_reason)
 from lib.common.cache import read_json, write_manifest
 from lib.common.errors import ConfigError
+from lib.config.dtypes import trt_torch_dtypes
 from lib.config.inputs import make_inputs
 from lib.config.models import build_model, discover, get_model
 from lib.measure.parity import compare_outputs

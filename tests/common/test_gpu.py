@@ -65,3 +65,19 @@ def test_nvml_follows_cuda_visible_devices():
         got = json.loads(proc.stdout.strip().splitlines()[-1])
         assert got["sampler_error"] is None
         assert got["nvml"] == got["cuda"] == got["env"] == got["sampler"] == u, got
+
+
+@pytest.mark.skipif(bool(nvml_gpus()), reason="a GPU is here: the GPU test covers it")
+def test_without_a_driver_nvml_says_why():
+    from lib.common.gpu import GpuError, first_gpu_handle, gpu_names, nvml
+
+    assert gpu_names() == ()
+    for fn in (nvml, first_gpu_handle):
+        with pytest.raises(GpuError, match="NVML"):
+            fn()
+
+
+def test_nvml_text_reads_both_spellings():
+    from lib.common.gpu import text
+
+    assert text(b"NVIDIA H100") == text("NVIDIA H100") == "NVIDIA H100"

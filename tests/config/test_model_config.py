@@ -276,3 +276,13 @@ def test_the_shipped_configs_round_trip_through_yaml(tiny_raw, tmp_path):
     a = parse_model_config(yaml.safe_load(path.read_text()), path)
     b = parse_model_config(copy.deepcopy(tiny_raw), path)
     assert a == b
+
+
+def test_split_shape_is_the_one_reader_of_shape_labels():
+    from lib.config.model_config import split_shape
+    from lib.report.plots import shape_key
+
+    assert split_shape("240x240") == (240, 240) and split_shape(" 128 ") == (128,) and split_shape("3X8") == (3, 8)
+    assert split_shape("static") is None and split_shape("2x") is None and split_shape("-32x32") is None
+    assert split_shape("-32x32", signed=True) == (-32, 32)
+    assert sorted(["512", "static", "128"], key=shape_key) == ["static", "128", "512"]

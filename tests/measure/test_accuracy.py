@@ -132,7 +132,7 @@ def test_bad_data_folders_say_what_to_fix(tmp_path, layout, words):
 # --- the model side ---------------------------------------------------------------------------------------
 def test_preprocessing_is_torchvisions(image_model, data_dir):
     images = accuracy.find_images(data_dir)
-    geo = accuracy._image_geometry(image_model)
+    geo = accuracy.image_geometry(image_model)
     ours = np.stack([accuracy.preprocess(p, geo) for p in images.paths])
     assert ours.shape == (12, 3, 32, 32) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, _torchvision_batch(images).numpy(), atol=1e-5)

@@ -191,7 +191,7 @@ def test_nvml_counter_against_sampled_power():
         pytest.skip("no CUDA GPU")
     import pynvml
 
-    from lib.measure.energy import nvml_handle
+    from lib.common.gpu import nvml_handle
 
     h = nvml_handle(0)
     a = torch.randn(8192, 8192, device="cuda")

@@ -161,12 +161,12 @@ def test_unknown_gpu_on_another_host_gets_no_peak(tmp_path):
 
 
 def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
-    from lib.measure.environment import _cpu_model
+    from lib.measure.environment import cpu_model
 
     path = make_fake_run(tmp_path, gpu=False)
     for eng in path.glob("bench/*/engine.json"):  # make the run look like it ran on this machine
         e = json.loads(eng.read_text())
-        e["environment"].update(hostname=socket.gethostname(), cpu=_cpu_model())
+        e["environment"].update(hostname=socket.gethostname(), cpu=cpu_model())
         eng.write_text(json.dumps(e))
     run = lib.load_run(path)
     pk = peaks.ensure_peaks(run)

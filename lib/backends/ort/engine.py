@@ -12,14 +12,15 @@ from __future__ import annotations
 import numpy as np
 
 from ...common.errors import UnavailableError
+from ...config.dtypes import numpy_to_torch, ort_numpy_dtype
 from .. import register_engine
-from ..base import Engine, Lane
+from ..base import TORCH, Engine, Lane, Library
+from ..tensorrt.build import TENSORRT_LIBRARIES
 
-__all__ = ["OrtEngine", "OrtCudaGraph", "OrtTensorRT"]
+__all__ = ["OrtEngine", "OrtCudaGraph", "OrtTensorRT", "ONNXRUNTIME"]
 
-_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-       "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(double)": np.float64}
-
+# The GPU build (onnxruntime-gpu) first: it is the one a CUDA run needs, and it also serves the CPU.
+ONNXRUNTIME = Library("onnxruntime", ("onnxruntime-gpu", "onnxruntime"))
 
 def ort_install_hint() -> str:
     return "pip install onnxruntime-gpu (its CPU provider also serves CPU-only machines)"
@@ -116,6 +117,7 @@ class OrtEngine(Engine):
     backend = "ort"
     summary = "ONNX Runtime (CPU EP on CPU, CUDA EP with IO binding on GPU)"
     needs_onnx = True
+    libraries = (TORCH, ONNXRUNTIME)
     provider = None  # chosen by device
 
     @classmethod
@@ -131,9 +133,9 @@ class OrtEngine(Engine):
         if importlib.util.find_spec("onnxruntime") is None:
             return f"onnxruntime is not installed ({ort_install_hint()})"
         if device == "cuda":
-            from ..torch.engine import _cuda_reason
+            from ..base import cuda_reason
 
-            reason = _cuda_reason()
+            reason = cuda_reason()
             if reason:
                 return reason
             import onnxruntime as ort
@@ -212,7 +214,7 @@ class OrtEngine(Engine):
         self.info.update({"providers": got, "onnx": str(path), "ort_version": ort.__version__})
         self._in_names = [i.name for i in self.session.get_inputs()]
         self._out_names = [o.name for o in self.session.get_outputs()]
-        self._in_types = {i.name: _NP.get(i.type, np.float32) for i in self.session.get_inputs()}
+        self._in_types = {i.name: ort_numpy_dtype(i.type) for i in self.session.get_inputs()}
         self._run_options = ort.RunOptions()
         if self.spec.device == "cuda" and self.spec.options.get("ort_user_stream", True):
             # Let run_with_iobinding return without waiting for the GPU, so pipelined requests overlap;
@@ -294,10 +296,8 @@ class OrtEngine(Engine):
             self._binding, self._out_bufs = probe, None
             return
         shapes = [tuple(v.shape()) for v in probe.get_outputs()]
-        out_types = [_NP.get(o.type, np.float32) for o in self.session.get_outputs()]
-        torch_types = {np.float32: torch.float32, np.float16: torch.float16, np.int64: torch.int64,
-                       np.int32: torch.int32, np.bool_: torch.bool, np.float64: torch.float64}
-        self._out_bufs = [torch.empty(s, dtype=torch_types[t], device="cuda") for s, t in zip(shapes, out_types)]
+        out_types = [ort_numpy_dtype(o.type) for o in self.session.get_outputs()]
+        self._out_bufs = [torch.empty(s, dtype=numpy_to_torch(t), device="cuda") for s, t in zip(shapes, out_types)]
         b = self.session.io_binding()
         for n, t in zip(self._in_names, self._in_bufs):
             b.bind_input(n, "cuda", 0, self._in_types[n], tuple(t.shape), t.data_ptr())
@@ -341,6 +341,7 @@ class OrtTensorRT(OrtEngine):
     """ONNX Runtime's TensorRT EP, with engine and timing caches and the model's profile shapes."""
 
     backend = "ort-trt"
+    libraries = (TORCH, ONNXRUNTIME, TENSORRT_LIBRARIES[0])  # the EP loads TensorRT (not TensorRT-RTX)
     summary = "ONNX Runtime TensorRT EP"
     devices = ("cuda",)
     # One session: its engine covers the profile's shapes; a new session per binding would rebuild or

@@ -32,12 +32,16 @@ from typing import Callable
 from ...common.cache import atomic_write_bytes, sha256_bytes, sha256_file, valid_artifact, write_manifest
 from ...common.errors import BenchbookError, ConfigError, UnavailableError
 from ...config.model_config import BATCH_DIM, ModelConfig, Shape
+from ..base import Library
 
-__all__ = ["BuildResult", "FLAVOURS", "PRECISIONS", "DEFAULT_AOT_TARGETS", "import_trt", "trt_version",
+__all__ = ["BuildResult", "FLAVOURS", "TENSORRT_LIBRARIES", "PRECISIONS", "DEFAULT_AOT_TARGETS", "import_trt", "trt_version",
            "install_hint", "check_profile", "check_precision", "check_build_options", "gpu_identity", "supported_rtx_targets", "profile_shapes",
            "engine_key", "build_engine", "trt_logger"]
 
 FLAVOURS = ("tensorrt", "tensorrt_rtx")  # module names, in order of preference
+# Their distributions: the CUDA-specific wheels install the same module as the plain one.
+TENSORRT_LIBRARIES = (Library("tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13")),
+                      Library("tensorrt_rtx", ("tensorrt-rtx", "tensorrt-rtx-cu13")))
 PRECISIONS = ("fp32", "fp16", "int8")  # what an exported ONNX exists for (int8: the QDQ file of lib.artifacts.quantize)
 # TensorRT-RTX's documented default AOT targets (Ampere, Ada, consumer Blackwell, plus GA10x).
 DEFAULT_AOT_TARGETS = ("8.0", "8.6", "8.9", "12.0")
@@ -204,13 +208,11 @@ def gpu_identity() -> tuple[str, str] | None:
     except Exception:  # torch without CUDA, or a broken driver: try NVML, which needs neither
         pass
     try:
-        import pynvml
+        from ...common.gpu import first_gpu_handle, nvml, text
 
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        name = pynvml.nvmlDeviceGetName(handle)
-        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
-        return (name.decode() if isinstance(name, bytes) else name), f"{major}.{minor}"
+        handle = first_gpu_handle()
+        major, minor = nvml().nvmlDeviceGetCudaComputeCapability(handle)
+        return text(nvml().nvmlDeviceGetName(handle)), f"{major}.{minor}"
     except Exception:
         return None
 

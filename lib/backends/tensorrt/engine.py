@@ -17,11 +17,12 @@ import importlib.util
 import numpy as np
 
 from ...common.errors import BenchbookError, ConfigError, UnavailableError
+from ...config.dtypes import trt_torch_dtypes
 from .. import register_engine
-from ..base import Engine
+from ..base import TORCH, Engine
+from .build import TENSORRT_LIBRARIES
 
-__all__ = ["TrtEngine", "TrtCudaGraph", "tensorrt_unavailable_reason", "tensorrt_install_hint",
-           "trt_torch_dtypes"]
+__all__ = ["TrtEngine", "TrtCudaGraph", "tensorrt_unavailable_reason", "tensorrt_install_hint"]
 
 
 def tensorrt_install_hint(cuda_version: str | None = "auto") -> str:
@@ -58,17 +59,6 @@ def _module_gpu_reason() -> str | None:
     return None
 
 
-def trt_torch_dtypes(trt) -> dict:
-    """trt.DataType -> torch dtype (trt.nptype has no BF16/FP8)."""
-    import torch
-
-    names = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT8": torch.int8,
-             "UINT8": torch.uint8, "INT32": torch.int32, "INT64": torch.int64, "BOOL": torch.bool}
-    if hasattr(torch, "float8_e4m3fn"):
-        names["FP8"] = torch.float8_e4m3fn
-    return {getattr(trt.DataType, n): dt for n, dt in names.items() if hasattr(trt.DataType, n)}
-
-
 @register_engine
 class TrtEngine(Engine):
     backend = "trt"
@@ -79,6 +69,7 @@ class TrtEngine(Engine):
     keeps_bindings = False
     devices = ("cuda",)
     needs_onnx = True
+    libraries = (TORCH, *TENSORRT_LIBRARIES)
 
     @classmethod
     def precisions(cls, device):
@@ -97,9 +88,9 @@ class TrtEngine(Engine):
         reason = tensorrt_unavailable_reason(rtx_ok=True)
         if reason:
             return reason
-        from ..torch.engine import _cuda_reason
+        from ..base import cuda_reason
 
-        reason = _cuda_reason()
+        reason = cuda_reason()
         if reason:
             return reason
         return _module_gpu_reason()

@@ -22,22 +22,12 @@ import time
 import numpy as np
 
 from ...common.errors import UnavailableError
+from ...config.dtypes import precision_torch_dtype
 from ...config.models import as_output_list, build_model
 from .. import register_engine
 from ..base import Engine, Lane, SerialLane
 
-__all__ = ["TorchEager", "TorchCudaGraph", "TorchCompile", "torch_dtype"]
-
-
-def torch_dtype(precision: str, device: str = "cpu"):
-    """The module's float dtype at ``precision``; for torchao's quantized precisions, the activations' dtype."""
-    import torch
-
-    if precision == "int8":
-        return torch.bfloat16 if device == "cuda" else torch.float32
-    if precision == "fp8":
-        return torch.bfloat16
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+__all__ = ["TorchEager", "TorchCudaGraph", "TorchCompile"]
 
 
 TORCHAO_CONFIGS = {"int8": "Int8DynamicActivationInt8WeightConfig", "fp8": "Float8DynamicActivationFloat8WeightConfig"}
@@ -54,12 +44,11 @@ def torchao_reason() -> str | None:
 
 
 def gpu_compute_capability() -> tuple[int, int] | None:
-    """The first GPU's compute capability from NVML (no torch import: the plan step uses it), or None."""
+    """The compute capability of the GPU CUDA lists first, from NVML (no torch import: the plan step uses it), or None."""
     try:
-        import pynvml
+        from ...common.gpu import first_gpu_handle, nvml
 
-        pynvml.nvmlInit()
-        return tuple(pynvml.nvmlDeviceGetCudaComputeCapability(pynvml.nvmlDeviceGetHandleByIndex(0)))
+        return tuple(nvml().nvmlDeviceGetCudaComputeCapability(first_gpu_handle()))
     except Exception:
         return None
 
@@ -98,7 +87,7 @@ class _TorchBase(Engine):
         spec = self.spec
         self._torch = torch
         self._dev = torch.device(spec.device)
-        self._dtype = torch_dtype(spec.precision, spec.device)
+        self._dtype = precision_torch_dtype(spec.precision, spec.device)
         tf32 = bool(spec.options.get("tf32", True))
         if spec.device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -379,23 +368,3 @@ class TorchCompile(_TorchBase):
         self.info["compile_s"] = compile_s
         self.info["compile_graphs"] = graphs  # graphs dynamo compiled for this shape (its first call)
         self.info["compile_graphs_total"] = sum(self._compiled_shapes.values())
-
-
-def _cuda_reason() -> str | None:
-    from ...config.device import nvml_gpus
-
-    if not nvml_gpus():
-        return "no NVIDIA GPU on this machine"
-    try:
-        import torch
-    except ImportError:
-        return "torch is not installed"
-    if not torch.cuda.is_available():
-        return f"torch {torch.__version__} cannot use the GPU (CPU-only build, or driver too old)"
-    return None
-
-
-def check_cuda() -> None:
-    reason = _cuda_reason()
-    if reason:
-        raise UnavailableError(reason)
