@@ -14,7 +14,7 @@ import os
 
 from .errors import BenchbookError
 
-__all__ = ["GpuError", "nvml", "cuda_uuid", "nvml_handle", "first_gpu_handle", "gpu_names", "text"]
+__all__ = ["GpuError", "nvml", "cuda_uuid", "nvml_handle", "first_gpu_handle", "gpu_names", "text", "power_reader"]
 
 
 class GpuError(BenchbookError):
@@ -92,3 +92,38 @@ def first_gpu_handle():
     except Exception as e:
         raise GpuError(f"NVML has no GPU for CUDA_VISIBLE_DEVICES={first or '(unset)'} "
                        f"({type(e).__name__}: {e})") from e
+
+
+def power_reader(handle):
+    """``(read, kind)``: a function returning the board's power in watts, and what it reads.
+
+    ``nvmlDeviceGetPowerUsage`` is, on Ampere (except GA100) and newer GPUs, the power *averaged over the last
+    second* (NVML's documentation); the H200's bench windows last a quarter of a second, so that reading
+    still holds the previous point's power (seen on an H200: counter-implied 166 W at batch 1 and 538 W at
+    batch 128, the averaged reading 345 W and 347 W over the same windows). The instantaneous field
+    (``NVML_FI_DEV_POWER_INSTANT``, via ``nvmlDeviceGetFieldValues``) is read where the driver has it
+    (``kind`` ``"instant"``); else the averaged reading (``kind`` ``"1 s average"`` on recent GPUs,
+    instantaneous on older ones: NVML does not say which, hence the label). ``GpuError`` when neither reads."""
+    nv = nvml()
+    field = getattr(nv, "NVML_FI_DEV_POWER_INSTANT", None)
+
+    def instant() -> float:
+        value = nv.nvmlDeviceGetFieldValues(handle, [field])[0]
+        if value.nvmlReturn != nv.NVML_SUCCESS:
+            raise GpuError(f"NVML_FI_DEV_POWER_INSTANT: {value.nvmlReturn}")
+        return value.value.uiVal / 1e3  # mW -> W
+
+    def averaged() -> float:
+        return nv.nvmlDeviceGetPowerUsage(handle) / 1e3  # mW -> W
+
+    if field is not None:
+        try:
+            if instant() > 0:
+                return instant, "instant"
+        except Exception:  # noqa: BLE001 - older driver or pynvml: the averaged reading below
+            pass
+    try:
+        averaged()
+    except Exception as e:
+        raise GpuError(f"NVML reads no power on this GPU ({type(e).__name__}: {e})") from e
+    return averaged, "1 s average"

@@ -4,9 +4,10 @@ Sources, per domain (``gpu``: the engine's GPU; ``cpu``: the host's CPU packages
 
 * ``nvml_energy_counter``: NVML's total-energy counter (``nvmlDeviceGetTotalEnergyConsumption``,
   millijoules since the driver loaded; Volta and newer). The whole board, every process on it.
-* ``nvml_sampled_power``: where that counter is missing, NVML's power reading
-  (``nvmlDeviceGetPowerUsage``) sampled and multiplied by the window's time. Labelled as such: it is
-  an estimate, and on recent GPUs the reading is itself an average over up to a second.
+* ``nvml_sampled_power``: where that counter is missing, NVML's power sampled and multiplied by the
+  window's time: the instantaneous field where the driver has it, else ``nvmlDeviceGetPowerUsage``, which
+  on Ampere and newer is an average over the last second (``lib.common.gpu.power_reader``). Labelled as
+  such: it is an estimate.
 * ``rapl``: the CPU packages' RAPL counters (``/sys/class/powercap/intel-rapl:N/energy_uj``, also used
   by AMD's driver), wrap-around handled with ``max_energy_range_uj``. The whole package, every process
   on it (on a shared machine it counts the neighbours too). Unreadable (no driver, a container without
@@ -67,13 +68,12 @@ class _NvmlPower:
     kind, source = "power", "nvml_sampled_power"
 
     def __init__(self, handle):
-        import pynvml
+        from ..common.gpu import power_reader
 
-        self._fn, self._h = pynvml.nvmlDeviceGetPowerUsage, handle
-        self.read()
+        self._fn, self.power_kind = power_reader(handle)  # instantaneous where the driver has it
 
     def read(self) -> float:
-        return self._fn(self._h) / 1e3  # mW -> W
+        return self._fn()  # W
 
 
 class _Rapl:

@@ -32,11 +32,15 @@ class _Nvml:
     def __init__(self, cuda_index: int | None = None):
         import pynvml
 
-        from ..common.gpu import nvml_handle
+        from ..common.gpu import nvml_handle, power_reader
 
         self.h = nvml_handle(cuda_index)  # the engines' GPU, by UUID (NVML's index 0 may be another card)
         self.nv = pynvml
         self.pid = os.getpid()
+        try:  # instantaneous power where the driver has it (the plain reading is a 1 s average on recent GPUs)
+            self._power, self.power_kind = power_reader(self.h)
+        except Exception:  # noqa: BLE001 - no power reading: the column stays NaN
+            self._power, self.power_kind = None, "not read"
 
     def _try(self, fn, *args):
         try:
@@ -58,8 +62,10 @@ class _Nvml:
         row["sm_clock_mhz"] = self._try(nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_SM) or np.nan
         row["mem_clock_mhz"] = self._try(nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_MEM) or np.nan
         row["temp_c"] = self._try(nv.nvmlDeviceGetTemperature, nv.NVML_TEMPERATURE_GPU) or np.nan
-        power = self._try(nv.nvmlDeviceGetPowerUsage)
-        row["power_w"] = power / 1000 if power else np.nan
+        try:
+            row["power_w"] = self._power() if self._power else np.nan
+        except Exception:  # noqa: BLE001 - a tick the driver did not answer
+            row["power_w"] = np.nan
         reasons = self._try(nv.nvmlDeviceGetCurrentClocksEventReasons) if hasattr(
             nv, "nvmlDeviceGetCurrentClocksEventReasons") else self._try(nv.nvmlDeviceGetCurrentClocksThrottleReasons)
         row["throttle_reasons"] = int(reasons) if reasons is not None else -1
@@ -93,6 +99,8 @@ class Sampler:
                 self.nvml = _Nvml()
             except Exception as e:  # no driver: sampled as CPU only, and the report says why
                 self.gpu_error = f"{type(e).__name__}: {e}"
+        # what power_w reads: "instant", "1 s average" (NVML's plain reading on recent GPUs) or "not read"
+        self.power_kind = self.nvml.power_kind if self.nvml else None
         self._rows: list[dict] = []
         self._label = ""
         self._stop = threading.Event()

@@ -64,7 +64,11 @@ def energy_table(run: Run) -> pd.DataFrame:
                         "items/s": f["items_per_s"], "mJ per item": f["joules_per_item"] * 1e3,
                         "items per J": f["items_per_joule"], "mean power W": f["energy_power_w"]})
     if "res_power_w_mean" in f and f["res_power_w_mean"].notna().any():
-        out["sampled power W"] = f["res_power_w_mean"]  # the sampler's NVML power beside the counter's mean
+        # the sampler's NVML power beside the counter's mean; NVML's plain reading is a 1 s average on recent
+        # GPUs (lib.common.gpu.power_reader), which lags windows this short: said in the column's name
+        kinds = {e.get("sampler_power_kind") for e in run.engines.values()}
+        name = "sampled power W (1 s average)" if "1 s average" in kinds else "sampled power W"
+        out[name] = f["res_power_w_mean"]
     if "host_cpu_joules_per_item" in f and f["host_cpu_joules_per_item"].notna().any():
         out["host CPU mJ per item"] = f["host_cpu_joules_per_item"] * 1e3
     if _price(run):

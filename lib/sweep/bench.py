@@ -398,6 +398,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
             "baseline": prev.get("baseline", baseline), "after_load": prev.get("after_load", after_load),
             "timer": engine.timer().name, "reference": reference.source(), "environment": prev.get("environment", env),
             "sentinel": sentinel.kind, "passes": passes, "sampler_gpu_error": sampler.gpu_error,
+            "sampler_power_kind": sampler.power_kind,
             "energy": meter.describe()})
         try:
             # A resume of this pass (an earlier process of it was interrupted), not pass 2 finding pass 1's rounds

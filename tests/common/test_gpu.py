@@ -75,6 +75,24 @@ def test_without_a_driver_nvml_says_why():
     for fn in (nvml, first_gpu_handle):
         with pytest.raises(GpuError, match="NVML"):
             fn()
+    from lib.common.gpu import power_reader
+
+    with pytest.raises(GpuError, match="NVML"):
+        power_reader(None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _torch_sees_cuda(), reason="needs a CUDA GPU (torch.cuda.is_available())")
+def test_power_is_read_instantaneously_where_the_driver_can():
+    """NVML's plain power reading is a 1 s average on Ampere and newer (a quarter-second window would read the
+    previous point's power): the sampler and the energy fallback read the instantaneous field there, and say
+    which they read. Run on a GPU host: python -m pytest -q -m gpu tests/common/test_gpu.py"""
+    from lib.common.gpu import nvml_handle, power_reader
+    from lib.measure.sampler import Sampler
+
+    read, kind = power_reader(nvml_handle())
+    assert kind in ("instant", "1 s average") and 10 < read() < 2000  # watts of one board
+    assert Sampler(gpu=True).power_kind == kind
 
 
 def test_nvml_text_reads_both_spellings():
