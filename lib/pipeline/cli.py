@@ -169,7 +169,6 @@ def _notebook(args, run_dir: Path) -> int:
 
     params = read_run_json(run_dir / "params.json")
     base = {k: v for k, v in params.items() if k != "options"}
-    base.update(reports_dir=str(run_dir.parent.parent), run_id=run_dir.name)
     t0 = time.perf_counter()
     if args.name == "benchmark":
         backend, _, precision = args.combo.rpartition("-")
@@ -197,8 +196,9 @@ def _notebook(args, run_dir: Path) -> int:
                                    f"{backend}/{precision} {what}") as progress:
                     kernel.tail.progress = progress
                     try:
-                        run_papermill("benchmark", out, {**base, "backend": backend, "precision": precision,
-                                                          "bench_pass": bench_pass}, kernel)
+                        # the notebook reads every run parameter from the run folder (params.json, plan.json)
+                        run_papermill("benchmark", out, {"run_dir": str(run_dir), "backend": backend,
+                                                          "precision": precision, "bench_pass": bench_pass}, kernel)
                     finally:
                         kernel.tail.progress = None
         except KeyboardInterrupt:
