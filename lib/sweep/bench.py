@@ -380,11 +380,6 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
         raise BenchbookError(f"bench_pass={bench_pass!r} is not valid; expected 0 (both passes), 1 or 2")
     run_dir = Path(run_dir)
     params, plan = load_plan(run_dir)  # what the plan step resolved: nothing is planned again here
-    planned = [(c["backend"], c["precision"]) for c in plan["combos"]]
-    if (backend, precision) not in planned:
-        raise BenchbookError(f"{backend}/{precision} is not planned in run {run_dir}; its plan runs "
-                             f"{', '.join(f'{b}/{p}' for b, p in planned)} (plan.json); plan another run for it "
-                             f"(make report BACKENDS={backend} PRECISIONS={precision})")
     cfg = get_model(params.model, params.models_path)
     device = plan["device"]
     gpu = device == "cuda"
