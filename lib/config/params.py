@@ -1,5 +1,9 @@
 """Run parameters: parsed from the Makefile's strings (or a notebook's values) and validated together,
-before any heavy work. Every error names the parameter, the bad value and what is valid."""
+before any heavy work. Every error names the parameter, the bad value and what is valid.
+
+``RUN_PARAMETERS`` defines each one once: its make variable, default, parser, `make help` line and the
+notebooks that take it. The Makefile, `make help` (``python -m lib.pipeline.cli help``), the notebooks'
+parameter cells and the README table are checked against it (tests/config/test_params_registry.py)."""
 
 from __future__ import annotations
 
