@@ -12,6 +12,8 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export PYTHONUNBUFFERED := 1
 
 # --- run parameters (every one is validated before any work; `make help` explains them) -----
+# Each is defined once, in lib/config/params.py RUN_PARAMETERS (default, parser, help text); these defaults and
+# the PARAMS list below are checked against it by tests/config/test_params_registry.py.
 MODEL ?= efficientnet_b1
 BACKENDS ?= auto
 PRECISIONS ?= auto
@@ -66,20 +68,8 @@ q = '$(subst ','\'',$(1))'
 qv = $(call q,$(value $(1)))
 unexport $(PARAMS) RUNS FIDELITY_BATCH
 
-PLAN_SETS = --set model=$(call qv,MODEL) --set backends=$(call qv,BACKENDS) \
-  --set precisions=$(call qv,PRECISIONS) --set batch_sizes=$(call qv,BATCH_SIZES) \
-  --set shapes=$(call qv,SHAPES) --set warmup=$(call qv,WARMUP) --set iters=$(call qv,ITERS) \
-  --set duration=$(call qv,DURATION) --set rounds=$(call qv,ROUNDS) --set point_cap=$(call qv,POINT_CAP) \
-  --set ci_target=$(call qv,CI_TARGET) --set noise_spread=$(call qv,NOISE_SPREAD) \
-  --set host_slow=$(call qv,HOST_SLOW) --set device=$(call qv,DEVICE) --set outliers=$(call qv,OUTLIERS) \
-  --set weights=$(call qv,WEIGHTS) --set seed=$(call qv,SEED) --set unstable_cv=$(call qv,UNSTABLE_CV) \
-  --set channels_last=$(call qv,CHANNELS_LAST) --set tf32=$(call qv,TF32) \
-  --set compile_mode=$(call qv,COMPILE_MODE) --set trt_workspace_gib=$(call qv,TRT_WORKSPACE) \
-  --set trt_opt_level=$(call qv,TRT_OPT_LEVEL) --set models_dir=$(call qv,MODELS_DIR) \
-  --set cache_dir=$(call qv,CACHE_DIR) --set data=$(call qv,DATA) \
-  --set calib=$(call qv,CALIB) --set max_acc_drop=$(call qv,MAX_ACC_DROP) \
-  --set price_per_hour=$(call qv,PRICE_PER_HOUR) --set load=$(call qv,LOAD) \
-  --set concurrency=$(call qv,CONCURRENCY) --set rates=$(call qv,RATES)
+# Every run parameter but the plan step's own two, as --set NAME=value (the plan step maps each to its field).
+PLAN_SETS = $(foreach v,$(filter-out RUN_ID REPORTS_DIR,$(PARAMS)),--set $(v)=$(call qv,$(v)))
 
 .PHONY: help setup test test-fast report execute lab models clean-cache index
 
@@ -87,22 +77,9 @@ help:
 	@echo "make setup                      create $(VENV) and install benchbook with its dependencies"
 	@echo "make test                       run the test suite"
 	@echo "make report MODEL=name [...]    export, benchmark every backend, render reports/<model>/<run>/report.html"
-	@# the current values, each single-quoted for the shell: a value is printed, never run
-	@echo '  BACKENDS='$(call qv,BACKENDS)' PRECISIONS='$(call qv,PRECISIONS)' BATCH_SIZES='$(call qv,BATCH_SIZES) \
-	  'SHAPES='$(call qv,SHAPES)' DEVICE='$(call qv,DEVICE)
-	@echo '  WARMUP='$(call qv,WARMUP)'s (a point'"'"'s first warm-up) ITERS='$(call qv,ITERS)' DURATION='$(call qv,DURATION)'s (per round)' \
-	  'OUTLIERS='$(call qv,OUTLIERS)' WEIGHTS=<state_dict.pth>'
-	@echo '  ROUNDS='$(call qv,ROUNDS)' (minimum, interleaved, half per pass) POINT_CAP='$(call qv,POINT_CAP)'s' \
-	  'CI_TARGET='$(call qv,CI_TARGET)' (adaptive stop) NOISE_SPREAD='$(call qv,NOISE_SPREAD)' HOST_SLOW='$(call qv,HOST_SLOW)
-	@echo "  RUN_ID=<existing run id> resumes an interrupted run (Ctrl-C keeps every measured point and prints the id); empty = a new run"
-	@echo "  DATA=<folder of labelled images, one sub-folder per class>: top-1/top-5 accuracy per backend"
-	@echo "  PRECISIONS=fp32,int8: INT8 (ort: QDQ on the CPU/CUDA EP; trt, ort-trt: explicit Q/DQ; torch-compile: torchao)"
-	@echo "  CALIB=<folder of images>: calibrates INT8 (empty: seeded inputs from the model config, labelled as such)"
-	@echo '  MAX_ACC_DROP='$(call qv,MAX_ACC_DROP)' accuracy loss the recommendation tolerates: auto = 1 point of top-1 with DATA,' \
-	  'else the parity thresholds; parity; or top-1 points (needs DATA)'
-	@echo "  PRICE_PER_HOUR=<the machine's price per hour>: cost per million inferences per configuration"
-	@echo '  LOAD='$(call qv,LOAD)' (auto: the configurations the summary picks, all, none) CONCURRENCY='$(call qv,CONCURRENCY) \
-	  'RATES='$(call qv,RATES)' (0.5x = half the single-request throughput, or req/s): latency under load'
+	@# the run parameters with their current values, from lib.config.params.RUN_PARAMETERS (each value single-quoted
+	@# for the shell: it is printed, never run)
+	@$(PYTHON) -m lib.pipeline.cli help $(foreach v,$(PARAMS),--set $(v)=$(call qv,$(v)))
 	@echo "  bad values are refused in seconds, before any work, with what is valid"
 	@echo "make compare RUNS=\"<run dir> <run dir> ...\"  one HTML page comparing runs (first = reference)"
 	@echo "make fidelity                   harness checks on a CUDA GPU (vs torch.utils.benchmark, sampler cost, GPU busy time)"

@@ -1,5 +1,9 @@
 """Run parameters: parsed from the Makefile's strings (or a notebook's values) and validated together,
-before any heavy work. Every error names the parameter, the bad value and what is valid."""
+before any heavy work. Every error names the parameter, the bad value and what is valid.
+
+``RUN_PARAMETERS`` defines each one once: its make variable, default, parser, `make help` line and the
+notebooks that take it. The Makefile, `make help` (``python -m lib.pipeline.cli help``), the notebooks'
+parameter cells and the README table are checked against it (tests/config/test_params_registry.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +11,14 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..common.errors import ConfigError
 
 __all__ = ["RunParams", "parse_int_list", "parse_float", "parse_int", "parse_list", "check_make_path", "show", "show_item",
            "PRECISIONS", "QUANTIZED", "COMPILE_MODES", "MAX_ITERS", "MAX_ROUNDS", "parse_max_acc_drop",
-           "pass_targets", "measured_modes", "MAX_CONCURRENCY", "LOAD_CHOICES"]
+           "pass_targets", "measured_modes", "MAX_CONCURRENCY", "LOAD_CHOICES", "Param", "RUN_PARAMETERS",
+           "param", "field_of", "help_lines", "NOTEBOOK_OWN"]
 
 # int8 / fp8 are quantized precisions (lib.artifacts.quantize): each backend says where it runs them, and auto never
 # picks them (they need calibration and cost accuracy, which the report weighs against their speed).
@@ -173,6 +179,152 @@ def parse_max_acc_drop(value, data: str = "") -> str:
     return f"{x:g}"
 
 
+
+def _point_cap(value) -> float:
+    x = parse_float("POINT_CAP", value, positive=True)
+    if x > MAX_POINT_CAP_S:
+        raise ConfigError(f"{show('POINT_CAP', value)} is not valid; expected seconds > 0 and <= {MAX_POINT_CAP_S:g}")
+    return x
+
+
+def _fraction(name: str) -> Callable[[object], float]:
+    """A parser for a fraction strictly between 0 and 1 (CI_TARGET, NOISE_SPREAD, HOST_SLOW)."""
+    def parse(value) -> float:
+        x = parse_float(name, value, unit="a fraction", positive=True)
+        if x >= 1:
+            raise ConfigError(f"{show(name, value)} is not valid; expected a fraction > 0 and < 1 (e.g. 0.05 = 5 %)")
+        return x
+    return parse
+
+
+def _channels_last(value) -> str:
+    text = str(value).strip().lower()
+    if text != "auto" and text not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+        raise ConfigError(f"{show('CHANNELS_LAST', value)} is not valid; use auto, 1 or 0")
+    return "auto" if text == "auto" else str(int(parse_bool("CHANNELS_LAST", text)))
+
+
+def _price(value) -> float:
+    """Empty: no price given (0: no cost figures)."""
+    return parse_float("PRICE_PER_HOUR", value, unit="a price per hour") if str(value).strip() else 0.0
+
+
+@dataclass(frozen=True)
+class Param:
+    """One run parameter, defined here once: the Makefile's defaults and PARAMS list, `make help`, the
+    notebooks' parameter cells and the README's table are checked against these (tests/config/
+    test_params_registry.py)."""
+
+    name: str                  # the make variable, e.g. BATCH_SIZES
+    default: str               # the text make passes when the variable is not given
+    help: str                  # one line, as `make help` shows it after NAME=<current value>
+    field: str | None          # the RunParams field it sets; None: an argument of the plan step itself
+    parse: Callable | None = None  # its parser (text -> value, ConfigError naming the value); None: checked
+    #                            in RunParams.from_strings or by the plan step, which need other parameters
+    notebooks: tuple = ()      # (notebook stem, its parameter name[, its default there when not ours])
+    shown: str = ""            # the README's default column, where an empty default means something
+
+
+# In `make report`'s order of concern: what runs, how it is timed, how it is flagged, engines, folders, extras.
+RUN_PARAMETERS: tuple[Param, ...] = (
+    Param("MODEL", "efficientnet_b1", "a model's name (make models lists them)", "model",
+          notebooks=(("00_export", "model"),)),
+    Param("BACKENDS", "auto", "comma list of backends; auto: every one that can run here", "backends"),
+    Param("PRECISIONS", "auto", "fp32,fp16,bf16,int8,fp8; auto: FP32 on a CPU, each backend's floats on a GPU "
+          "(int8, fp8 only by name)", "precisions"),
+    Param("BATCH_SIZES", "auto", "e.g. 1,8,32; auto: the model config's defaults for the device", "batch_sizes"),
+    Param("SHAPES", "auto", "dynamic dims besides batch, e.g. 240x240 or 128; auto: the config's defaults",
+          "shapes"),
+    Param("WARMUP", "0.2", "seconds of a point's first warm-up (and at least 2 iterations)", "warmup",
+          lambda v: parse_float("WARMUP", v, positive=True, maximum=MAX_WARMUP_S)),
+    Param("ITERS", "5", "per round: at least this many timed iterations ...", "iters",
+          lambda v: parse_int("ITERS", v, maximum=MAX_ITERS)),
+    Param("DURATION", "0.25", "... and at least this many seconds", "duration",
+          lambda v: parse_float("DURATION", v, positive=True, maximum=MAX_DURATION_S)),
+    Param("ROUNDS", "4", "at least this many interleaved rounds per point and mode (half per pass)", "rounds",
+          lambda v: parse_int("ROUNDS", v, minimum=2, maximum=MAX_ROUNDS)),
+    Param("POINT_CAP", "2.0", "no more rounds once a point and mode has this many timed seconds", "point_cap",
+          _point_cap),
+    Param("CI_TARGET", "0.01", "adaptive stop: once the 95 % interval is within +-this fraction of the median",
+          "ci_target", _fraction("CI_TARGET")),
+    Param("NOISE_SPREAD", "0.05", "a point is noisy when its round medians span more than this fraction",
+          "noise_spread", _fraction("NOISE_SPREAD")),
+    Param("HOST_SLOW", "0.10", "a round ran on a slow host when the sentinel is this much above its best",
+          "host_slow", _fraction("HOST_SLOW")),
+    Param("DEVICE", "auto", "cpu, cuda or auto", "device"),
+    Param("OUTLIERS", "tukey", "presentation only: tukey[:k], mad[:k] or none", "outliers",
+          notebooks=(("20_analysis", "outliers", ""), ("30_compare", "outliers", ""))),
+    Param("WEIGHTS", "", "a local state_dict file; empty: random weights", "weights",
+          notebooks=(("00_export", "weights"),), shown="(random)"),
+    Param("SEED", "0", "seeds the benchmark inputs", "seed", lambda v: parse_int("SEED", v, minimum=0)),
+    Param("UNSTABLE_CV", "0.05", "flag points whose coefficient of variation exceeds this (at most 1)",
+          "unstable_cv", lambda v: parse_float("UNSTABLE_CV", v, unit="a fraction", maximum=MAX_UNSTABLE_CV)),
+    Param("CHANNELS_LAST", "auto", "PyTorch NHWC: auto (on for fp16/bf16 on CUDA), 1 or 0", "channels_last",
+          _channels_last),
+    Param("TF32", "1", "allow TF32 math for FP32 on GPUs, every backend alike (1 or 0)", "tf32",
+          lambda v: parse_bool("TF32", v)),
+    Param("COMPILE_MODE", "default", "torch.compile mode (max-autotune compiles for minutes)", "compile_mode"),
+    Param("TRT_WORKSPACE", "4", "TensorRT builder workspace limit, GiB", "trt_workspace_gib",
+          lambda v: parse_float("TRT_WORKSPACE", v, 0.0625, "GiB")),
+    Param("TRT_OPT_LEVEL", "3", "TensorRT builder optimisation level, 0..5", "trt_opt_level",
+          lambda v: parse_int("TRT_OPT_LEVEL", v, minimum=0, maximum=5)),
+    Param("RUN_ID", "", "an existing run's id resumes it (Ctrl-C keeps every measured point and prints the id); "
+          "empty: a new run", None, shown="(new)"),
+    Param("REPORTS_DIR", "reports", "run folders go to <REPORTS_DIR>/<model>/<run id>/", None),
+    Param("MODELS_DIR", "", "where the models are; empty: the repository's models/", "models_dir",
+          notebooks=(("00_export", "models_dir"),), shown="models"),
+    Param("CACHE_DIR", "build", "exported ONNX files and engines (make clean-cache deletes it)", "cache_dir",
+          notebooks=(("00_export", "cache_dir"),)),
+    Param("DATA", "", "a folder of labelled images, one sub-folder per class: top-1/top-5 accuracy per backend",
+          "data", shown="(none)"),
+    Param("CALIB", "", "a folder of images that calibrates INT8; empty: seeded inputs from the model config",
+          "calib", notebooks=(("00_export", "calib"),), shown="(seeded)"),
+    Param("MAX_ACC_DROP", "auto", "accuracy loss the recommendation tolerates: auto, parity or top-1 points "
+          "(needs DATA)", "max_acc_drop", notebooks=(("20_analysis", "max_acc_drop", ""),)),
+    Param("PRICE_PER_HOUR", "", "the machine's price per hour: cost per million inferences per configuration",
+          "price_per_hour", _price, shown="(none)"),
+    Param("LOAD", "auto", "latency under load of: auto (the configurations the summary picks), all, none", "load"),
+    Param("CONCURRENCY", "1,2,4,8", "latency under load: requests in flight of the closed loop (1..64)",
+          "concurrency"),
+    Param("RATES", "auto", "latency under load: Poisson arrival rates, 0.5x (of single-request throughput) or "
+          "req/s; auto: 0.5x,0.9x", "rates"),
+)
+
+# Notebook parameters that are no run parameter: each notebook's own (which run, which backend, ...).
+NOTEBOOK_OWN = {
+    "00_export": ("precisions", "run_dir"),
+    "10_benchmark": ("run_dir", "backend", "precision", "bench_pass"),
+    "15_load": ("run_dir",),
+    "20_analysis": ("run_dir", "budget_ms"),
+    "30_compare": ("runs", "model", "out_dir"),
+}
+
+
+def param(name: str) -> Param:
+    """The registry entry of make variable ``name``; a ConfigError naming the valid ones otherwise."""
+    for spec in RUN_PARAMETERS:
+        if spec.name == name.upper():
+            return spec
+    raise ConfigError(f"{name} is not a run parameter; valid: {' '.join(s.name for s in RUN_PARAMETERS)}")
+
+
+def field_of(key: str) -> str:
+    """The RunParams field of ``key``, a make variable (TRT_WORKSPACE) or already a field (trt_workspace_gib)."""
+    for spec in RUN_PARAMETERS:
+        if spec.name == key.upper() and spec.field:
+            return spec.field
+    return key.lower()
+
+
+def help_lines(values: dict[str, str] | None = None) -> list[str]:
+    """`make help`'s parameter lines, ``NAME=<value>  help``, with the values make has now (a value is
+    printed, never run); a parameter not in ``values`` shows its default."""
+    values = values or {}
+    shown = [f"{s.name}={values.get(s.name, s.default)}" for s in RUN_PARAMETERS]
+    width = max((len(t) for t in shown if len(t) <= 28), default=0)  # a long value pushes only its own line
+    return [f"  {t:<{width}}  {s.help}" for t, s in zip(shown, RUN_PARAMETERS)]
+
+
 @dataclass
 class RunParams:
     """Everything that decides a run; saved as ``params.json`` in the run folder."""
@@ -242,44 +394,9 @@ class RunParams:
         if p.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"{show('COMPILE_MODE', p.compile_mode)} is not a torch.compile mode; valid: "
                               f"{', '.join(COMPILE_MODES)}")
-        if "warmup" in raw:
-            p.warmup = parse_float("WARMUP", raw["warmup"], positive=True, maximum=MAX_WARMUP_S)
-        if "duration" in raw:
-            p.duration = parse_float("DURATION", raw["duration"], positive=True, maximum=MAX_DURATION_S)
-        if "iters" in raw:
-            p.iters = parse_int("ITERS", raw["iters"], maximum=MAX_ITERS)
-        if "rounds" in raw:
-            p.rounds = parse_int("ROUNDS", raw["rounds"], minimum=2, maximum=MAX_ROUNDS)
-        if "point_cap" in raw:
-            p.point_cap = parse_float("POINT_CAP", raw["point_cap"], positive=True)
-            if p.point_cap > MAX_POINT_CAP_S:
-                raise ConfigError(f"{show('POINT_CAP', raw['point_cap'])} is not valid; expected seconds > 0 and "
-                                  f"<= {MAX_POINT_CAP_S:g}")
-        for key, name in (("ci_target", "CI_TARGET"), ("noise_spread", "NOISE_SPREAD"), ("host_slow", "HOST_SLOW")):
-            if key in raw:
-                value = parse_float(name, raw[key], unit="a fraction", positive=True)
-                if value >= 1:
-                    raise ConfigError(f"{show(name, raw[key])} is not valid; expected a fraction > 0 and < 1 "
-                                      f"(e.g. 0.05 = 5 %)")
-                setattr(p, key, value)
-        if "seed" in raw:
-            p.seed = parse_int("SEED", raw["seed"], minimum=0)
-        if "unstable_cv" in raw:
-            p.unstable_cv = parse_float("UNSTABLE_CV", raw["unstable_cv"], unit="a fraction",
-                                        maximum=MAX_UNSTABLE_CV)
-        if "channels_last" in raw:
-            value = str(raw["channels_last"]).strip().lower()
-            if value != "auto" and value not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
-                raise ConfigError(f"{show('CHANNELS_LAST', raw['channels_last'])} is not valid; use auto, 1 or 0")
-            p.channels_last = "auto" if value == "auto" else str(int(parse_bool("CHANNELS_LAST", value)))
-        if "tf32" in raw:
-            p.tf32 = parse_bool("TF32", raw["tf32"])
-        if "trt_workspace_gib" in raw:
-            p.trt_workspace_gib = parse_float("TRT_WORKSPACE", raw["trt_workspace_gib"], 0.0625, "GiB")
-        if "trt_opt_level" in raw:
-            p.trt_opt_level = parse_int("TRT_OPT_LEVEL", raw["trt_opt_level"], minimum=0, maximum=5)
-        if str(raw.get("price_per_hour", "")).strip():
-            p.price_per_hour = parse_float("PRICE_PER_HOUR", raw["price_per_hour"], unit="a price per hour")
+        for spec in RUN_PARAMETERS:  # the scalar parameters, each by its registry entry's parser
+            if spec.parse is not None and spec.field in raw:
+                setattr(p, spec.field, spec.parse(raw[spec.field]))
         if str(raw.get("max_acc_drop", "")).strip():
             p.max_acc_drop = parse_max_acc_drop(raw["max_acc_drop"], p.data)
         for key in ("load", "concurrency", "rates"):

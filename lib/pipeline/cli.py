@@ -1,6 +1,8 @@
 """Command line used by the Makefile: ``python -m lib.pipeline.cli <command>``.
 
-* ``plan --set model=... [--set key=value ...]``: validate and create the run folder; prints its path.
+* ``plan --set MODEL=... [--set NAME=value ...]``: validate and create the run folder; prints its path. A name
+  is a run parameter's make variable (lib.config.params.RUN_PARAMETERS) or its RunParams field.
+* ``help [--set NAME=value ...]``: `make help`'s lines on the run parameters, with make's current values.
 * ``notebook {export,benchmark,load,analysis} --run-dir DIR [...]``: execute a notebook with papermill.
   A benchmark notebook that fails (an exception, or a crashed kernel) is recorded in
   ``notebook.failed.json`` beside its results and the command still exits 0, so the sweep goes on
@@ -43,14 +45,26 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _parse_sets(pairs: list[str]) -> dict:
+def _parse_sets(pairs: list[str], fields: bool = True) -> dict:
+    """``--set`` pairs as {RunParams field: text} (``fields``; a make variable is mapped to its field by the
+    registry), else as {NAME: text} as given."""
+    from ..config.params import field_of
+
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise BenchbookError(f"--set {pair!r}: expected key=value")
-        out[key.strip().lower()] = value
+        out[field_of(key.strip()) if fields else key.strip()] = value
     return out
+
+
+def cmd_help(args) -> int:
+    """The run parameters' lines of `make help` (lib.config.params.RUN_PARAMETERS), with make's values."""
+    from ..config.params import help_lines
+
+    print("\n".join(help_lines(_parse_sets(args.set, fields=False))))
+    return 0
 
 
 def _check_make_vars(unknown: list[str], known: list[str]) -> None:
@@ -155,7 +169,6 @@ def _notebook(args, run_dir: Path) -> int:
 
     params = read_run_json(run_dir / "params.json")
     base = {k: v for k, v in params.items() if k != "options"}
-    base.update(reports_dir=str(run_dir.parent.parent), run_id=run_dir.name)
     t0 = time.perf_counter()
     if args.name == "benchmark":
         backend, _, precision = args.combo.rpartition("-")
@@ -183,8 +196,9 @@ def _notebook(args, run_dir: Path) -> int:
                                    f"{backend}/{precision} {what}") as progress:
                     kernel.tail.progress = progress
                     try:
-                        run_papermill("benchmark", out, {**base, "backend": backend, "precision": precision,
-                                                          "bench_pass": bench_pass}, kernel)
+                        # the notebook reads every run parameter from the run folder (params.json, plan.json)
+                        run_papermill("benchmark", out, {"run_dir": str(run_dir), "backend": backend,
+                                                          "precision": precision, "bench_pass": bench_pass}, kernel)
                     finally:
                         kernel.tail.progress = None
         except KeyboardInterrupt:
@@ -394,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unknown-vars", default="", help="variables given to make that it does not read")
     p.add_argument("--known-vars", default="", help="the parameters make reads")
     p.set_defaults(fn=cmd_plan)
+    p = sub.add_parser("help")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a make variable's value now")
+    p.set_defaults(fn=cmd_help)
     p = sub.add_parser("notebook")
     p.add_argument("name", choices=["analysis", "benchmark", "export", "load"])
     p.add_argument("--run-dir", required=True)

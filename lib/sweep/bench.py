@@ -64,7 +64,7 @@ from ..measure.parity import check_parity
 from ..measure.reference import ReferenceOutputs
 from ..measure.sampler import Sampler
 from ..measure.timing import HostSentinel, TimingPolicy, measure_latency, measure_throughput, throughput_window, warm_up
-from .plan import load_plan, resolve_points
+from .plan import load_plan, planned_points
 
 __all__ = ["run_backend", "combo_dir", "point_key", "is_oom", "SWITCH_WARMUP_S"]
 
@@ -336,11 +336,11 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
     if bench_pass not in (0, 1, 2):
         raise BenchbookError(f"bench_pass={bench_pass!r} is not valid; expected 0 (both passes), 1 or 2")
     run_dir = Path(run_dir)
-    params, plan = load_plan(run_dir)
+    params, plan = load_plan(run_dir)  # what the plan step resolved: nothing is planned again here
     cfg = get_model(params.model, params.models_path)
     device = plan["device"]
     gpu = device == "cuda"
-    batches, shapes = resolve_points(cfg, params, device)
+    batches, shapes = planned_points(cfg, plan)
     policy = TimingPolicy(warmup_s=params.warmup, min_iters=params.iters, min_duration_s=params.duration)
     out = combo_dir(run_dir, backend, precision)
     (out / "points").mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from ..config.models import build_model, check_load_py, check_weights_file, get_
 from ..config.params import RunParams, check_make_path, parse_int_list, parse_list, show, show_item
 from ..measure.timing import TimingPolicy
 
-__all__ = ["Plan", "make_plan", "new_run_id", "check_run_id", "load_plan", "parse_shapes", "resolve_points",
+__all__ = ["Plan", "make_plan", "new_run_id", "check_run_id", "load_plan", "parse_shapes", "resolve_points", "planned_points",
            "resumable_runs"]
 
 # Parameters whose change makes a different run (a resume must keep them).
@@ -266,8 +266,8 @@ def make_plan(params: RunParams, reports_dir: Path | str = "reports", run_id: st
 
     The checks run cheapest first and none imports torch unless WEIGHTS is given; nothing is
     written before every check has passed. ``strict_resume`` (the command line's plan step): a RUN_ID
-    must name an existing run, and one that a live process is running is refused (the benchmark
-    notebooks re-plan inside that very run; tests name new runs). ``log=None``: say nothing (a kernel re-opening its run)."""
+    must name an existing run, and one that a live process is running is refused (tests name new runs).
+    The steps after this one read the run folder (``load_plan``), never plan again. ``log=None``: say nothing."""
     log = log or (lambda msg: None)
     check_make_path("REPORTS_DIR", str(reports_dir))
     reports_dir = Path(reports_dir).expanduser().resolve()
@@ -426,3 +426,9 @@ def load_plan(run_dir: Path | str) -> tuple[RunParams, dict]:
     except TypeError as e:
         raise CorruptFile(f"{run_dir / 'params.json'} is not this version's run parameters ({e})") from None
     return params, read_run_json(run_dir / "plan.json")
+
+
+def planned_points(cfg: ModelConfig, plan: dict) -> tuple[list[int], list[Shape]]:
+    """The batch sizes and shapes the plan step resolved (``plan.json``), for the steps after it: they run on
+    the plan's resolution, not a new one (``auto`` could resolve otherwise on another device or config)."""
+    return [int(b) for b in plan["batch_sizes"]], [cfg.parse_shape(s) for s in plan["shapes"]]

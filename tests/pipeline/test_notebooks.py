@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -82,11 +83,18 @@ def test_notebooks_run_with_their_defaults_from_anywhere(repo_copy, tmp_path):
 
     ok, error = _papermill(repo_copy, "00_export.ipynb", elsewhere, models_dir=models, **TINY)
     assert ok, error
-    ok, error = _papermill(repo_copy, "10_benchmark.ipynb", elsewhere, models_dir=models, batch_sizes="1",
-                           iters=3, duration=0.05, warmup=0.02, **TINY)
+    # the benchmark notebook takes a run folder (every run parameter is read from it): the plan step makes one
+    proc = subprocess.run([sys.executable, "-m", "lib.pipeline.cli", "plan", "--set", "MODEL=tiny_cnn",
+                           "--set", f"MODELS_DIR={models}", "--set", "BATCH_SIZES=1", "--set", "ITERS=3",
+                           "--set", "DURATION=0.05", "--set", "WARMUP=0.02", "--set", "BACKENDS=torch"],
+                          cwd=repo_copy, env={**env, "PYTHONPATH": str(repo_copy)}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ok, error = _papermill(repo_copy, "10_benchmark.ipynb", elsewhere)  # the newest run: the one just planned
     assert ok, error
     runs = sorted((repo_copy / "reports" / "tiny_cnn").iterdir())
-    assert len(runs) == 2  # the notebook's run went to the repository's reports/
+    assert len(runs) == 2 and runs[-1] == Path(proc.stdout.strip())  # the notebook measured in that run
+    assert (runs[-1] / "bench" / "torch-fp32" / "done.json").exists()
     ok, error = _papermill(repo_copy, "15_load.ipynb", elsewhere)  # the newest run: the notebook's own
     assert ok, error
     assert (runs[-1] / "load_points.parquet").exists() and (runs[0] / "load" / "load.json").exists()

@@ -112,7 +112,10 @@ def test_executed_notebooks_are_kept(pipeline, run):
         nb = _executed(d / "benchmark.ipynb")
         injected = [c.source for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert len(injected) == 1 and f'backend = "{combo.split("-")[0]}"' in injected[0]
-        assert f'run_id = "{run_dir.name}"' in injected[0]
+        # the run folder, backend, precision and pass: every run parameter is read from the run folder
+        assert f'run_dir = "{run_dir}"' in injected[0]
+        assert sorted(ln.split(" = ")[0] for ln in injected[0].splitlines()[1:]) == [
+            "backend", "bench_pass", "precision", "run_dir"]
         assert (d / "notebook.done").is_file() and not (d / "notebook.failed.json").exists()
         assert read_json(d / "done.json") == {"points": 2, "ok": 2, "oom": 0, "error": 0}
     _executed(run_dir / "load" / "load.ipynb")  # the load stage, between the benchmarks and the analysis
