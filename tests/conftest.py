@@ -4,6 +4,7 @@ session into a temporary cache) and helpers that write model folders into ``tmp_
 from __future__ import annotations
 
 import copy
+import signal
 import textwrap
 from pathlib import Path
 
@@ -17,6 +18,12 @@ FIXTURES = REPO / "tests" / "fixtures" / "models"
 MODELS = REPO / "models"
 
 TINY_LOAD_PY = (FIXTURES / "tiny_cnn" / "load.py").read_text()
+
+# A suite started in the background of a non-interactive shell (`nohup make test &`) inherits SIGINT ignored, and
+# an ignored signal stays ignored across exec: every make and kernel the Ctrl-C tests start would then shrug off
+# their SIGINT (seen: exit 0 and 2 where 130 is right). A handler, unlike SIG_IGN, is reset to the default at exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class Log:
