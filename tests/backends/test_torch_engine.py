@@ -177,3 +177,15 @@ def test_torch_compile_refuses_a_shape_it_did_not_compile(tiny):
         TorchCompile.MAX_SHAPES = old
         dynamo_config.recompile_limit = saved
         torch._dynamo.reset()
+
+
+def test_a_second_torch_compile_engine_of_the_same_model_compiles_its_own_graphs(tiny):
+    """dynamo's cache is per code object, not per module: without a fresh cache the second engine reused the
+    first's graphs, compiled none, and was refused as eager (seen on an H200 in the GPU parity test; the load
+    stage opens its picks one after another the same way)."""
+    spec = EngineSpec(model=tiny, precision="fp32", device="cpu", options={"compile_backend": "eager"})
+    for _ in range(2):
+        with make_engine("torch-compile", spec) as engine:
+            for b in (1, 4):
+                engine.bind(make_inputs(tiny, b, tiny.shapes[0], seed=0))
+            assert len(engine._compiled_shapes) == 2

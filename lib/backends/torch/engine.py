@@ -342,6 +342,11 @@ class TorchCompile(_TorchBase):
             dynamo_config.fail_on_recompile_limit_hit = True
         self.info.update(compile_mode=mode, compile_backend=backend)
         self._compiled_shapes: dict[tuple, int] = {}
+        # dynamo caches graphs per code object and guards on tensor properties, not on the module: a second
+        # engine of the same model in one process (the load stage's picks, a test) would reuse the first's
+        # graphs, compile nothing, and be refused below as eager. Engines live one at a time (a sweep process
+        # holds one; the load stage opens its picks one after another), so a fresh cache per engine is safe.
+        self._torch._dynamo.reset()
         return self._torch.compile(model, mode=mode, dynamic=False, backend=backend)
 
     def _bind(self, host_inputs):
