@@ -136,8 +136,11 @@ def _load_line(run_dir: Path) -> str | None:
 
     path = run_dir / "load_capacity.parquet"
     cap = pd.read_parquet(path) if path.exists() else pd.DataFrame()
-    if cap.empty or "max_rate_rps" not in cap or not (cap["max_rate_rps"] > 0).any():
+    if cap.empty or "max_rate_rps" not in cap:
         return None
+    if not (cap["max_rate_rps"] > 0).any():  # the stage ran: that nothing fits is its answer, not silence
+        return (f"[done] under load: no configuration the load stage ran sustains any request rate with p99 within "
+                f"{cap['budget_ms'].iloc[0]:.3g} ms (the report's Latency under load section)")
     r = cap.sort_values("max_rate_rps", ascending=False).iloc[0]
     policy = str(r["policy"])
     if policy != "no batching" and pd.notna(r.get("max_batch")):

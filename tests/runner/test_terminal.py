@@ -71,3 +71,8 @@ def test_run_summary_names_the_best_per_goal_and_the_rate_under_load(tmp_path):
     lines = run_summary(tmp_path)
     assert lines[1] == ("[done] under load, p99 within 10 ms: ort/fp32 sustains up to 2,400 req/s (measured batcher, "
                         "max batch 8, 2 ms delay; predicted, the report's Latency under load section)")
+    pd.DataFrame([dict(backend="ort", precision="fp32", shape="static", policy="no batching", max_batch=1,
+                       max_delay_ms=0.0, max_rate_rps=0.0, budget_ms=10.0, source="predicted")]
+                 ).to_parquet(tmp_path / "load_capacity.parquet")
+    assert run_summary(tmp_path)[1] == ("[done] under load: no configuration the load stage ran sustains any request "
+                                        "rate with p99 within 10 ms (the report's Latency under load section)")
