@@ -132,11 +132,12 @@ report:
 
 ifdef PLAN
 include $(PLAN)
-# Two passes over the backends: pass 1 in plan order, pass 2 in reverse (lib/sweep/bench.py says why).
+# Two passes over the backends: pass 1 in plan order, a kernel each; pass 2 in reverse order, every backend in one
+# process (lib/sweep/bench.py and lib/sweep/second_pass.py say why).
 BENCH_PASS1 := $(foreach c,$(COMBOS),$(RUN_DIR)/bench/$(subst @,-,$(c))/pass1.done)
-BENCH_DONE := $(foreach c,$(COMBOS_REVERSED),$(RUN_DIR)/bench/$(subst @,-,$(c))/notebook.done)
+BENCH_DONE := $(RUN_DIR)/bench/pass2.done
 # Chained pattern targets: make would delete them as intermediate files at the end; they are records.
-.SECONDARY: $(BENCH_PASS1) $(BENCH_DONE)
+.SECONDARY: $(BENCH_PASS1)
 
 # Measurements never overlap: one step at a time whatever -j is given (and lib.common.runstate.device_lock keeps
 # separate runs on one host from measuring on the same device at once).
@@ -152,13 +153,13 @@ $(ONNX_STAMP): $(ONNX_DEPS) notebooks/00_export.ipynb lib/artifacts/export.py li
 $(RUN_DIR)/export.json: $(ONNX_STAMP)
 	@$(PYTHON) -m lib.pipeline.cli export-record --run-dir $(RUN_DIR)
 
-# One kernel per backend/precision and pass: a crash takes down only its own notebook (recorded, sweep
-# goes on). Every pass 2 waits for every pass 1.
+# Pass 1, one kernel per backend/precision: a crash takes down only its own notebook (recorded, the sweep goes
+# on). Pass 2 waits for every pass 1; a backend that crashes its process is recorded and the rest go on in a new one.
 $(RUN_DIR)/bench/%/pass1.done: $(RUN_DIR)/export.json notebooks/10_benchmark.ipynb
 	@$(PYTHON) -m lib.pipeline.cli notebook benchmark --run-dir $(RUN_DIR) --combo $* --pass 1
 
-$(RUN_DIR)/bench/%/notebook.done: $(BENCH_PASS1)
-	@$(PYTHON) -m lib.pipeline.cli notebook benchmark --run-dir $(RUN_DIR) --combo $* --pass 2
+$(BENCH_DONE): $(BENCH_PASS1)
+	@$(PYTHON) -m lib.pipeline.cli second-pass --run-dir $(RUN_DIR)
 
 # Latency under load, after every benchmark pass (it picks its configurations from their results) and before
 # the analysis: closed loop, Poisson arrivals, dynamic batching (lib/sweep/load_stage.py). LOAD=none writes only

@@ -4,6 +4,7 @@ session into a temporary cache) and helpers that write model folders into ``tmp_
 from __future__ import annotations
 
 import copy
+import json
 import signal
 import textwrap
 from pathlib import Path
@@ -159,3 +160,19 @@ def copy_run(bench_run, tmp_path):
     dst = tmp_path / "reports" / "tiny_cnn" / bench_run["run_dir"].name
     shutil.copytree(bench_run["run_dir"], dst)
     return dst
+
+
+def strip_pass2(run_dir, combo):
+    """Undo a combo's pass 2: its rounds of pass 2 and its done.json (as after pass 1)."""
+    backend, _, precision = combo.rpartition("-")
+    from lib.common.cache import atomic_write_text, read_json
+    from lib.sweep.bench import combo_dir
+
+    out = combo_dir(run_dir, backend, precision)
+    for pj in (out / "points").glob("*.json"):
+        rec = read_json(pj)
+        rec["rounds"] = [r for r in rec["rounds"] if r["pass"] == 1]
+        pj.write_text(json.dumps(rec))
+    (out / "done.json").unlink()
+    atomic_write_text(out / "pass1.done", "1\n")
+    return out

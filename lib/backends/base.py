@@ -76,6 +76,7 @@ class Engine(ABC):
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     needs_onnx: ClassVar[bool] = False  # True: built from the exported ONNX, not the torch module
     in_auto: ClassVar[tuple[str, ...]] = ("cpu", "cuda")  # devices on which BACKENDS=auto picks it
+    cuda_graph_variant: ClassVar[bool] = False  # another backend's engine replayed as a CUDA graph (auto: FP16 only)
     # The attributes that hold one binding's state; ``bind(..., key=)`` keeps them per key.
     _binding_attrs: ClassVar[tuple[str, ...]] = ()
     keeps_bindings: ClassVar[bool] = True
@@ -97,12 +98,16 @@ class Engine(ABC):
 
     @classmethod
     def auto_precisions(cls, device: str) -> tuple[str, ...]:
-        """What PRECISIONS=auto runs: FP32 on a CPU; every supported float precision on a GPU. Quantized ones
-        (int8, fp8) only by name: they need calibration and cost accuracy."""
+        """What PRECISIONS=auto runs: FP32 on a CPU; on a GPU FP32 and FP16, and a CUDA-graph variant FP16 only.
+        The rest by name: BF16 runs the same tensor cores as FP16 for inference and rarely differs from it; a CUDA
+        graph's gain (launch overhead removed) is largest where kernels are shortest, at FP16; quantized ones
+        (int8, fp8) need calibration and cost accuracy. Every configuration adds about 20 s to a GPU run."""
         from ..config.params import QUANTIZED
 
         floats = tuple(p for p in cls.precisions(device) if p not in QUANTIZED)
-        return floats if device == "cuda" else tuple(p for p in floats if p == "fp32")
+        if device != "cuda":
+            return tuple(p for p in floats if p == "fp32")
+        return tuple(p for p in floats if p in (("fp16",) if cls.cuda_graph_variant else ("fp32", "fp16")))
 
     @classmethod
     def onnx_variant(cls, precision: str) -> str:

@@ -230,8 +230,8 @@ RUN_PARAMETERS: tuple[Param, ...] = (
     Param("MODEL", "efficientnet_b1", "a model's name (make models lists them)", "model",
           notebooks=(("00_export", "model"),)),
     Param("BACKENDS", "auto", "comma list of backends; auto: every one that can run here", "backends"),
-    Param("PRECISIONS", "auto", "fp32,fp16,bf16,int8,fp8; auto: FP32 on a CPU, each backend's floats on a GPU "
-          "(int8, fp8 only by name)", "precisions"),
+    Param("PRECISIONS", "auto", "fp32,fp16,bf16,int8,fp8; auto: FP32 on a CPU; on a GPU FP32 and FP16 "
+          "(CUDA-graph variants FP16); bf16, int8, fp8 by name", "precisions"),
     Param("BATCH_SIZES", "auto", "e.g. 1,8,32; auto: the model config's defaults for the device", "batch_sizes"),
     Param("SHAPES", "auto", "dynamic dims besides batch, e.g. 240x240 or 128; auto: the config's defaults",
           "shapes"),

@@ -21,11 +21,12 @@ when the driver updates it (every ~1 ms for RAPL, tens of ms for some GPUs), so 
 ``(E[last update] - E[first update]) / (time between them) x (t1 - t0)``: the mean power between the
 first and the last counter update inside the window, over the whole window.
 
-**Minimum window rule**: a figure is reported only when the window lasts at least ``MIN_WINDOW_S``
-(0.5 s) and the counter was seen to update at least ``MIN_UPDATES`` (4) times inside it, those
-updates spanning at least half the window; otherwise the status is ``too_short`` with the counter's
-observed update period, never 0 J. The poll period bounds the error of each update time, so the
-relative error is about ``2 x POLL_S / span`` (under 4 % for a 0.5 s span at 10 ms).
+**Minimum window rule**: a figure is reported only when the windows (a point's rounds, pooled over both
+passes) last at least ``MIN_WINDOW_S`` (0.5 s) and the counter was seen to update at least ``MIN_UPDATES``
+(4) times inside them, those updates spanning at least ``MIN_SPAN_S`` (0.3 s) and a third of the windows'
+time; otherwise the status is ``too_short`` with the counter's observed update period, never 0 J. The poll
+period bounds the error of each update time, so the relative error is at most about ``2 x POLL_S / span``
+(7 % for a 0.3 s span at 10 ms; 4 % at 0.5 s).
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ __all__ = ["EnergyMeter", "rapl_zones", "counter_window", "power_window", "energ
 
 MIN_WINDOW_S = 0.5
 MIN_UPDATES = 4
+# The counter's updates inside the windows must span this much (seconds, and a share of the windows' time): the
+# update times are known to one poll (POLL_S) at each end, so the power is within 2 x POLL_S / span (7 % at
+# worst, typically a few %), and a third of a steady window's time represents it. Half was the first rule: an
+# H200's counter moves every ~100 ms, so a 0.25 s round's updates span 0.1-0.2 s and no pass reached it.
+MIN_SPAN_S = 0.3
+MIN_SPAN_SHARE = 1 / 3
 POLL_S = 0.01
 RAPL_ROOT = Path("/sys/class/powercap")
 # points.parquet columns this module adds (one place: lib.results.run calls energy_columns)
@@ -169,14 +176,23 @@ def counter_windows(t, e, spans, items: int, source: str) -> dict:
         if len(inside) >= 2:
             d_e += e[inside[-1]] - e[inside[0]]
             d_t += t[inside[-1]] - t[inside[0]]
-    period = _update_period_ms(t, e)
-    every = f"; the counter updates every ~{period:.0f} ms" if period else ""
-    if total < MIN_WINDOW_S or n < MIN_UPDATES or d_t < total / 2:
-        return _result(source, "too_short", total, items,
-                       note=f"{len(spans)} windows of {total:.2f} s in all saw {n} counter updates spanning "
-                            f"{d_t:.2f} s (need {MIN_WINDOW_S} s, {MIN_UPDATES} updates, half the time){every}; "
-                            f"raise DURATION or ROUNDS")
-    return _result(source, "ok", total, items, d_e / d_t * total)
+    return _counter_result(source, total, items, d_e, d_t, n, len(spans), _update_period_ms(t, e))
+
+
+def _counter_result(source: str, total: float, items: int, d_e: float, d_t: float, n: int, windows: int,
+                    period_ms: float | None) -> dict:
+    """The minimum window rule on pooled counter sums; the sums are kept in the result (``counter``), so the
+    passes of a point can be pooled again (``merge_energy``) before the rule is applied to all of them."""
+    every = f"; the counter updates every ~{period_ms:.0f} ms" if period_ms else ""
+    if total < MIN_WINDOW_S or n < MIN_UPDATES or d_t < max(MIN_SPAN_S, total * MIN_SPAN_SHARE):
+        out = _result(source, "too_short", total, items,
+                      note=f"{windows} windows of {total:.2f} s in all saw {n} counter updates spanning "
+                           f"{d_t:.2f} s (need {MIN_WINDOW_S} s, {MIN_UPDATES} updates spanning {MIN_SPAN_S} s and "
+                           f"a third of the time){every}; raise DURATION or ROUNDS")
+    else:
+        out = _result(source, "ok", total, items, d_e / d_t * total)
+    out["counter"] = {"d_e_j": d_e, "d_t_s": d_t, "updates": n, "windows": windows, "period_ms": period_ms}
+    return out
 
 
 def power_windows(t, w, spans, items: int, source: str) -> dict:
@@ -194,7 +210,9 @@ def power_windows(t, w, spans, items: int, source: str) -> dict:
 
 def merge_energy(by_pass: dict | None, mode: str) -> dict | None:
     """One mode's energy record over the passes of a point (``lib.sweep.bench`` meters each pass's rounds in that
-    pass's process): joules, window and items add up; a domain is ok when any pass measured it."""
+    pass's process). A counter's sums are pooled over the passes and the minimum window rule applied to the
+    pool (two passes of two 0.25 s rounds each reach the rule where neither pass alone does: an H200's counter
+    moves every ~100 ms); otherwise joules, window and items add up, and a domain is ok when any pass measured it."""
     if not by_pass:
         return None
     parts = [p[mode] for p in by_pass.values() if mode in p]
@@ -203,6 +221,17 @@ def merge_energy(by_pass: dict | None, mode: str) -> dict | None:
     out = {}
     for d in dict.fromkeys(k for p in parts for k in p):
         rs = [p[d] for p in parts if d in p]
+        if len(rs) > 1 and all(r.get("counter") for r in rs):
+            c = [r["counter"] for r in rs]
+            periods = [x["period_ms"] for x in c if x.get("period_ms")]
+            out[d] = _counter_result(rs[0].get("source", ""), sum(r["window_s"] for r in rs),
+                                     sum(r.get("items") or 0 for r in rs), sum(x["d_e_j"] for x in c),
+                                     sum(x["d_t_s"] for x in c), sum(x["updates"] for x in c),
+                                     sum(x["windows"] for x in c), min(periods) if periods else None)
+            notes = [r.get("note") for r in rs if r.get("status") == "ok" and r.get("note")]
+            if out[d]["status"] == "ok" and notes:
+                out[d]["note"] = notes[0]
+            continue
         ok = [r for r in rs if r.get("status") == "ok"]
         if not ok:
             out[d] = rs[0]
@@ -314,7 +343,8 @@ class EnergyMeter:
     def describe(self) -> dict:
         """Sources and reasons, for engine.json."""
         return {"sources": {d: s.source for d, s in self.sources.items()}, "notes": dict(self.notes),
-                "poll_s": self.poll_s, "min_window_s": MIN_WINDOW_S, "min_updates": MIN_UPDATES}
+                "poll_s": self.poll_s, "min_window_s": MIN_WINDOW_S, "min_updates": MIN_UPDATES,
+                "min_span_s": MIN_SPAN_S, "min_span_share": MIN_SPAN_SHARE}
 
 
 def energy_columns(energy: dict | None, device: str) -> dict:

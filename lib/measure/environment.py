@@ -12,7 +12,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-__all__ = ["collect_environment", "cpu_model", "register_libraries", "LIBRARIES"]
+__all__ = ["collect_environment", "run_environment", "cpu_model", "register_libraries", "LIBRARIES"]
 
 # Distributions recorded on every run that no backend declares (models, export, analysis, sampling). Each
 # backend declares its own (lib.backends.base.Library); lib.backends hands them over with
@@ -155,3 +155,24 @@ def collect_environment() -> dict:
         **_torch(),
         "gpu": _gpu(),
     }
+
+
+def run_environment(path: Path | str) -> dict:
+    """The run's environment, collected by its first benchmark process and kept in ``path``
+    (``<run_dir>/environment.json``); every later process of the run reads it. Collecting imports every
+    backend's library to ask what version runs (seconds per process on a GPU host), and the processes of
+    one run share the interpreter, the libraries and the machine. A file that cannot be read is collected
+    again."""
+    from ..common.cache import atomic_write_json, read_json
+
+    path = Path(path)
+    if path.exists():
+        try:
+            env = read_json(path)
+            if isinstance(env, dict) and env.get("libraries") is not None:
+                return env
+        except (OSError, ValueError):
+            pass
+    env = collect_environment()
+    atomic_write_json(path, env)
+    return env

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..measure.energy import MIN_UPDATES, MIN_WINDOW_S
+from ..measure.energy import MIN_SPAN_S, MIN_UPDATES, MIN_WINDOW_S
 from ..results.run import Run
 from .format import fmt_num
 from .points import MODE_SHORT, multi_shape, palette, rate_mode, series_order, usable_points
@@ -128,8 +128,10 @@ def energy_markdown(run: Run) -> str:
             f"{rate} figure. Sources: " + (", ".join(SOURCE_LABELS.get(s, s) for s in sources) or "none") + "."]
     for d, why in notes.items():
         text.append(f"- {'GPU' if d == 'gpu' else 'CPU'}: {why if 'sampled' in why else 'not measured here: ' + why}.")
-    text.append(f"- A figure needs a window of at least {MIN_WINDOW_S:g} s in which the counter updated at least "
-                f"{MIN_UPDATES} times; a shorter window says so instead of reporting 0 J (raise `DURATION`).")
+    text.append(f"- A figure needs a point's windows (its rounds, both passes pooled) to last at least {MIN_WINDOW_S:g} s "
+                f"with at least {MIN_UPDATES} counter updates inside them spanning {MIN_SPAN_S:g} s and a third of "
+                "their time (error at most 2 × the 10 ms poll / that span); a shorter pool says so instead of "
+                "reporting 0 J (raise `DURATION`).")
     text.append("- The counters cover the whole GPU board or CPU package, every process on it: on a shared "
                 "machine they count the neighbours too.")
     price = _price(run)

@@ -29,8 +29,8 @@ def method_markdown(run: Run) -> str:
         f"same-shape warm-up (the point's first: {p['warmup']} s and ≥ 2 iterations; after a switch from another "
         f"point: 0.03 s) and then at least {p['iters']} iterations and {p['duration']} s. Each round visits every "
         "point and mode once, in a seeded random order; the backends run in two passes (pass 1 in plan order, "
-        "pass 2 in reverse), half of the minimum rounds in each, so every backend is measured at two moments "
-        f"of the run. After the minimum, a point gets more rounds (pass 2) until its 95% interval is within "
+        "a process per backend; pass 2 in reverse, every backend in one process), half of the minimum rounds in "
+        f"each, so every backend is measured at two moments of the run. After the minimum, a point gets more rounds (pass 2) until its 95% interval is within "
         f"±{float(p.get('ci_target', 0.01)):.0%} of its median or it reached {p.get('point_cap', '?')} timed "
         "seconds. Every timed iteration is kept raw (`iterations.parquet`, `rounds.parquet`).",
         "- **Figures and intervals**: a point's figure is the median over all its raw samples. Its 95% interval "

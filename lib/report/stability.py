@@ -122,6 +122,14 @@ def _throttle_frame(s: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({r: names.map(lambda n, r=r: r in n) for r in THROTTLING}, index=s.index)
 
 
+def _own_process(t: pd.DataFrame) -> pd.DataFrame:
+    """A backend's ticks with RSS only where its process was its own: pass 2 runs every backend in one process
+    (lib/sweep/second_pass.py), whose RSS holds what earlier backends left; there RSS is NaN."""
+    if "pass" not in t or not (t["pass"] != 2).any():
+        return t
+    return t.assign(rss_mib=t["rss_mib"].where(t["pass"] != 2))
+
+
 def health_table(run: Run) -> pd.DataFrame:
     """Per backend/precision sweep: what the device did while it ran. On a GPU: SM clock (median,
     minimum, and the GPU's maximum), temperature, power against the limit, and the share of ticks
@@ -155,7 +163,7 @@ def health_table(run: Run) -> pd.DataFrame:
         else:
             row.update({"CPU % mean (100 = 1 core)": pd.to_numeric(busy["cpu_percent"], errors="coerce").mean(),
                         "CPU % max": pd.to_numeric(busy["cpu_percent"], errors="coerce").max(),
-                        "RSS MiB peak": pd.to_numeric(t["rss_mib"], errors="coerce").max()})
+                        "RSS MiB peak": pd.to_numeric(_own_process(t)["rss_mib"], errors="coerce").max()})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -292,9 +300,9 @@ def plot_health(run: Run) -> list:
             y = _line(axes[1], t, "cpu_percent", "#2c7fb8", lw=1)
             axes[1].set_ylim(0, max(100, y.max() if len(y) else 100) * 1.15)
             axes[1].set_ylabel("CPU %\n(100 = 1 core)")
-            y = _line(axes[2], t, "rss_mib", "#756bb1")
+            y = _line(axes[2], t.assign(rss_mib=_own_process(t)["rss_mib"]), "rss_mib", "#756bb1")
             axes[2].set_ylim(0, (y.max() if len(y) else 1) * 1.15)
-            axes[2].set_ylabel("RSS MiB")
+            axes[2].set_ylabel("RSS MiB\n(own process)")
         axes[-1].set_xlabel("seconds since the backend's sweep began")
         fig.align_ylabels(axes)
         figs.append(fig)

@@ -120,6 +120,12 @@ def describe_failure(exc: BaseException, kernel: Kernel) -> tuple[str, str]:
         summary = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         record = summary[:600] + "\nlast output:\n" + "\n".join(ln[:160] for ln in list(kernel.tail.lines)[-5:])
         return summary[:500], record[:RECORD_CHARS]
+    return describe_crash(kernel)
+
+
+def describe_crash(kernel: Kernel, what: str = "kernel") -> tuple[str, str]:
+    """(one line, the error record) of a process that died (``what``: a notebook's kernel, or another process
+    described the same way): its exit signal, faulthandler's stack from its log, its last printed lines."""
     status = kernel.exit_status()
     how = _signal_name(status)
     if status == -signal.SIGKILL:
@@ -129,14 +135,14 @@ def describe_failure(exc: BaseException, kernel: Kernel) -> tuple[str, str]:
     # frames in user or benchbook code, not in Python's library or an installed package
     ours = [f for f in frames if "site-packages" not in f[0] and "/lib/python3" not in f[0] and "<" not in f[0]]
     where = "{} line {} in {}".format(*(ours or frames)[0]) if frames else ""
-    summary = f"kernel crashed ({how})" + (f" at {where}" if where else "")
+    summary = f"{what} crashed ({how})" + (f" at {where}" if where else "")
     shown = ([frames[0]] if frames and frames[0] not in ours else []) + ours  # innermost first
     stack = [f'File "{f}", line {n} in {fn}'[:160] for f, n, fn in reversed(shown[:8])]
     tail = [ln[:160] for ln in list(kernel.tail.lines)[-10:] if not ln.startswith("Kernel died")]
     # Like a Python traceback, the record ends with what matters most (the report shows its tail):
     # the last output, then the crashing stack (most recent call last), then the summary line.
     while True:
-        parts = (["last output:", *tail] if tail else []) + [f"kernel log: {kernel.log_path}"]
+        parts = (["last output:", *tail] if tail else []) + [f"{what} log: {kernel.log_path}"]
         if fault:
             parts += ["crash report (faulthandler; most recent call last):", *stack, fault[0]]
         parts.append(summary)

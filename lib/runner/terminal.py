@@ -23,8 +23,10 @@ class SweepProgress:
 
     INTERVAL_S = 1.0
 
-    def __init__(self, points_dir: Path, total: int, desc: str, stream=None):
-        self.points_dir, self.total, self.desc = Path(points_dir), int(total), desc
+    def __init__(self, points_dir: Path | list[Path], total: int, desc: str, stream=None):
+        # several folders: the second pass, every backend's in one bar
+        self.points_dirs = [Path(d) for d in points_dir] if isinstance(points_dir, (list, tuple)) else [Path(points_dir)]
+        self.total, self.desc = int(total), desc
         self.stream = stream if stream is not None else sys.stderr
         self._bar = None
         self._stop = None
@@ -34,7 +36,7 @@ class SweepProgress:
         import json
 
         n = 0
-        for f in self.points_dir.glob("*.json"):
+        for f in (f for d in self.points_dirs for f in d.glob("*.json")):
             try:
                 n += len(json.loads(f.read_text()).get("rounds") or [])
             except (OSError, ValueError, AttributeError):

@@ -8,11 +8,12 @@ that kernel). How a point is measured, and why:
   a seeded random order, so a slow minute of the host lands on many points a little instead of on
   one point entirely (Google Benchmark's random interleaving). A point keeps its binding (device
   buffers, CUDA graph) across rounds; a switch costs a short same-shape warm-up.
-* **Two passes, backends apart in time.** The Makefile runs every backend's pass 1 (the first half of
-  the minimum rounds) in order, then every backend's pass 2 in reverse order; the second load is
-  cheap (engine, ONNX and compile caches). A backend is thus measured at two moments of the run,
-  and the rounds of its two processes show whether they agree. ``bench_pass=0`` does both halves
-  in one process (a notebook run by hand).
+* **Two passes, backends apart in time.** The Makefile runs every backend's pass 1 (characterisation and
+  the first half of the minimum rounds, a kernel per backend) in order, then every backend's pass 2 in
+  reverse order, all in one process (``lib.sweep.second_pass``: a process start per backend would cost
+  more than the rounds); the second load is cheap (engine, ONNX and compile caches). A backend is thus
+  measured at two moments of the run, and the rounds of its two processes show whether they agree.
+  ``bench_pass=0`` does both halves in one process (a notebook run by hand).
 * **Adaptive stopping.** After the minimum rounds (pass 2), a point and mode gets more rounds while
   its 95 % interval (from its round medians, ``lib.common.stats.round_interval``) is wider than
   ``CI_TARGET`` of its median, until ``POINT_CAP`` timed seconds: quiet points stop early, noisy
@@ -58,7 +59,7 @@ from ..config.model_config import ModelConfig, Shape
 from ..config.models import get_model
 from ..config.params import MAX_ROUNDS, measured_modes, pass_targets
 from ..measure.energy import EnergyMeter
-from ..measure.environment import collect_environment
+from ..measure.environment import run_environment
 from ..measure.flops import record_flops
 from ..measure.parity import check_parity
 from ..measure.reference import ReferenceOutputs
@@ -330,9 +331,9 @@ def _point_line(point: _Point, modes: list[str], target: float) -> str:
 def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: int = 0, log=print) -> dict:
     """Measure every point of the run for one backend/precision in rounds (see the module docstring).
 
-    ``bench_pass``: 1 = characterise every point and measure the first half of the minimum rounds;
-    2 = the remaining rounds, then adaptive ones, then (GPU) the kernel profile and ``done.json``;
-    0 = all of it in this process. Returns the combo's status counts."""
+    ``bench_pass``: 1 = characterise every point, measure the first half of the minimum rounds, then (GPU)
+    the kernel profile; 2 = the remaining rounds, then adaptive ones, and ``done.json``; 0 = all of it in this
+    process. Returns the combo's status counts."""
     if bench_pass not in (0, 1, 2):
         raise BenchbookError(f"bench_pass={bench_pass!r} is not valid; expected 0 (both passes), 1 or 2")
     run_dir = Path(run_dir)
@@ -351,7 +352,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
     points = _load_points(out, cfg, [(b, s) for s in shapes for b in batches], params.seed, base)
     target, adaptive, own = pass_targets(params.rounds, bench_pass)
     pass_no = bench_pass or 1
-    env = collect_environment()
+    env = run_environment(run_dir / "environment.json")  # collected once per run
     from ..backends import engine_class
 
     onnx = {}
@@ -364,7 +365,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
     spec = EngineSpec(model=cfg, precision=precision, device=device,
                       artifacts=Artifacts(onnx=onnx, cache_dir=Path(params.cache_dir), weights=params.weights or None,
                                           models_dir=params.models_path),
-                      options={**params.engine_options(), "log": log})
+                      options={**params.engine_options(), "log": log, "min_batch": min(batches)})
     record_flops(run_dir, cfg, shapes, onnx.get("fp32") or cfg.folder / "model.onnx", log=log)  # analysis reads it
     ticks_path = out / "samples.parquet"
     prior_ticks = read_prior_ticks(ticks_path, log)  # another pass, or a resumed one, appends to these
@@ -493,12 +494,12 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
             for point in points:
                 if point.ok and point.record.get("rounds"):
                     log(f"[{label}] batch {point.batch}, shape {point.shape.label}: {_point_line(point, modes, params.ci_target)}")
-            if bench_pass != 1:
+            if bench_pass != 2:  # in the backend's own process (pass 2 shares one with the other backends)
                 if params.data:  # labelled images: top-1/top-5 of this very engine -> accuracy.json (never raises)
                     from ..measure.accuracy import record as record_accuracy
 
                     record_accuracy(engine, cfg, params.data, batch=max(batches), combo_dir=out, log=log)
-                if gpu:  # last: CUPTI adds host overhead per launch, so nothing is timed after it
+                if gpu:  # last: CUPTI adds host overhead per launch, so nothing is timed after it in this process
                     _profile_kernels(engine, points, shapes, out, label, log)
         finally:
             engine.close()

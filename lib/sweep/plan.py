@@ -409,8 +409,6 @@ def _plan_mk(plan: Plan, key: str, cfg: ModelConfig) -> str:
     combos = " ".join(f"{c['backend']}@{c['precision']}" for c in plan.combos)
     return (f"# written by the plan step; read by the Makefile\n"
             f"RUN_DIR := {plan.run_dir}\nCOMBOS := {combos}\n"
-            f"# pass 2 runs the backends in reverse order, so no backend is measured only early or only late\n"
-            f"COMBOS_REVERSED := {' '.join(reversed(combos.split()))}\n"
             f"ONNX_STAMP := {_stamp(plan, key)}\n"
             f"ONNX_PRECISIONS := {','.join(plan.onnx_precisions)}\n"
             f"ONNX_DEPS := {' '.join(str(p) for p in deps)}\n")

@@ -68,6 +68,11 @@ def test_cpu_capabilities():
     assert TorchEager.precisions("cpu") == ("fp32", "bf16") and TorchEager.auto_precisions("cpu") == ("fp32",)
     assert OrtEngine.needs_onnx and OrtEngine.precisions("cpu") == ("fp32", "int8")  # int8: the QDQ file
     assert OrtEngine.auto_precisions("cpu") == ("fp32",) and "int8" not in OrtEngine.auto_precisions("cuda")
+    # on a GPU: FP32 and FP16; a CUDA-graph variant FP16 only; bf16 by name
+    assert TorchEager.auto_precisions("cuda") == ("fp32", "fp16") and OrtEngine.auto_precisions("cuda") == ("fp32", "fp16")
+    graphs = [engine_class(n) for n in list_backends() if engine_class(n).cuda_graph_variant]
+    assert {c.backend for c in graphs} >= {"torch-cudagraph", "ort-cudagraph", "trt-cudagraph"}
+    assert all(c.auto_precisions("cuda") == ("fp16",) for c in graphs)
     assert OrtEngine.unavailable_reason("cpu") is None and TorchEager.unavailable_reason("cpu") is None
     assert engine_class("torch-compile").in_auto == ("cuda",)
     gpu_only = [n for n in list_backends() if engine_class(n).devices == ("cuda",)]

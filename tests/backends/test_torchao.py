@@ -69,6 +69,31 @@ def test_int8_tiny_on_cpu(tiny, tiny_module):
         assert engine.info["compile_graphs"] >= 1
 
 
+@needs_torchao
+def test_int8_leaves_linears_with_few_rows_in_higher_precision():
+    """torch._int_mm on CUDA refuses 16 rows or fewer (bert_base's pooler at batch 1 failed so on an H200): the
+    Linear layers that see that few rows stay unquantized, by name, with the reason; the rest are quantized.
+    Rows are counted by a real forward pass (here on the CPU)."""
+    from lib.backends.torch.engine import INT8_MIN_ROWS, linear_rows, torchao_quantize
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tokens = torch.nn.Linear(32, 32)  # sees batch x 20 rows
+            self.pooler = torch.nn.Linear(32, 8)  # sees one row per item
+
+        def forward(self, x):
+            return self.pooler(self.tokens(x)[:, 0])
+
+    net = Net().eval()
+    rows = linear_rows(net, [torch.randn(1, 20, 32)])
+    assert rows == {"tokens": 20, "pooler": 1} and INT8_MIN_ROWS == 17
+    info = torchao_quantize(net, "int8", rows)
+    assert info["quantized"] == {"Linear": 1} and info["kept_in_higher_precision"] == {"Linear": 1}
+    assert info["kept_few_rows"] == {"pooler": 1} and "torch._int_mm" in info["kept_few_rows_why"]
+    assert type(net.pooler.weight) is torch.nn.Parameter and type(net.tokens.weight) is not torch.nn.Parameter
+
+
 def test_fp8_needs_compute_capability_8_9(monkeypatch):
     import lib.backends.torch.engine as te
 

@@ -49,7 +49,8 @@ def test_backends_registered():
         assert engine_class(name) is cls and cls.needs_onnx and cls.devices == ("cuda",)
         assert cls.precisions("cuda") == ("fp32", "fp16", "int8") and cls.precisions("cpu") == ()
         assert cls.onnx_variant("int8") == "int8_trt" and cls.onnx_variant("fp16") == "fp16"  # TensorRT's Q/DQ file
-        assert cls.auto_precisions("cuda") == ("fp32", "fp16")  # INT8 only by name
+        # INT8 only by name; the CUDA-graph variant at FP16 only (lib.backends.base.Engine.auto_precisions)
+        assert cls.auto_precisions("cuda") == (("fp16",) if cls.cuda_graph_variant else ("fp32", "fp16"))
     assert issubclass(TrtCudaGraph, TrtEngine)
 
 

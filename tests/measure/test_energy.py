@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from lib.config.params import RunParams
-from lib.measure.energy import (MIN_WINDOW_S, EnergyMeter, _Rapl, counter_window, energy_columns, power_window,
-                                rapl_zones)
+from lib.measure.energy import (MIN_WINDOW_S, EnergyMeter, _Rapl, counter_window, counter_windows, energy_columns,
+                                merge_energy, power_window, rapl_zones)
 
 from conftest import REPO
 
@@ -45,6 +45,22 @@ def test_a_short_window_says_so_instead_of_zero():
     t, e = _counter(300.0, 0.4)
     slow = counter_window(t, e, 1.05, 1.75, items=10, source="nvml_energy_counter")
     assert slow["status"] == "too_short" and slow["joules"] is None and "every ~400 ms" in slow["note"]
+
+
+def test_passes_are_pooled_before_the_window_rule():
+    """An H200's counter moves every ~100 ms; a pass of two 0.25 s rounds then sees updates spanning about 0.3 s
+    of its 0.5 s (0.2 s here) and is too short alone. The point's two passes pool their sums (four windows, 1 s) and pass the
+    rule, with the power right; a pool that is still short stays too_short."""
+    t, e = _counter(300.0, 0.1, seconds=6.0)
+    p1 = counter_windows(t, e, [(0.52, 0.77), (1.51, 1.76)], items=100, source="nvml_energy_counter")
+    p2 = counter_windows(t, e, [(3.52, 3.77), (4.51, 4.76)], items=100, source="nvml_energy_counter")
+    assert p1["status"] == p2["status"] == "too_short" and p1["counter"]["updates"] == 4
+    merged = merge_energy({"1": {"device": {"gpu": p1}}, "2": {"device": {"gpu": p2}}}, "device")["gpu"]
+    assert merged["status"] == "ok" and merged["window_s"] == pytest.approx(1.0) and merged["items"] == 200
+    assert merged["power_w"] == pytest.approx(300.0, rel=0.1) and merged["counter"]["windows"] == 4
+    one = counter_windows(t, e, [(0.52, 0.62)], items=10, source="nvml_energy_counter")
+    still = merge_energy({"1": {"device": {"gpu": one}}, "2": {"device": {"gpu": one}}}, "device")["gpu"]
+    assert still["status"] == "too_short" and still["joules"] is None
 
 
 def test_power_fallback_is_labelled_and_integrates():

@@ -39,6 +39,7 @@ FAULTY_LOAD_PY = '''
 
 * BENCHBOOK_TEST_FAULT=segv|abort: building it for the torch backend crashes that process (a real
   SIGSEGV from reading address 0, or a real SIGABRT); the export and the other backends build it fine;
+  segv-pass2: the same, only in the second pass's worker (lib/sweep/second_pass.py);
 * BENCHBOOK_TEST_OOM=cuda|host: its forward pass at batch 3 fails to allocate: ``cuda`` raises the
   error CUDA raises (torch.cuda.OutOfMemoryError; no GPU needed), ``host`` asks the CPU allocator for
   4 EiB, a real allocation failure that allocates nothing.
@@ -69,7 +70,10 @@ class Net(nn.Module):
 
 def build_model(config):
     fault = os.environ.get("BENCHBOOK_TEST_FAULT")
-    if fault and any(f.filename.endswith("backends/torch/engine.py") for f in traceback.extract_stack()):
+    stack = traceback.extract_stack()
+    if fault == "segv-pass2" and not any(f.filename.endswith("sweep/second_pass.py") for f in stack):
+        fault = None
+    if fault and any(f.filename.endswith("backends/torch/engine.py") for f in stack):
         print(f"faulty: crashing with {fault}", flush=True)
         if fault == "abort":
             os.abort()
@@ -174,11 +178,11 @@ def test_crashing_backend_takes_down_only_its_own_kernel(faulty):
     assert error.splitlines()[-1] == failed["summary"]  # the record ends with what matters (the report shows its tail)
     assert "Fatal Python error: Segmentation fault" in error and f'File "{load_py}", line' in error
     # (the last lines the notebook printed are in the record too when they left the kernel before it died)
-    assert not (torch_dir / "notebook.done").exists() and not list((torch_dir / "points").glob("*.json"))
-    assert _gone(_kernel_pid(torch_dir / "kernel-pass1.log"))  # it crashed in pass 1
+    assert not (torch_dir / "pass1.done").exists() and not list((torch_dir / "points").glob("*.json"))
+    assert _gone(_kernel_pid(torch_dir / "kernel.log"))  # it crashed in pass 1
 
-    # the other backend ran in its own kernel, unaffected
-    assert (ort_dir / "notebook.done").exists() and not (ort_dir / "notebook.failed.json").exists()
+    # the other backend ran in its own kernel, unaffected, and its pass 2 ran
+    assert (ort_dir / "pass1.done").exists() and not (ort_dir / "notebook.failed.json").exists()
     assert read_json(ort_dir / "done.json") == {"points": 2, "ok": 2, "oom": 0, "error": 0}
 
     # the report rendered and shows the crash with the tail of its error
@@ -201,6 +205,37 @@ def test_crashing_backend_takes_down_only_its_own_kernel(faulty):
     failed = read_json(torch_dir / "notebook.failed.json")
     assert failed["summary"].startswith(f"kernel crashed (SIGABRT: Aborted) at {load_py} line ")
     assert "Fatal Python error: Aborted" in failed["error"]
+
+
+@pytest.mark.slow
+def test_a_backend_that_crashes_the_second_pass_is_recorded_and_the_rest_go_on(faulty):
+    """Pass 2 runs every backend in one process: torch (first in pass 2's reverse order) segfaults there; its
+    pass-1 rounds stay in the report, the crash is recorded from the worker's signal and faulthandler's stack,
+    and ort's pass 2 runs in a new worker."""
+    reports = faulty["root"] / "crash2-reports"
+    proc = make_report(faulty, reports, "BACKENDS=ort,torch", env=_env(BENCHBOOK_TEST_FAULT="segv-pass2"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    (run_dir,) = (reports / "faulty").iterdir()
+    load_py = faulty["models"] / "faulty" / "load.py"
+    summary = f"the second-pass worker crashed (SIGSEGV: Segmentation fault) at {load_py} line "
+    assert "[make] benchmark torch/fp32 pass 2 crashed the worker (recorded;" in out and summary in out, out[-4000:]
+    torch_dir, ort_dir = run_dir / "bench" / "torch-fp32", run_dir / "bench" / "ort-fp32"
+    failed = read_json(torch_dir / "notebook.failed.json")
+    assert failed["pass"] == 2 and failed["summary"].startswith(summary) and failed["summary"].endswith(" in build_model")
+    assert "Fatal Python error: Segmentation fault" in failed["error"]
+    assert not (torch_dir / "done.json").exists()
+    assert read_json(ort_dir / "done.json") == {"points": 2, "ok": 2, "oom": 0, "error": 0}
+    assert (run_dir / "bench" / "pass2.done").exists() and (run_dir / "report.html").exists()
+
+    from lib.results.run import load_run
+
+    run = load_run(run_dir)
+    assert set(run.points["backend"]) == {"ort", "torch"}  # torch's pass-1 rounds are kept
+    assert set(run.rounds.loc[run.rounds["backend"] == "torch", "pass"]) == {1}
+    assert set(run.rounds.loc[run.rounds["backend"] == "ort", "pass"]) == {1, 2}
+    crashed = run.failures[run.failures["status"] == "crashed"]
+    assert list(crashed["backend"]) == ["torch"] and summary in crashed["reason"].iloc[0]
 
 
 # --- Ctrl-C, kill, resume -----------------------------------------------------------------------------
@@ -275,7 +310,7 @@ def test_interrupt_keeps_points_and_resume_measures_only_the_missing(faulty):
             f"RUN_ID={run_a.name}") in out, out[-3000:]
     assert "Traceback" not in out and "Deleting file" not in out, out[-3000:]
     assert not (run_a / "report.html").exists()
-    assert _gone(_kernel_pid(run_a / "bench" / "torch-fp32" / "kernel-pass1.log"))
+    assert _gone(_kernel_pid(run_a / "bench" / "torch-fp32" / "kernel.log"))
 
     # 2. kill (SIGTERM to the process group) during the resumed sweep: handled like Ctrl-C
     proc = _start(faulty, reports, f"RUN_ID={run_a.name}")

@@ -82,7 +82,8 @@ def test_terminal_shows_progress_not_tables(pipeline):
     assert all(ln.strip() for ln in lines), "blank lines in the terminal"
     assert "rows x" not in err and "median ms" not in err and "cache hit" not in err  # no DataFrame dumps
     assert "exists: its" not in err and "already on disk" not in err  # only a resumed run says that
-    assert "[make] benchmark torch/fp32 pass 1 (1/2)" in err and "[make] benchmark ort/fp32 pass 2 (2/2)" in err
+    assert "[make] benchmark torch/fp32 pass 1 (1/2)" in err
+    assert "[make] benchmark pass 2, one process, reverse order: ort/fp32, torch/fp32" in err
     done = [ln for ln in lines if ln.startswith("[done]")]
     assert len(done) == 3 and "lowest latency: " in done[0] and "highest throughput: " in done[0]
     assert re.search(r"under load, p99 within 10 ms: \w+/fp32 sustains up to [\d,]+ req/s", done[1]), done[1]
@@ -116,8 +117,9 @@ def test_executed_notebooks_are_kept(pipeline, run):
         assert f'run_dir = "{run_dir}"' in injected[0]
         assert sorted(ln.split(" = ")[0] for ln in injected[0].splitlines()[1:]) == [
             "backend", "bench_pass", "precision", "run_dir"]
-        assert (d / "notebook.done").is_file() and not (d / "notebook.failed.json").exists()
+        assert (d / "pass1.done").is_file() and not (d / "notebook.failed.json").exists()
         assert read_json(d / "done.json") == {"points": 2, "ok": 2, "oom": 0, "error": 0}
+    assert (run_dir / "bench" / "pass2.done").is_file()  # pass 2 of every backend, in one worker process
     _executed(run_dir / "load" / "load.ipynb")  # the load stage, between the benchmarks and the analysis
     assert read_json(run_dir / "load" / "load.json")["status"] == "ok" and (run_dir / "load_points.parquet").is_file()
     _executed(run_dir / "analysis.ipynb")

@@ -23,12 +23,23 @@ def test_gpu_health_shows_throttling(gpu_run):
     assert "SM MHz" in labels and "temp °C" in labels and "power W" in labels
 
 
+def test_rss_comes_from_the_backends_own_process(cpu_run):
+    """Pass 2 runs every backend in one process (lib/sweep/second_pass.py): its RSS holds what earlier backends
+    left, so a backend's RSS peak is its pass-1 process's."""
+    s = cpu_run.samples
+    first = s.index[(s["backend"] == "torch")][:3]
+    cpu_run.samples = s.assign(**{"pass": 1}).copy()
+    cpu_run.samples.loc[first, ["pass", "rss_mib"]] = [2, 99999.0]
+    h = stability.health_table(cpu_run).set_index("configuration")
+    assert h.loc["torch/fp32", "RSS MiB peak"] == 900.0
+
+
 def test_cpu_health_shows_cpu_and_rss(cpu_run):
     assert not cpu_run.has_gpu_samples
     h = stability.health_table(cpu_run)
     assert "RSS MiB peak" in h.columns and "SM MHz median" not in h.columns
     labels = [a.get_ylabel() for a in stability.plot_health(cpu_run)[0].axes]
-    assert any("CPU %" in x for x in labels) and "RSS MiB" in labels
+    assert any("CPU %" in x for x in labels) and "RSS MiB\n(own process)" in labels
     assert "CPU run" in stability.health_markdown(cpu_run)
 
 

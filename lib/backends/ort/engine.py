@@ -324,6 +324,7 @@ class OrtCudaGraph(OrtEngine):
     """
 
     backend = "ort-cudagraph"
+    cuda_graph_variant = True
     summary = "ONNX Runtime CUDA EP in CUDA-graph mode"
     devices = ("cuda",)
     _cuda_graph = True  # a graph is tied to its session's first bound shape: the session per binding is needed

@@ -262,6 +262,7 @@ class TrtCudaGraph(TrtEngine):
     """
 
     backend = "trt-cudagraph"
+    cuda_graph_variant = True
     summary = "TensorRT in a CUDA graph"
 
     def _bind(self, host_inputs):

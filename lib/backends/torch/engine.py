@@ -53,15 +53,45 @@ def gpu_compute_capability() -> tuple[int, int] | None:
         return None
 
 
-def torchao_quantize(module, precision: str) -> dict:
+# torch._int_mm (torchao's INT8 x INT8 matmul on CUDA) refuses a left operand of 16 rows or fewer: seen on an
+# H200, bert_base's pooler (one row per batch item) failed every batch-1 point with "self.size(0) needs to be
+# greater than 16, but got 1". On CUDA, Linear layers that see that few rows at the sweep's smallest batch stay
+# in the activation precision, listed (a CNN's classifier too: its rows are the batch).
+INT8_MIN_ROWS = 17
+
+
+def linear_rows(module, inputs: list) -> dict[str, int]:
+    """Rows (all dims but the last) each ``nn.Linear`` of ``module`` sees on ``inputs``, by qualified name."""
+    import torch
+
+    rows: dict[str, int] = {}
+    hooks = []
+    for name, m in module.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            def hook(_m, args, name=name):
+                x = args[0]
+                rows[name] = min(rows.get(name, x.numel()), x.numel() // max(1, x.shape[-1]))
+            hooks.append(m.register_forward_pre_hook(hook))
+    try:
+        with torch.inference_mode():
+            module(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return rows
+
+
+def torchao_quantize(module, precision: str, rows: dict[str, int] | None = None) -> dict:
     """``quantize_`` ``module`` in place with the precision's torchao config; returns what was quantized and
-    what stayed in higher precision, by layer type (leaf modules that hold a weight)."""
+    what stayed in higher precision, by layer type (leaf modules that hold a weight). ``rows``: each Linear's
+    row count on the smallest input (``linear_rows``); for INT8, those under ``INT8_MIN_ROWS`` are left out."""
     import torch
     import torchao
     from torchao import quantization as q
 
     config = getattr(q, TORCHAO_CONFIGS[precision])()
-    q.quantize_(module, config)
+    few = sorted(n for n, r in (rows or {}).items() if r < INT8_MIN_ROWS) if precision == "int8" else []
+    q.quantize_(module, config, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn not in few)
     quantized, kept = {}, {}
     for _, m in module.named_modules():
         w = getattr(m, "weight", None)
@@ -69,8 +99,13 @@ def torchao_quantize(module, precision: str) -> dict:
             continue
         plain = type(w) in (torch.nn.Parameter, torch.Tensor)
         (kept if plain else quantized)[type(m).__name__] = (kept if plain else quantized).get(type(m).__name__, 0) + 1
-    return {"config": TORCHAO_CONFIGS[precision], "torchao": torchao.__version__, "quantized": quantized,
-            "kept_in_higher_precision": kept}
+    out = {"config": TORCHAO_CONFIGS[precision], "torchao": torchao.__version__, "quantized": quantized,
+           "kept_in_higher_precision": kept}
+    if few:
+        out["kept_few_rows"] = {n: rows[n] for n in few}
+        out["kept_few_rows_why"] = (f"INT8 matmul (torch._int_mm) needs at least {INT8_MIN_ROWS} rows; these Linear "
+                                    "layers see fewer at the profile's smallest batch")
+    return out
 
 
 class _TorchBase(Engine):
@@ -92,17 +127,34 @@ class _TorchBase(Engine):
         if spec.device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = tf32
             torch.backends.cudnn.allow_tf32 = tf32
-            torch.backends.cudnn.benchmark = True  # autotune per shape; warm-up runs on the timed shape
+            # cuDNN's heuristics, not its per-shape autotuning: measured on an H200 (efficientnet_b1 in a CUDA
+            # graph, batch 1/32/128) autotuning cost 6-7 s per shape at FP16 (1.7-2 s at FP32) in every process,
+            # and the kernels it chose were no faster: FP16 1.498/3.491/9.648 ms against 1.397/3.499/9.515 ms
+            # with heuristics, FP32 1.040/5.559/19.98 against 1.025/5.470/20.15 ms.
+            torch.backends.cudnn.benchmark = False
         self._channels_last = self.resolve_channels_last(spec)
         model = build_model(spec.model, spec.artifacts.weights, cache_dir=spec.artifacts.cache_dir).to(
             self._dev, dtype=self._dtype)
         if self._channels_last:
             model = model.to(memory_format=torch.channels_last)
         if spec.precision in TORCHAO_CONFIGS:  # torch-compile only (precisions() says so): before compiling
-            self.info["torchao"] = torchao_quantize(model, spec.precision)
+            # (CUDA only: torch._int_mm's row limit is its CUDA kernel's; the CPU kernels take any row count)
+            rows = linear_rows(model, self._smallest_inputs()) if spec.precision == "int8" and spec.device == "cuda" else None
+            self.info["torchao"] = torchao_quantize(model, spec.precision, rows)
             self.info["activation_dtype"] = str(self._dtype).removeprefix("torch.")
         self.module = self._wrap(model)
         self.info.update({"tf32": tf32, "channels_last": self._channels_last})
+
+    def _smallest_inputs(self) -> list:
+        """The model's inputs at the smallest batch this engine will see (option ``min_batch``, the sweep's
+        smallest; else the profile's) and the profile's opt shape, on the device (``linear_rows``)."""
+        from ...config.inputs import make_inputs
+        from ...config.model_config import BATCH_DIM
+
+        cfg = self.spec.model
+        batch = int(self.spec.options.get("min_batch") or cfg.profile_range(BATCH_DIM)[0])
+        arrays = make_inputs(cfg, batch, cfg.opt_shape(), seed=0, stream="rows")
+        return [self._to_device(s.name, arrays[s.name]) for s in cfg.inputs]
 
     @staticmethod
     def resolve_channels_last(spec) -> bool:
@@ -235,11 +287,8 @@ class TorchCudaGraph(_TorchBase):
     backend = "torch-cudagraph"
     summary = "PyTorch eager in a CUDA graph"
     devices = ("cuda",)
+    cuda_graph_variant = True
     _binding_attrs = ("_inputs", "_outputs", "_graph", "_static_out")  # one graph (and its memory pool) per key
-
-    @classmethod
-    def auto_precisions(cls, device):
-        return ("fp32", "fp16")  # bf16 by name: it adds time and rarely differs from fp16 here
 
     @classmethod
     def precisions(cls, device):
