@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from ..common.cache import atomic_write_json, read_json
+from ..common.errors import StepFailed
 from ..sweep.bench import combo_dir
 from ..sweep.second_pass import DONE, STARTED
 from .kernel import ROOT, Kernel, describe_crash
@@ -83,14 +84,14 @@ def run_second_pass_worker(run_dir: Path, combos: list[str], echo, log) -> list[
             echo.flush()
         if _interrupted_status(status):
             raise KeyboardInterrupt
-        left = [c for c in remaining if not _finished(combo_dir_of(run_dir, c))]
-        if status == 0 and not left:
+        if status == 0:  # every backend finished or was recorded as failed (lib.sweep.second_pass)
             return crashed
+        left = [c for c in remaining if not _finished(combo_dir_of(run_dir, c))]
         culprit = next((c for c in left if _started_since(combo_dir_of(run_dir, c), started)), None)
         if culprit is None:  # died before any backend began (an import failed): nothing to skip past
-            summary, record = describe_crash(kernel, "the second-pass worker")
-            raise RuntimeError(f"the second-pass worker exited ({summary}) before measuring anything; "
-                               f"see {log_path}:\n{record}")
+            summary, _ = describe_crash(kernel, "the second-pass worker")
+            raise StepFailed(f"the second-pass worker exited ({summary}) before measuring anything; see {log_path}; "
+                             f"every round measured so far is kept (rerun with the same RUN_ID)")
         summary, record = describe_crash(kernel, "the second-pass worker")
         atomic_write_json(combo_dir_of(run_dir, culprit) / "notebook.failed.json", {
             "error": record, "summary": summary, "exception": "WorkerCrashed", "notebook": None,
