@@ -446,8 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--combo", default="", help="<backend>-<precision>, for the benchmark notebook")
     p.add_argument("--pass", dest="bench_pass", type=int, choices=(0, 1, 2), default=0,
-                   help="benchmark pass: 1 = characterise + first half of the rounds, 2 = the rest (make report "
-                        "runs both, in two processes); 0 = both in one")
+                   help="benchmark pass: 1 = characterise + first half of the rounds (make report runs it per "
+                        "backend), 2 = the rest (make report runs every backend's in one process: second-pass); "
+                        "0 = both here")
     p.add_argument("--stamp", default="", help="file to write when the export succeeded")
     p.set_defaults(fn=cmd_notebook)
     p = sub.add_parser("second-pass", help="pass 2 of every backend in one process (make report runs it)")
