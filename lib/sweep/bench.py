@@ -372,6 +372,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
     with Sampler(gpu=gpu) as sampler, EnergyMeter(device) as meter:  # energy: lib/measure/energy.py
         baseline = dict(sampler.baseline)
         t_origin = time.perf_counter()
+        t_origin_unix = time.time()  # the same instant on the host's clock: rounds of several processes line up
 
         def save_ticks():  # after every measurement: a killed backend keeps its timeline up to its last one
             ticks = pd.DataFrame(sampler.ticks())
@@ -392,7 +393,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
         sentinel.seen.extend(r["sentinel_us"] for p in points for r in p.record.get("rounds") or []
                              if r.get("sentinel_us") == r.get("sentinel_us") and r.get("sentinel_us") is not None)
         prev = read_json(out / "engine.json") if (out / "engine.json").exists() else {}
-        passes = {**prev.get("passes", {}), str(pass_no): {"load_s": load_s, "t_origin_unix": time.time()}}
+        passes = {**prev.get("passes", {}), str(pass_no): {"load_s": load_s, "t_origin_unix": t_origin_unix}}
         atomic_write_json(out / "engine.json", {
             **prev, "backend": backend, "precision": precision, "device": device, "summary": engine.summary,
             "load_s": prev.get("load_s", load_s), "info": {**prev.get("info", {}), **engine.info},
