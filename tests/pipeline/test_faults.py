@@ -160,14 +160,20 @@ def make_report(faulty: dict, reports: Path, *args: str, env: dict | None = None
 
 
 # --- a backend that crashes its process ---------------------------------------------------------------
-@pytest.mark.slow
-def test_crashing_backend_takes_down_only_its_own_kernel(faulty):
-    reports = faulty["root"] / "crash-reports"
-    proc = make_report(faulty, reports, "BACKENDS=torch,ort", env=_env(BENCHBOOK_TEST_FAULT="segv"))
+def _crashed_run(faulty: dict, folder: str, backends: str, fault: str) -> tuple[str, Path, Path]:
+    """``make report`` of the faulty model with ``BENCHBOOK_TEST_FAULT=fault``, which must still end well:
+    (its output, the run folder, the faulty load.py the crash stacks name)."""
+    reports = faulty["root"] / folder
+    proc = make_report(faulty, reports, f"BACKENDS={backends}", env=_env(BENCHBOOK_TEST_FAULT=fault))
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     (run_dir,) = (reports / "faulty").iterdir()
-    load_py = faulty["models"] / "faulty" / "load.py"
+    return out, run_dir, faulty["models"] / "faulty" / "load.py"
+
+
+@pytest.mark.slow
+def test_crashing_backend_takes_down_only_its_own_kernel(faulty):
+    out, run_dir, load_py = _crashed_run(faulty, "crash-reports", "torch,ort", "segv")
     summary = f"kernel crashed (SIGSEGV: Segmentation fault) at {load_py} line "
     assert "[make] benchmark torch/fp32 pass 1 (1/2) FAILED after" in out and summary in out, out[-4000:]
 
@@ -212,12 +218,7 @@ def test_a_backend_that_crashes_the_second_pass_is_recorded_and_the_rest_go_on(f
     """Pass 2 runs every backend in one process: torch (first in pass 2's reverse order) segfaults there; its
     pass-1 rounds stay in the report, the crash is recorded from the worker's signal and faulthandler's stack,
     and ort's pass 2 runs in a new worker."""
-    reports = faulty["root"] / "crash2-reports"
-    proc = make_report(faulty, reports, "BACKENDS=ort,torch", env=_env(BENCHBOOK_TEST_FAULT="segv-pass2"))
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    (run_dir,) = (reports / "faulty").iterdir()
-    load_py = faulty["models"] / "faulty" / "load.py"
+    out, run_dir, load_py = _crashed_run(faulty, "crash2-reports", "ort,torch", "segv-pass2")
     summary = f"the second-pass worker crashed (SIGSEGV: Segmentation fault) at {load_py} line "
     assert "[make] benchmark torch/fp32 pass 2 crashed the worker (recorded;" in out and summary in out, out[-4000:]
     torch_dir, ort_dir = run_dir / "bench" / "torch-fp32", run_dir / "bench" / "ort-fp32"
