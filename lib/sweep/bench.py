@@ -312,6 +312,14 @@ def _record_energy(points: list[_Point], modes: list[str], meter, t_origin: floa
         point.save()
 
 
+def _record_phases(engine_json: Path, pass_no: int, phases: dict) -> None:
+    """Seconds of this pass's load, characterisation, rounds and kernel profile, beside its ``load_s``."""
+    if engine_json.exists():
+        rec = read_json(engine_json)
+        rec.setdefault("passes", {}).setdefault(str(pass_no), {}).update(phases)
+        atomic_write_json(engine_json, rec)
+
+
 def _point_line(point: _Point, modes: list[str], target: float) -> str:
     parts = []
     for mode in modes:
@@ -387,6 +395,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
         engine = make_engine(backend, spec)
         engine.load()
         load_s = time.perf_counter() - t_origin
+        phases = {"load_s": load_s}  # where this pass's wall time went (the terminal's last line; engine.json)
         after_load = sampler.rebaseline()
         sentinel = HostSentinel(gpu)
         # The settle gate's "best so far" starts from this backend's earlier rounds (pass 1, a resumed pass)
@@ -414,6 +423,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
             if new:
                 log(f"[{label}] loaded in {load_s:.1f} s; characterising {len(new)} point(s) "
                     f"(warm-up {policy.warmup_s:g} s, parity, memory)")
+            t_phase = time.perf_counter()
             for point in new:
                 try:
                     _characterise(engine, point, policy, reference, precision, sampler, gpu, label, log)
@@ -426,6 +436,8 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
                     _fail(point, e, label, log, gpu)
             engine.release_bindings()
             _free_gpu(gpu)
+            phases["characterise_s"] = time.perf_counter() - t_phase
+            t_phase = time.perf_counter()
             rng = np.random.default_rng(zlib.crc32(f"{params.seed}|{label}|{pass_no}".encode()))
             sentinel.prime()  # the settle gate's first "best so far" (topped up from earlier passes' rounds)
             for r_idx in range(MAX_ROUNDS):
@@ -491,6 +503,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
                     f"{np.median(sent) if sent else float('nan'):.3g} µs"
                     + (f" (waited {waited:.1f} s for a quiet host)" if waited >= 0.05 else ""))
             engine.release_bindings()
+            phases["rounds_s"] = time.perf_counter() - t_phase
             _record_energy(points, modes, meter, t_origin, pass_no)
             for point in points:
                 if point.ok and point.record.get("rounds"):
@@ -501,15 +514,20 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
 
                     record_accuracy(engine, cfg, params.data, batch=max(batches), combo_dir=out, log=log)
                 if gpu:  # last: CUPTI adds host overhead per launch, so nothing is timed after it in this process
+                    t_phase = time.perf_counter()
                     _profile_kernels(engine, points, shapes, out, label, log)
+                    phases["kernel_profile_s"] = time.perf_counter() - t_phase
         finally:
             engine.close()
             save_ticks()
+            _record_phases(out / "engine.json", pass_no, phases)
     statuses = [p.record.get("status") for p in points]
     done = {"points": len(points), "ok": statuses.count("ok"), "oom": statuses.count("oom"),
             "error": statuses.count("error")}
     if bench_pass != 1:
         atomic_write_json(out / "done.json", done)
+    took = ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f}" for k, v in phases.items())
     log(f"[{label}] pass {bench_pass or '1+2'} done: {done['ok']} of {done['points']} points measured"
-        + (f", {done['oom']} out of memory" if done["oom"] else "") + (f", {done['error']} failed" if done["error"] else ""))
+        + (f", {done['oom']} out of memory" if done["oom"] else "") + (f", {done['error']} failed" if done["error"] else "")
+        + f" (seconds: {took})")
     return done
