@@ -49,6 +49,7 @@ LOAD ?= auto
 CONCURRENCY ?= 1,2,4,8
 RATES ?= auto
 RUNS ?=
+FIDELITY_BATCH ?= 32
 EXTRAS ?= test,tensorrt-rtx,transformers,torchao
 
 # Every parameter above that `make report` reads; a variable given on the command line that is not one of
@@ -184,7 +185,6 @@ clean-cache:
 
 # --- figures about the harness itself (CUDA GPU): fidelity vs torch.utils.benchmark, sampler cost,
 # timed median vs the GPU's busy time (CUPTI)
-FIDELITY_BATCH ?= 32
 .PHONY: fidelity
 fidelity:
 	$(PYTHON) -m lib.sweep.fidelity --model $(call qv,MODEL) --batch $(call qv,FIDELITY_BATCH) --cache $(call qv,CACHE_DIR)

@@ -16,8 +16,9 @@ host clock sees its whole latency on a GPU too (CUDA events would time the devic
 * **Open loop** (``open_loop``): Poisson arrivals at a rate (seeded exponential gaps, drawn before the clock
   starts), served by one instance through the **dynamic batcher** (``take_batch``): when the instance is free
   and a request waits, it takes up to ``max_batch`` requests at once, waiting at most ``max_delay_ms`` after
-  the oldest one's arrival for the batch to fill (Triton's ``max_queue_delay_microseconds`` rule).
-  ``max_batch=1`` is no batching. The server runs on the measuring thread and sleeps until the next arrival
+  the oldest one's arrival for the batch to fill (Triton's ``max_queue_delay_microseconds`` rule), and runs
+  it at the next size it has inputs for (``lib.measure.load_model.padded_batch``: the benchmarked sizes; the
+  padding rows are computed and dropped). ``max_batch=1`` is no batching. The server runs on the measuring thread and sleeps until the next arrival
   or deadline (the last ``SPIN_S`` spun, as ``time.sleep`` wakes up late by tens of µs).
 * **Rounds** (``measure_load``): every point (closed N, or open rate x policy) is measured in several short
   rounds, each point once per round in a seeded random order, so a slow moment of a shared host lands on
@@ -44,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from ..common.stats import round_interval, round_spread, summarize
-from .load_model import BatchPolicy, poisson_arrivals, take_batch
+from .load_model import BatchPolicy, padded_batch, poisson_arrivals, take_batch
 
 __all__ = ["closed_loop", "open_loop", "measure_load", "point_rows", "LoadPoint", "REQUEST_COLUMNS",
            "POINT_COLUMNS", "SUSTAINED_SHARE"]
@@ -56,7 +57,7 @@ SPIN_S = 0.0005  # the last half millisecond of a wait is spun: sleep() overshoo
 clock = time.perf_counter  # lib.measure.timing's host clock
 
 REQUEST_COLUMNS = ["experiment", "concurrency", "rate", "max_batch", "max_delay_ms", "round", "request",
-                   "arrival_s", "start_s", "done_s", "latency_ms", "queue_ms", "batch", "lane"]
+                   "arrival_s", "start_s", "done_s", "latency_ms", "queue_ms", "batch", "run_batch", "lane"]
 POINT_COLUMNS = ["experiment", "concurrency", "rate", "max_batch", "max_delay_ms", "source", "n", "rounds",
                  "window_s", "throughput_rps", "median_ms", "p90_ms", "p99_ms", "tail_q", "tail_ms", "mean_ms",
                  "mean_batch", "ci_low_ms", "ci_high_ms", "round_spread", "noisy", "sustained", "lane_kind"]
@@ -158,9 +159,9 @@ def _closed_threads(lanes, inputs, concurrency, seconds, min_requests):
     return rows, end - begin
 
 
-def _row(arrival, start, done, batch, lane) -> dict:
+def _row(arrival, start, done, batch, lane, run_batch=None) -> dict:
     return {"arrival_s": arrival, "start_s": start, "done_s": done, "latency_ms": (done - arrival) * 1e3,
-            "queue_ms": (start - arrival) * 1e3, "batch": batch, "lane": lane}
+            "queue_ms": (start - arrival) * 1e3, "batch": batch, "run_batch": run_batch or batch, "lane": lane}
 
 
 # --- open loop: Poisson arrivals, dynamic batcher, one instance -------------------------------------
@@ -168,8 +169,12 @@ def _row(arrival, start, done, batch, lane) -> dict:
 def open_loop(lane, batched_inputs: dict[int, dict], arrivals: np.ndarray, policy: BatchPolicy
               ) -> tuple[list[dict], float, dict]:
     """Serve ``arrivals`` (seconds from the start, sorted) through the batcher on ``lane`` (one instance, on
-    this thread). ``batched_inputs[b]``: host inputs of a batch of b, for every b up to ``policy.max_batch``
-    (made before the clock starts: a server would concatenate). Returns (rows, window s, extra)."""
+    this thread). ``batched_inputs[b]``: host inputs of a batch of b for each size the engine runs, at least 1 and
+    one >= ``policy.max_batch`` (made before the clock starts: a server would concatenate); a batch of n runs at
+    the smallest of them that holds it. Returns (rows, window s, extra)."""
+    sizes = sorted(batched_inputs)
+    if sizes[-1] < policy.max_batch:
+        raise ValueError(f"open_loop: inputs of batch sizes {sizes} cannot hold a batch of {policy.max_batch}")
     n = len(arrivals)
     arr = [float(a) for a in arrivals]  # Python floats: indexed per request, numpy scalars cost more
     horizon = arr[-1] if n else 0.0
@@ -199,13 +204,14 @@ def open_loop(lane, batched_inputs: dict[int, dict], arrivals: np.ndarray, polic
             continue
         for _ in range(take):
             queue.popleft()
+        run = padded_batch(take, sizes)
         t0 = clock() - begin
-        lane(batched_inputs[take])
+        lane(batched_inputs[run])
         t1 = clock() - begin
-        served.append((first, take, t0, t1))
+        served.append((first, take, t0, t1, run))
         done += take
-    rows = [{**_row(arr[i], t0, t1, take, 0), "request": i}
-            for first, take, t0, t1 in served for i in range(first, first + take)]
+    rows = [{**_row(arr[i], t0, t1, take, 0, run), "request": i}
+            for first, take, t0, t1, run in served for i in range(first, first + take)]
     last_done = served[-1][3] if served else horizon
     return rows, max(last_done, 1e-9), {"offered": n, "served": len(rows), "overloaded": overloaded,
                                          "drain_s": last_done - horizon, "offered_rps": n / max(horizon, 1e-9)}
@@ -222,8 +228,9 @@ def measure_load(engine, points: list[LoadPoint], batched_inputs: dict[int, dict
     lane = engine.lane()
     n_lanes = max([p.concurrency for p in points if p.experiment == "closed"] + [1]) if lane.parallel else 1
     lanes = [lane] + [engine.lane() for _ in range(n_lanes - 1)]
-    sizes = sorted({1} | {b for p in points for b in range(1, p.policy.max_batch + 1)})
-    for b in sizes:  # warm-up: each batch size the batcher can form (first-call work, autotuning)
+    top = max(p.policy.max_batch for p in points)
+    sizes = sorted({1} | {padded_batch(b, batched_inputs) for b in range(1, top + 1)})
+    for b in sizes:  # warm-up: each batch size the batcher runs (first-call work, autotuning, capture)
         _warm(lane, batched_inputs[b], warmup_s / len(sizes))
     frames, meta = [], {}
     for r in range(rounds):

@@ -2,10 +2,14 @@
 
 * ``BatchPolicy`` / ``take_batch``: Triton-style dynamic batching, the one decision rule that both the live
   server (``lib.measure.load.open_loop``) and the model use, so they cannot drift apart.
+* ``padded_batch``: the batcher runs only the benchmarked batch sizes, a batch of n padded up to the next one,
+  as servers of per-shape engines do (a CUDA graph, a torch.compile graph, a TensorRT profile, an ORT session
+  each fixed to one shape: on an H200 a new batch size cost 6-30 s of capture or compilation, so a batcher that
+  ran every size from 1 to 32 spent minutes compiling and timed the compiles as requests).
 * ``simulate``: the same policy over the same kind of arrival process with a service time ``s(b)`` per batch
   of b, on ``instances`` servers: deterministic (``service_curve``: the benchmark's median end-to-end latency
-  of a batch of b, linear between measured batch sizes), or drawn from the benchmark's raw samples
-  (``sampled_service``), which keeps the spread a shared host adds. ``predict`` gives a point's figures.
+  at the padded size), or drawn from the benchmark's raw samples (``sampled_service``), which keeps the spread
+  a shared host adds. ``predict`` gives a point's figures.
 * ``mdl_mean_sojourn``: M/D/1's closed form (Pollaczek–Khinchine), what the simulator is tested against.
 * ``max_rate_within``: the highest arrival rate whose predicted tail latency stays within a budget (bisection
   on the rate: the tail grows with the rate), and ``best_policy`` the policy that sustains the most.
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["BatchPolicy", "take_batch", "poisson_arrivals", "service_curve", "sampled_service", "simulate", "predict",
+__all__ = ["BatchPolicy", "take_batch", "padded_batch", "poisson_arrivals", "service_curve", "sampled_service", "simulate", "predict",
            "mdl_mean_sojourn", "max_rate_within", "candidate_policies", "best_policy", "MODEL_REQUESTS"]
 
 MODEL_REQUESTS = 4000  # arrivals per predicted point: the p99 rests on ~40 requests above it
@@ -68,6 +72,14 @@ def take_batch(waiting_arrivals, now: float, policy: BatchPolicy, next_arrival: 
     return 0, float(min(deadline, next_arrival))
 
 
+def padded_batch(n: int, sizes) -> int:
+    """The batch size a batch of ``n`` requests runs at: the smallest of ``sizes`` (the benchmarked batch
+    sizes) that holds it; ``n`` itself past the largest (the model's extrapolation; the live batcher's
+    max_batch is one of the sizes, so it never forms such a batch)."""
+    fit = [int(b) for b in sizes if b >= n]
+    return min(fit) if fit else int(n)
+
+
 def poisson_arrivals(rate: float, seconds: float, seed: int = 0) -> np.ndarray:
     """Arrival times (s from 0, below ``seconds``) of a Poisson process at ``rate``/s: seeded exponential gaps."""
     rng = np.random.default_rng(seed)
@@ -79,8 +91,8 @@ def poisson_arrivals(rate: float, seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def service_curve(batch_ms: dict[int, float]):
-    """s(b) in seconds from measured median latencies (ms) by batch size: linear between them; below the
-    smallest measured batch its latency; past the largest, linear in b from the last two points."""
+    """s(b) in seconds from measured median latencies (ms) by batch size: a batch of b takes the time of the
+    measured size it is padded to (``padded_batch``); past the largest, linear in b from the last two points."""
     bs = np.array(sorted(batch_ms), float)
     ms = np.array([batch_ms[int(b)] for b in bs], float)
 
@@ -90,13 +102,13 @@ def service_curve(batch_ms: dict[int, float]):
         if b > bs[-1]:
             slope = (ms[-1] - ms[-2]) / (bs[-1] - bs[-2])
             return float(ms[-1] + slope * (b - bs[-1])) / 1e3
-        return float(np.interp(b, bs, ms)) / 1e3
+        return float(ms[int(np.searchsorted(bs, b, side="left"))]) / 1e3
     return s
 
 
 def sampled_service(batch_ms: dict[int, float], samples: dict[int, np.ndarray], seed: int = 0):
-    """s(b) in seconds drawn at random from the benchmark's raw samples (ms) of the measured batch size nearest
-    to b, scaled by s_median(b) / that batch's median: the service time keeps the spread and the tail the
+    """s(b) in seconds drawn at random from the raw samples (ms) of the batch size b is padded to (else of the
+    sampled size nearest to it), scaled by s_median(b) / that batch's median: the service time keeps the spread and the tail the
     benchmark saw on this host (an M/G/1-like model), where ``service_curve`` keeps only its median."""
     median = service_curve(batch_ms)
     rng = np.random.default_rng(seed)
@@ -105,7 +117,8 @@ def sampled_service(batch_ms: dict[int, float], samples: dict[int, np.ndarray], 
     scale = {int(b): 1.0 / float(np.median(pools[int(b)])) for b in keys}
 
     def s(b: int) -> float:
-        near = int(keys[np.argmin(np.abs(keys - b))])
+        run = padded_batch(b, batch_ms)  # the size it runs at: its own samples where the benchmark kept them
+        near = run if run in pools else int(keys[np.argmin(np.abs(keys - run))])
         pool = pools[near]
         return float(pool[rng.integers(len(pool))]) * scale[near] * median(b)
     return s
@@ -191,14 +204,13 @@ def max_rate_within(batch_ms: dict[int, float], policy: BatchPolicy, budget_ms: 
 
 
 def candidate_policies(batch_ms: dict[int, float], max_batch: int) -> list[BatchPolicy]:
-    """The policies the model searches: no batching, and batches of 2, 4, 8, ... up to ``max_batch`` with a
-    queue delay of 0, 0.5, 1 or 2 times a single request's latency."""
+    """The policies the model searches: no batching, and a largest batch of each benchmarked size above 1 up to
+    ``max_batch`` (a batch is padded to one of them anyway) with a queue delay of 0, 0.5, 1 or 2 times a single
+    request's latency."""
     s1 = service_curve(batch_ms)(1) * 1e3
     out = [BatchPolicy(1, 0.0)]
-    b = 2
-    while b <= max_batch:
+    for b in sorted(int(k) for k in batch_ms if 1 < k <= max_batch):
         out.extend(BatchPolicy(b, round(f * s1, 4)) for f in (0.0, 0.5, 1.0, 2.0))
-        b *= 2
     return out
 
 

@@ -59,7 +59,10 @@ def load_markdown(run: Run) -> str:
              f"at a time, 1000 / the median of a short closed loop at one in flight run just before: the "
              f"host's speed drifts between the benchmark and this stage). Per-request latency runs from the "
              f"request's arrival (closed loop: when its client issued it; open loop: its scheduled Poisson arrival) "
-             f"to its outputs on the host, so queueing and batching delay are in it; host clock (perf_counter)."]
+             f"to its outputs on the host, so queueing and batching delay are in it; host clock (perf_counter). "
+             f"The dynamic batcher runs only the benchmarked batch sizes: a batch of n requests runs padded up to "
+             f"the next one (the padding rows are computed and dropped), as a server of per-shape engines "
+             f"(CUDA graphs, compiled graphs, TensorRT profiles) does; the model pads alike."]
     m, svc = _measured(d), d["service"]
     for c in meta.get("configurations", []):
         what = f"**{c['backend']}/{c['precision']}** (shape {c['shape']}; {', '.join(c.get('why', []))})"

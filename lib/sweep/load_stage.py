@@ -40,7 +40,7 @@ from ..common.errors import BenchbookError
 from ..measure.load import LoadPoint, closed_loop, measure_load
 from ..measure.load_model import BatchPolicy, best_policy, max_rate_within, predict
 
-__all__ = ["run_load", "pick_configurations", "service_ms", "anchor", "model_samples", "load_points_for", "capacity_rows", "LOAD_FILES",
+__all__ = ["run_load", "pick_configurations", "service_ms", "anchor", "model_samples", "load_points_for", "batcher_top", "capacity_rows", "LOAD_FILES",
            "BUDGET_MS", "MIN_REQUESTS", "read_load"]
 
 BUDGET_MS = 10.0  # the analysis notebook's default budget_ms: the "within the budget" pick and the capacity
@@ -95,15 +95,21 @@ def service_ms(run, backend: str, precision: str, shape: str) -> dict[int, float
     return {int(b): float(v) for b, v in zip(m["batch"], m["median_ms"]) if v == v}
 
 
+def batcher_top(service: dict[int, float], device: str) -> int:
+    """The batcher's largest batch: the largest benchmarked batch size within MAX_BATCH (1 when none above 1)."""
+    return max([b for b in service if b <= MAX_BATCH.get(device, 8)] or [1])
+
+
 def load_points_for(service: dict[int, float], concurrency: list[int], rates: list[tuple[float, str]],
                     device: str, single_ms: float | None = None) -> tuple[list[LoadPoint], BatchPolicy]:
     """The points measured for one configuration: closed loop at each N; each rate without batching and
-    with the batcher (up to MAX_BATCH or the largest benchmarked batch, delay = one single request's latency).
+    with the batcher (up to the largest benchmarked batch within MAX_BATCH, delay = one single request's
+    latency; a batch runs padded to the next benchmarked size, ``lib.measure.load_model.padded_batch``).
     ``single_ms``: a single request's median latency, which ``x`` rates are fractions of the throughput of
     (1000 / it); default the benchmark's batch-1 median."""
     single_ms = single_ms or service[1]
     single_rps = 1e3 / single_ms
-    top = min(MAX_BATCH.get(device, 8), max(service))
+    top = batcher_top(service, device)
     batcher = BatchPolicy(top, round(single_ms, 3)) if top > 1 else None
     pts = [LoadPoint("closed", n) for n in concurrency]
     for value, unit in rates:
@@ -214,8 +220,9 @@ def run_load(run_dir: Path | str, log=print) -> dict:
                                                   weights=params.weights or None, models_dir=params.models_path),
                               options={**params.engine_options(), "log": log})
             shape = by_label[pick["shape"]]
-            top = min(MAX_BATCH.get(device, 8), max(service))
-            batched = {b: make_inputs(cfg, b, shape, params.seed, stream="load") for b in range(1, top + 1)}
+            top = batcher_top(service, device)
+            # the sizes the batcher runs: the benchmarked ones up to its largest (a batch is padded up to one)
+            batched = {b: make_inputs(cfg, b, shape, params.seed, stream="load") for b in sorted(service) if b <= top}
             with make_engine(pick["backend"], spec) as engine:
                 # The rates' unit (x = a fraction of one request at a time's throughput) is measured here, just
                 # before, on this engine: the host's speed drifts between the benchmark and this stage (ORT's

@@ -90,6 +90,22 @@ def test_makefile_defaults_and_params_list():
     assert not stray, f"Makefile variables that are neither a run parameter nor in OTHER_VARS: {stray}"
 
 
+def test_every_makefile_default_is_the_value_make_uses():
+    """A ``?=`` default must survive to the recipes: a name that an earlier line (``unexport``, a ``:=``) has
+    already defined, even as empty, makes ``?=`` a no-op (``make fidelity`` once ran ``--batch ''``)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env = {k: v for k, v in env.items() if k not in _make_defaults()}  # the Makefile's own defaults, not ours
+    proc = subprocess.run(["make", "-pn", "--no-print-directory", "help", f"PYTHON={sys.executable}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    db = {m.group(1): m.group(3).strip() for m in re.finditer(r"^(\w+) (\?|:)?= ?(.*)$", proc.stdout, re.M)}
+    wrong = {n: (v, db.get(n)) for n, v in _make_defaults().items() if db.get(n) != v and n != "PYTHON"}
+    assert not wrong, f"Makefile defaults (written, used by make): {wrong}"
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "fidelity", f"PYTHON={sys.executable}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert "--batch '32'" in dry.stdout, dry.stdout + dry.stderr
+
+
 def test_make_help_shows_every_parameter():
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     proc = subprocess.run(["make", "--no-print-directory", "help", f"PYTHON={sys.executable}", "ITERS=7"],

@@ -15,7 +15,7 @@ from lib.backends import Artifacts, EngineSpec, make_engine
 from lib.common.errors import ConfigError
 from lib.config.inputs import make_inputs
 from lib.measure.load import LoadPoint, closed_loop, measure_load, open_loop
-from lib.measure.load_model import (BatchPolicy, best_policy, candidate_policies, max_rate_within, mdl_mean_sojourn,
+from lib.measure.load_model import (BatchPolicy, best_policy, padded_batch, candidate_policies, max_rate_within, mdl_mean_sojourn,
                                     sampled_service, poisson_arrivals, predict, service_curve, simulate, take_batch)
 from lib.measure.timing import CpuTimer, TimingPolicy, measure_latency
 
@@ -66,7 +66,10 @@ def test_two_instances_serve_what_one_cannot():
 
 def test_simulator_batches_under_load_and_respects_the_delay():
     s = service_curve({1: 1.0, 8: 2.0})  # ms: batching is cheap per item
-    assert s(1) == pytest.approx(1e-3) and s(8) == pytest.approx(2e-3) and s(4) == pytest.approx((1 + 3 / 7) * 1e-3)
+    # a batch of 4 runs padded to the benchmarked 8 (the live batcher does the same): it takes batch 8's time
+    assert s(1) == pytest.approx(1e-3) and s(8) == pytest.approx(2e-3) and s(4) == pytest.approx(2e-3)
+    assert padded_batch(4, {1: 1.0, 8: 2.0}) == 8 and padded_batch(1, (1, 8)) == 1 and padded_batch(9, (1, 8)) == 9
+    assert [p.max_batch for p in candidate_policies({1: 1.0, 8: 2.0, 32: 5.0}, 32)] == [1] + [8] * 4 + [32] * 4
     arrivals = poisson_arrivals(2000.0, 20.0, seed=1)  # twice what batch 1 can serve
     assert predict({1: 1.0, 8: 2.0}, 2000.0, BatchPolicy(1, 0.0))["sustained"] is False
     sim = simulate(arrivals, s, BatchPolicy(8, 1.0))
@@ -181,6 +184,22 @@ def test_open_loop_poisson_through_the_batcher(engine, tiny):
     # has waited the 3 ms (at 100 req/s most batches are a lone request that waited exactly that)
     oldest = f.sort_values("arrival_s").groupby("start_s").agg(n=("batch", "size"), wait=("queue_ms", "max"))
     assert (oldest.loc[oldest["n"] < 4, "wait"] >= 3.0 - 1e-6).all() and (oldest["n"] < 4).any()
+    assert (f["run_batch"] == f["batch"]).all()  # inputs of every size: nothing padded
+
+
+def test_open_loop_runs_only_the_sizes_it_has_inputs_for(engine, tiny):
+    """Inputs of batch 1 and 4 only (the benchmarked sizes): a batch of 2 or 3 requests runs at 4, padded; a
+    batcher whose largest batch no input holds is refused before any request."""
+    shape = _shape(tiny)
+    batched = {b: make_inputs(tiny, b, shape, 0) for b in (1, 4)}
+    arrivals = poisson_arrivals(2000.0, 0.2, seed=3)  # far above what batch 1 serves: batches form
+    rows, _, _ = open_loop(engine.lane(), batched, arrivals, BatchPolicy(4, 2.0))
+    f = pd.DataFrame(rows)
+    assert set(f["run_batch"]) <= {1, 4} and (f["run_batch"] >= f["batch"]).all()
+    assert ((f["batch"] > 1) & (f["batch"] < 4)).any() or (f["batch"] == 4).any()
+    assert (f.loc[f["batch"] > 1, "run_batch"] == 4).all()
+    with pytest.raises(ValueError, match=r"batch sizes \[1, 4\] cannot hold a batch of 8"):
+        open_loop(engine.lane(), batched, arrivals, BatchPolicy(8, 2.0))
 
 
 def test_measure_load_rounds_and_points(engine, tiny):
@@ -206,7 +225,7 @@ def test_sampled_service_keeps_the_benchmarks_spread():
     draws = np.array([s(1) for _ in range(4000)]) * 1e3
     assert set(np.round(draws, 6)) == {1.0, 5.0} and 0.07 < (draws == 5.0).mean() < 0.13
     assert {round(s(4) * 1e3, 6) for _ in range(200)} == {2.0, 10.0}
-    assert {round(s(2) * 1e3, 6) for _ in range(200)} <= {round(1 + 1 / 3, 6), round(5 * (1 + 1 / 3), 6)}  # nearest batch 1, scaled
+    assert {round(s(2) * 1e3, 6) for _ in range(200)} == {2.0, 10.0}  # padded to batch 4: its samples
     flat = predict({1: 1.0, 4: 2.0}, 300.0, BatchPolicy(1, 0.0))
     spread = predict({1: 1.0, 4: 2.0}, 300.0, BatchPolicy(1, 0.0), samples=samples)
     assert spread["p99_ms"] > 2 * flat["p99_ms"]
