@@ -205,7 +205,7 @@ def by_op_table(run) -> pd.DataFrame:
         total = sum(float(v) for v in by_op.values()) if isinstance(by_op, dict) else 0.0
         for op, v in sorted(by_op.items(), key=lambda kv: -float(kv[1])) if total else []:
             rows.append({"shape": label, "operator": str(op), "GFLOP per item": float(v) / 1e9,
-                         "% of the shape's FLOPs": 100 * float(v) / total})
+                         "% of the shape's FLOPs": float(v) / total})  # a fraction: table() shows '% ...' as percent
     if not rows:
         return pd.DataFrame({"FLOPs by operator": ["not recorded in this run"]})
     out = pd.DataFrame(rows, columns=cols)

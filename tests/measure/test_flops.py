@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: test_rep
 
 import lib  # noqa: E402
 from lib.measure import flops, peaks  # noqa: E402
+from lib.report.format import table  # noqa: E402
 from lib.config.models import get_model  # noqa: E402
 from report.fake_runs import FIXTURE_MODELS, make_fake_run  # noqa: E402 (tests/report/)
 
@@ -53,7 +55,10 @@ def test_record_flops_counts_once_and_read_flops_reads_it(tmp_path, monkeypatch)
     flops.record_flops(run.path, cfg, [cfg.parse_shape("32x32")])  # already there: not counted again
     t = flops.by_op_table(run)
     assert list(t["operator"]) == ["aten.convolution", "aten.addmm"]
-    assert np.isclose(t["% of the shape's FLOPs"].sum(), 100)
+    assert np.isclose(t["% of the shape's FLOPs"].sum(), 1)  # fractions, as every '% ...' column
+    shown = table(t).to_html()  # as the report shows it (an H200 report read "9981.4%" for convolutions)
+    shares = [float(x) for x in re.findall(r">([0-9.]+)%<", shown)]
+    assert len(shares) == 2 and all(0 < x <= 100 for x in shares) and abs(sum(shares) - 100) < 0.5, shares
 
 
 def test_onnx_graph_count_agrees_with_torch(tiny_onnx):
