@@ -12,10 +12,12 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 
 from ..measure.energy import MIN_SPAN_S, MIN_UPDATES, MIN_WINDOW_S
 from ..results.run import Run
 from .format import fmt_num
+from .plots import MAX_WIDTH_IN, legend_below, pareto_front, place_labels, plain_log, sorted_shapes
 from .points import MODE_SHORT, multi_shape, palette, rate_mode, series_order, usable_points
 
 __all__ = ["cost_per_million", "energy_frame", "energy_table", "energy_summary_lines", "energy_markdown",
@@ -143,25 +145,46 @@ def energy_markdown(run: Run) -> str:
 
 
 def plot_energy(run: Run):
-    """Throughput against joules per inference, one curve per series over its batch sizes."""
+    """Throughput against joules per inference: each series' curve over its batch sizes drawn faint, its
+    lowest-energy point marked and labelled (labels placed apart), the frontier (nothing else both cheaper per
+    inference and faster) drawn where it has more than one point; legend below; one panel per shape."""
     f = energy_frame(run)
     if f.empty or not f["joules_per_item"].notna().any():
         return None
+    f = f.dropna(subset=["joules_per_item", "items_per_s"]).assign(mj=lambda d: d["joules_per_item"] * 1e3)
     pal = palette(run)
-    fig, ax = plt.subplots(figsize=(6.5, 4.4))
-    for s in [s for s in series_order(run) if s in set(f["series"])]:
-        for shape, g in f[f["series"] == s].dropna(subset=["joules_per_item"]).groupby("shape"):
-            g = g.sort_values("batch")
-            ax.plot(g["joules_per_item"] * 1e3, g["items_per_s"], "-o", ms=5, color=pal.get(s),
-                    label=s + (f" {shape}" if f["shape"].nunique() > 1 else ""))
-            for r in g.itertuples(index=False):
-                ax.annotate(f"bs {r.batch}", (r.joules_per_item * 1e3, r.items_per_s), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7, color=pal.get(s))
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("mJ per inference (log)")
-    ax.set_ylabel("items / s (log)")
-    ax.set_title("throughput vs energy per inference: up and left is better")
-    ax.legend(loc="best")
+    shapes = sorted_shapes(f["shape"])
+    fig, axes = plt.subplots(1, len(shapes), figsize=(min(MAX_WIDTH_IN, 5.2 * len(shapes) + 1.2), 4.6), squeeze=False)
+    used = []
+    for ax, shape in zip(axes[0], shapes):
+        sub = f[f["shape"] == shape]
+        for s in [s for s in series_order(run) if s in set(sub["series"])]:
+            g = sub[sub["series"] == s].sort_values("batch")
+            ax.plot(g["mj"], g["items_per_s"], "-o", ms=3.5, lw=1, alpha=0.35, color=pal.get(s))
+            used.append(s)
+        x, y = sub["mj"].to_numpy(float), sub["items_per_s"].to_numpy(float)
+        front = sub.iloc[pareto_front(x, y)]
+        if len(front) > 1:  # energy falls as throughput rises, so the frontier is often one point
+            ax.plot(front["mj"], front["items_per_s"], "-", color="#222", lw=1.8, zorder=3)
+        best = sub.loc[sub.groupby("series")["mj"].idxmin()]  # each series' lowest energy per inference
+        ax.scatter(best["mj"], best["items_per_s"], s=46, c=[pal.get(s) for s in best["series"]],
+                   edgecolors="#222", linewidths=1.2, zorder=4)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        plain_log(ax, "x")
+        plain_log(ax, "y")
+        ax.margins(x=0.12, y=0.12)
+        ax.set_xlabel("mJ per inference (log)")
+        ax.set_ylabel("items / s (log)")
+        if len(shapes) > 1:
+            ax.set_title(f"shape {shape}")
+        place_labels(ax, [(r["mj"], r["items_per_s"], f"{r['series']} bs {r['batch']}", pal.get(r["series"]))
+                          for _, r in best.sort_values("mj").iterrows()])
+    fig.suptitle("Throughput vs energy per inference, up and left is better\n(labelled: each configuration's "
+                 "lowest energy)", fontsize=11)
     fig.tight_layout()
+    seen = list(dict.fromkeys(used))
+    handles = [Line2D([], [], color=pal.get(s), marker="o", ms=5, lw=1.5) for s in seen]
+    handles.append(Line2D([], [], color="#222", lw=1.8, marker="o", mfc="white", mec="#222"))
+    legend_below(fig, handles, seen + ["frontier"])
     return fig
