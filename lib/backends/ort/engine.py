@@ -15,7 +15,9 @@ from ...common.errors import UnavailableError
 from ...config.dtypes import numpy_to_torch, ort_numpy_dtype
 from .. import register_engine
 from ..base import TORCH, Engine, Lane, Library
+from ..tensorrt.build import PRECISIONS as TRT_PRECISIONS
 from ..tensorrt.build import TENSORRT_LIBRARIES
+from ..tensorrt.build import onnx_variant as trt_onnx_variant
 
 __all__ = ["OrtEngine", "OrtCudaGraph", "OrtTensorRT", "ONNXRUNTIME"]
 
@@ -360,12 +362,11 @@ class OrtTensorRT(OrtEngine):
 
     @classmethod
     def precisions(cls, device):
-        # int8: the QDQ file, built by TensorRT as explicitly quantized (the EP's strongly typed path, TRT >= 10)
-        return ("fp32", "fp16", "int8") if device == "cuda" else ()
+        return TRT_PRECISIONS if device == "cuda" else ()  # the TensorRT build's (the EP's strongly typed path)
 
     @classmethod
     def onnx_variant(cls, precision):
-        return "int8_trt" if precision == "int8" else precision  # TensorRT's Q/DQ rules (lib.artifacts.quantize)
+        return trt_onnx_variant(precision)
 
     @classmethod
     def unavailable_reason(cls, device):

@@ -34,7 +34,7 @@ from ...common.errors import BenchbookError, ConfigError, UnavailableError
 from ...config.model_config import BATCH_DIM, ModelConfig, Shape
 from ..base import Library
 
-__all__ = ["BuildResult", "FLAVOURS", "TENSORRT_LIBRARIES", "PRECISIONS", "DEFAULT_AOT_TARGETS", "import_trt", "trt_version",
+__all__ = ["BuildResult", "FLAVOURS", "TENSORRT_LIBRARIES", "PRECISIONS", "onnx_variant", "DEFAULT_AOT_TARGETS", "import_trt", "trt_version",
            "install_hint", "check_profile", "check_precision", "check_build_options", "gpu_identity", "supported_rtx_targets", "profile_shapes",
            "engine_key", "build_engine", "trt_logger"]
 
@@ -43,6 +43,13 @@ FLAVOURS = ("tensorrt", "tensorrt_rtx")  # module names, in order of preference
 TENSORRT_LIBRARIES = (Library("tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13")),
                       Library("tensorrt_rtx", ("tensorrt-rtx", "tensorrt-rtx-cu13")))
 PRECISIONS = ("fp32", "fp16", "int8")  # what an exported ONNX exists for (int8: the QDQ file of lib.artifacts.quantize)
+
+
+def onnx_variant(precision: str) -> str:
+    """The exported ONNX a TensorRT build of ``precision`` reads, whichever runtime drives the build (this
+    package's engine, ONNX Runtime's TensorRT EP): INT8 is the QDQ file made by TensorRT's Q/DQ placement rules
+    (lib.artifacts.quantize), an explicitly quantized, strongly typed network; the others are the precision's own."""
+    return "int8_trt" if precision == "int8" else precision
 # TensorRT-RTX's documented default AOT targets (Ampere, Ada, consumer Blackwell, plus GA10x).
 DEFAULT_AOT_TARGETS = ("8.0", "8.6", "8.9", "12.0")
 KEY_SCHEMA = 1  # bump when the build code changes what an engine contains

@@ -20,7 +20,9 @@ from ...common.errors import BenchbookError, ConfigError, UnavailableError
 from ...config.dtypes import trt_torch_dtypes
 from .. import register_engine
 from ..base import TORCH, Engine
+from .build import PRECISIONS as TRT_PRECISIONS
 from .build import TENSORRT_LIBRARIES
+from .build import onnx_variant as trt_onnx_variant
 
 __all__ = ["TrtEngine", "TrtCudaGraph", "tensorrt_unavailable_reason", "tensorrt_install_hint"]
 
@@ -73,13 +75,12 @@ class TrtEngine(Engine):
 
     @classmethod
     def precisions(cls, device):
-        # int8: the QDQ ONNX (lib.artifacts.quantize), built as an explicitly quantized, strongly typed network. bf16 needs
-        # a BF16 ONNX, which the export does not make yet (lib.backends.tensorrt.build says so).
-        return ("fp32", "fp16", "int8") if device == "cuda" else ()
+        # bf16 needs a BF16 ONNX, which the export does not make yet (lib.backends.tensorrt.build says so)
+        return TRT_PRECISIONS if device == "cuda" else ()
 
     @classmethod
     def onnx_variant(cls, precision):
-        return "int8_trt" if precision == "int8" else precision  # TensorRT's Q/DQ rules (lib.artifacts.quantize)
+        return trt_onnx_variant(precision)
 
     @classmethod
     def unavailable_reason(cls, device):
