@@ -166,15 +166,21 @@ def _row(arrival, start, done, batch, lane, run_batch=None) -> dict:
 
 # --- open loop: Poisson arrivals, dynamic batcher, one instance -------------------------------------
 
+def _run_sizes(batched_inputs: dict[int, dict], max_batch: int) -> list[int]:
+    """The batch sizes there are inputs for, checked to hold a batch of ``max_batch``."""
+    sizes = sorted(batched_inputs)
+    if sizes[-1] < max_batch:
+        raise ValueError(f"open_loop: inputs of batch sizes {sizes} cannot hold a batch of {max_batch}")
+    return sizes
+
+
 def open_loop(lane, batched_inputs: dict[int, dict], arrivals: np.ndarray, policy: BatchPolicy
               ) -> tuple[list[dict], float, dict]:
     """Serve ``arrivals`` (seconds from the start, sorted) through the batcher on ``lane`` (one instance, on
     this thread). ``batched_inputs[b]``: host inputs of a batch of b for each size the engine runs, at least 1 and
     one >= ``policy.max_batch`` (made before the clock starts: a server would concatenate); a batch of n runs at
     the smallest of them that holds it. Returns (rows, window s, extra)."""
-    sizes = sorted(batched_inputs)
-    if sizes[-1] < policy.max_batch:
-        raise ValueError(f"open_loop: inputs of batch sizes {sizes} cannot hold a batch of {policy.max_batch}")
+    sizes = _run_sizes(batched_inputs, policy.max_batch)
     n = len(arrivals)
     arr = [float(a) for a in arrivals]  # Python floats: indexed per request, numpy scalars cost more
     horizon = arr[-1] if n else 0.0
@@ -229,7 +235,8 @@ def measure_load(engine, points: list[LoadPoint], batched_inputs: dict[int, dict
     n_lanes = max([p.concurrency for p in points if p.experiment == "closed"] + [1]) if lane.parallel else 1
     lanes = [lane] + [engine.lane() for _ in range(n_lanes - 1)]
     top = max(p.policy.max_batch for p in points)
-    sizes = sorted({1} | {padded_batch(b, batched_inputs) for b in range(1, top + 1)})
+    have = _run_sizes(batched_inputs, top)  # before any warm-up: a missing size is an error, not a KeyError
+    sizes = sorted({1} | {padded_batch(b, have) for b in range(1, top + 1)})
     for b in sizes:  # warm-up: each batch size the batcher runs (first-call work, autotuning, capture)
         _warm(lane, batched_inputs[b], warmup_s / len(sizes))
     frames, meta = [], {}

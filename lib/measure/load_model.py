@@ -102,7 +102,7 @@ def service_curve(batch_ms: dict[int, float]):
         if b > bs[-1]:
             slope = (ms[-1] - ms[-2]) / (bs[-1] - bs[-2])
             return float(ms[-1] + slope * (b - bs[-1])) / 1e3
-        return float(ms[int(np.searchsorted(bs, b, side="left"))]) / 1e3
+        return float(batch_ms[padded_batch(b, batch_ms)]) / 1e3
     return s
 
 

@@ -155,7 +155,7 @@ def plot_energy(run: Run):
     pal = palette(run)
     shapes = sorted_shapes(f["shape"])
     fig, axes = plt.subplots(1, len(shapes), figsize=(min(MAX_WIDTH_IN, 5.2 * len(shapes) + 1.2), 4.6), squeeze=False)
-    used = []
+    used, frontier = [], False
     for ax, shape in zip(axes[0], shapes):
         sub = f[f["shape"] == shape]
         for s in [s for s in series_order(run) if s in set(sub["series"])]:
@@ -166,6 +166,7 @@ def plot_energy(run: Run):
         front = sub.iloc[pareto_front(x, y)]
         if len(front) > 1:  # energy falls as throughput rises, so the frontier is often one point
             ax.plot(front["mj"], front["items_per_s"], "-", color="#222", lw=1.8, zorder=3)
+            frontier = True
         best = sub.loc[sub.groupby("series")["mj"].idxmin()]  # each series' lowest energy per inference
         ax.scatter(best["mj"], best["items_per_s"], s=46, c=[pal.get(s) for s in best["series"]],
                    edgecolors="#222", linewidths=1.2, zorder=4)
@@ -185,6 +186,7 @@ def plot_energy(run: Run):
     fig.tight_layout()
     seen = list(dict.fromkeys(used))
     handles = [Line2D([], [], color=pal.get(s), marker="o", ms=5, lw=1.5) for s in seen]
-    handles.append(Line2D([], [], color="#222", lw=1.8, marker="o", mfc="white", mec="#222"))
-    legend_below(fig, handles, seen + ["frontier"])
+    if frontier:
+        handles.append(Line2D([], [], color="#222", lw=1.8, marker="o", mfc="white", mec="#222"))
+    legend_below(fig, handles, seen + (["frontier"] if frontier else []))
     return fig

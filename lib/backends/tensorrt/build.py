@@ -43,6 +43,10 @@ FLAVOURS = ("tensorrt", "tensorrt_rtx")  # module names, in order of preference
 TENSORRT_LIBRARIES = (Library("tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13")),
                       Library("tensorrt_rtx", ("tensorrt-rtx", "tensorrt-rtx-cu13")))
 PRECISIONS = ("fp32", "fp16", "int8")  # what an exported ONNX exists for (int8: the QDQ file of lib.artifacts.quantize)
+# TensorRT-RTX's documented default AOT targets (Ampere, Ada, consumer Blackwell, plus GA10x).
+DEFAULT_AOT_TARGETS = ("8.0", "8.6", "8.9", "12.0")
+KEY_SCHEMA = 1  # bump when the build code changes what an engine contains
+ENGINE_FILE = "engine.plan"
 
 
 def onnx_variant(precision: str) -> str:
@@ -50,10 +54,7 @@ def onnx_variant(precision: str) -> str:
     package's engine, ONNX Runtime's TensorRT EP): INT8 is the QDQ file made by TensorRT's Q/DQ placement rules
     (lib.artifacts.quantize), an explicitly quantized, strongly typed network; the others are the precision's own."""
     return "int8_trt" if precision == "int8" else precision
-# TensorRT-RTX's documented default AOT targets (Ampere, Ada, consumer Blackwell, plus GA10x).
-DEFAULT_AOT_TARGETS = ("8.0", "8.6", "8.9", "12.0")
-KEY_SCHEMA = 1  # bump when the build code changes what an engine contains
-ENGINE_FILE = "engine.plan"
+
 
 Log = Callable[[str], None]
 
