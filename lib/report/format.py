@@ -89,15 +89,22 @@ def _fmt_bool(v) -> str:
     return "–" if is_missing(v) else ("yes" if v else "no")
 
 
-def table(frame: pd.DataFrame, formats: dict | None = None, highlight: str | None = None, max_rows: int = 500):
+def table(frame: pd.DataFrame, formats: dict | None = None, highlight: str | None = None, max_rows: int = 500,
+          when_empty: str | None = "(none)"):
     """A DataFrame ready to display: index hidden, numbers formatted for reading, missing as '–'.
 
     Columns named 'CV', '% ...' or 'share ...' are fractions shown as percentages; bool columns as
-    yes/no; other numbers with ``fmt_num``. ``highlight``: a bool column whose true rows are shaded."""
+    yes/no; other numbers with ``fmt_num``. ``highlight``: a bool column whose true rows are shaded.
+    ``when_empty``: what an empty table shows; ``None`` shows nothing (a section whose prose already
+    says why it has no rows, e.g. a run without a load stage)."""
     if frame is None:
         frame = pd.DataFrame()
+    if frame.empty and when_empty is None:
+        from IPython.display import Markdown
+
+        return Markdown("")
     if frame.empty:
-        frame = pd.DataFrame({"": ["(none)"]}) if frame.columns.empty else frame
+        frame = pd.DataFrame({"": [when_empty]}) if frame.columns.empty else frame
     frame = frame.head(max_rows).reset_index(drop=True)
     fmt = {}
     for c in frame.columns:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 from lib.report import format, stability
 
 
@@ -24,3 +26,11 @@ def test_table_hides_index_and_shows_missing_as_dash(gpu_run):
     assert "None" not in html and ">nan<" not in html.lower()
     assert "–" in html
     assert "row_heading" not in html  # the index is hidden
+
+
+def test_an_empty_table_says_none_unless_its_section_already_says_why():
+    empty = pd.DataFrame()
+    assert "(none)" in format.table(empty).to_html()
+    blank = format.table(empty, when_empty=None)  # e.g. the load section of a run with LOAD=none
+    assert blank._repr_markdown_() == ""
+    assert "(none)" not in format.table(pd.DataFrame({"a": [1]}), when_empty=None).to_html()
