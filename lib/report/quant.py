@@ -1,7 +1,9 @@
 """The report's quantization section: what INT8 / FP8 gain in speed and cost in accuracy, side by side.
 
 Per backend/precision of the run (only for runs with a quantized precision): its device-resident speedup
-over the same backend's FP32 at each batch both measured (median ratio over raw samples), parity against
+over the same backend's reference precision (FP32; where the run has no FP32 of that backend, its FP16, then
+BF16: ``PRECISIONS=fp16,int8,fp8`` compares the quantized ones with FP16) at each batch both measured (median
+ratio over raw samples), parity against
 PyTorch FP32 (the worst point: raw cosine and the input-dependent, centred cosine that decides), top-1
 on DATA and its drop against the same backend's FP32, top-1 agreement with that FP32 image by image,
 the model file's size and the INT8 calibration (source, time). ``quant_markdown`` states the tolerance
@@ -26,9 +28,10 @@ from ..results.run import Run
 from .markup import md
 from .points import compare_points
 
-__all__ = ["has_quantized", "tolerance", "quant_table", "quant_markdown", "DEFAULT_TOP1_DROP_POINTS"]
+__all__ = ["has_quantized", "tolerance", "quant_table", "quant_markdown", "reference_precision", "DEFAULT_TOP1_DROP_POINTS"]
 
 DEFAULT_TOP1_DROP_POINTS = 1.0  # MAX_ACC_DROP=auto with DATA: one point of top-1
+SPEEDUP = "speedup vs reference (device)"
 
 
 def has_quantized(run: Run) -> bool:
@@ -84,19 +87,32 @@ def _device_points(run: Run) -> pd.DataFrame:
     return p[p["mode"] == "device"]
 
 
-def _speedups(run: Run, backend: str, precision: str) -> dict:
-    """{(batch, shape): (FP32 median / this median, 95 % interval low, high, verdict)} device-resident, where
-    both were measured: the medians over raw samples, the interval from both sides' round medians
-    (``lib.report.points.compare_points``), verdict 'faster' / 'slower' only when the interval lies beyond ±1 %."""
+# The precision a backend's quantized points are compared with: the first of these the run measured for it.
+REFERENCE_ORDER = ("fp32", "fp16", "bf16")
+
+
+def reference_precision(run: Run, backend: str) -> str | None:
+    """The same backend's precision that speedups are taken over: FP32 where measured, else FP16, else BF16."""
     d = _device_points(run)
-    if d.empty:
+    have = set(d.loc[d["backend"] == backend, "precision"]) if not d.empty else set()
+    return next((p for p in REFERENCE_ORDER if p in have), None)
+
+
+def _speedups(run: Run, backend: str, precision: str) -> dict:
+    """{(batch, shape): (reference median / this median, 95 % interval low, high, verdict)} device-resident,
+    where both were measured (reference: ``reference_precision``): the medians over raw samples, the interval
+    from both sides' round medians (``lib.report.points.compare_points``), verdict 'faster' / 'slower' only when
+    the interval lies beyond ±1 %."""
+    d = _device_points(run)
+    ref = reference_precision(run, backend)
+    if d.empty or ref is None or ref == precision:
         return {}
     mine = d[(d["backend"] == backend) & (d["precision"] == precision)]
-    base = d[(d["backend"] == backend) & (d["precision"] == "fp32")]
+    base = d[(d["backend"] == backend) & (d["precision"] == ref)]
     out = {}
     for r in mine.itertuples():
         if ((base["batch"] == r.batch) & (base["shape"] == r.shape)).any() and r.median_ms > 0:
-            ratio, lo, hi, v = compare_points(run, (backend, "fp32", r.batch), (backend, precision, r.batch),
+            ratio, lo, hi, v = compare_points(run, (backend, ref, r.batch), (backend, precision, r.batch),
                                               "device", r.shape)
             out[(int(r.batch), str(r.shape))] = (ratio, lo, hi, {"higher": "faster", "lower": "slower"}.get(
                 v, "no clear difference"))
@@ -110,7 +126,7 @@ def _fmt_speedup(k, v) -> str:
 
 
 def quant_table(run: Run) -> pd.DataFrame:
-    """One row per backend/precision of a backend that runs a quantized precision (its FP32 row included)."""
+    """One row per backend/precision of a backend that runs a quantized precision (its reference row included)."""
     if not has_quantized(run):
         return pd.DataFrame()
     files = _files(run)
@@ -122,9 +138,11 @@ def quant_table(run: Run) -> pd.DataFrame:
         if b not in quant_backends:
             continue
         row = {"backend": b, "precision": prec}
-        sp = _speedups(run, b, prec) if prec != "fp32" else {}
-        row["speedup vs FP32 (device)"] = ("; ".join(_fmt_speedup(k, v) for k, v in sorted(sp.items()))
-                                           if sp else ("1" if prec == "fp32" else "–"))
+        ref = reference_precision(run, b)
+        sp = _speedups(run, b, prec)
+        row["reference"] = f"{b}/{ref}" if ref else "–"
+        row[SPEEDUP] = ("; ".join(_fmt_speedup(k, v) for k, v in sorted(sp.items()))
+                        if sp else ("1" if prec == ref else "–"))
         pts = d[(d["backend"] == b) & (d["precision"] == prec)] if not d.empty else d
         if len(pts):
             row["parity passed"] = bool(pts["parity_passed"].map(lambda v: v is not False and v is not np.False_).all())
@@ -213,8 +231,9 @@ def quant_markdown(run: Run, max_acc_drop: str | None = None) -> str:
             faster_out = [r for r in ranked if not r[2] and r[0] < best[0]]
             b_backend, b_prec = best[1].split("/", 1)
             verdicts = [v[3] for k, v in _speedups(run, b_backend, b_prec).items() if k[0] == batch]
-            noise = (f" — **inconclusive**: its speedup over {b_backend}/fp32 at batch {batch} lies within the noise "
-                     f"(see the interval below)" if b_prec != "fp32" and verdicts and verdicts[0] != "faster" else "")
+            noise = (f" — **inconclusive**: its speedup over {b_backend}/{reference_precision(run, b_backend)} at "
+                     f"batch {batch} lies within the noise (see the interval below)"
+                     if verdicts and verdicts[0] != "faster" else "")
             lines.append(f"- **Fastest within the tolerance at batch {batch}** (device-resident median): "
                          f"**{md(best[1])}**, {best[0]:.4g} ms" + (f", {md(best[3])}" if best[3] else "")
                          + f" ({md(sentence)}){noise}."
@@ -224,7 +243,7 @@ def quant_markdown(run: Run, max_acc_drop: str | None = None) -> str:
             lines.append(f"- **No configuration at batch {batch} stays within the tolerance** ({md(sentence)}): "
                          + ", ".join(f"{md(r[1])}: {md(r[3])}" for r in ranked) + ".")
     for _, row in t.iterrows():
-        if row["precision"] in QUANTIZED and row["speedup vs FP32 (device)"] not in ("–", "1"):
+        if row["precision"] in QUANTIZED and row[SPEEDUP] not in ("–", "1"):
             acc = []
             if "worst input-dependent cosine" in row and pd.notna(row.get("worst input-dependent cosine")):
                 acc.append(f"input-dependent cosine vs PyTorch FP32 ≥ {row['worst input-dependent cosine']:.3f}")
@@ -233,8 +252,8 @@ def quant_markdown(run: Run, max_acc_drop: str | None = None) -> str:
                            f"points below FP32)")
             if pd.notna(row.get("top-1 agreement with FP32 (DATA)", np.nan)):
                 acc.append(f"same top-1 as FP32 on {100 * row['top-1 agreement with FP32 (DATA)']:.0f} % of the images")
-            lines.append(f"- **{md(row['backend'] + '/' + row['precision'])}**: speedup over {md(row['backend'])}/fp32 "
-                         f"{md(row['speedup vs FP32 (device)'])} (device-resident medians, 95 % interval from the "
+            lines.append(f"- **{md(row['backend'] + '/' + row['precision'])}**: speedup over {md(row['reference'])} "
+                         f"{md(row[SPEEDUP])} (device-resident medians, 95 % interval from the "
                          f"rounds; below 1x = slower); "
                          + ("; ".join(acc) or "no accuracy figure")
                          + ("" if row.get("parity passed", True) else " (parity FAILED at its thresholds)") + ".")

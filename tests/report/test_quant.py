@@ -44,16 +44,16 @@ def test_quant_table(quant_run):
     t = report_quant.quant_table(quant_run)
     assert list(t["precision"]) == ["fp32", "int8"] and set(t["backend"]) == {"ort"}
     i8 = t[t["precision"] == "int8"].iloc[0]
-    assert i8["speedup vs FP32 (device)"].startswith("bs 1: ") and "bs 4: " in i8["speedup vs FP32 (device)"]
+    assert i8[report_quant.SPEEDUP].startswith("bs 1: ") and "bs 4: " in i8[report_quant.SPEEDUP]
     d = quant_run.points[quant_run.points["mode"] == "device"]
     ratio = float(d[(d.precision == "fp32") & (d.batch == 4)]["median_ms"].iloc[0]) / float(
         d[(d.precision == "int8") & (d.batch == 4)]["median_ms"].iloc[0])
-    assert f"bs 4: {ratio:.2f}x (" in i8["speedup vs FP32 (device)"]  # from the raw-sample medians, with an interval
+    assert f"bs 4: {ratio:.2f}x (" in i8[report_quant.SPEEDUP]  # from the raw-sample medians, with an interval
     assert 0 <= i8["top-1 (DATA)"] <= 1 and 0 <= i8["top-1 agreement with FP32 (DATA)"] <= 1
     assert np.isfinite(i8["top-1 drop vs FP32 (points)"]) and np.isfinite(i8["worst input-dependent cosine"])
     assert "12 images from CALIB=" in i8["calibration"] and i8["calibration s"] > 0
     assert 0 < i8["model file MB"] < t[t["precision"] == "fp32"].iloc[0]["model file MB"] * 2
-    assert i8["file"] == "ONNX (int8)"
+    assert i8["file"] == "ONNX (int8)" and i8["reference"] == "ort/fp32"
     assert 0 <= i8["top-1 agreement with FP32 (calibration, ORT CPU)"] <= 1
 
 
@@ -76,3 +76,23 @@ def test_the_tolerance_decides(quant_run):
     assert report_quant._within(i8, "parity", None)[0] is bool(i8["parity passed"])
     if drop > 0:
         assert report_quant._within(i8, "top1", drop / 2)[0] is False
+
+
+def test_without_fp32_the_quantized_points_are_compared_with_fp16(quant_run):
+    """PRECISIONS=fp16,int8,fp8 (the H200 bert_base run) has no FP32 of a backend: its FP16 is the reference.
+    The CPU cannot run ORT FP16, so the fp32 points of the real run are relabelled fp16 here."""
+    run = copy.copy(quant_run)
+    relabel = {"fp32": "fp16"}
+    for name in ("points", "rounds", "iterations"):
+        frame = getattr(quant_run, name).copy()
+        frame["precision"] = frame["precision"].replace(relabel)
+        setattr(run, name, frame)
+    run.plan = copy.deepcopy(quant_run.plan)
+    for c in run.plan["combos"]:
+        c["precision"] = relabel.get(c["precision"], c["precision"])
+    assert report_quant.reference_precision(run, "ort") == "fp16"
+    t = report_quant.quant_table(run)
+    i8 = t[t["precision"] == "int8"].iloc[0]
+    assert i8["reference"] == "ort/fp16" and i8[report_quant.SPEEDUP].startswith("bs 1: ")
+    assert t[t["precision"] == "fp16"].iloc[0][report_quant.SPEEDUP] == "1"
+    assert "speedup over ort/fp16" in report_quant.quant_markdown(run)
