@@ -428,6 +428,21 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _timed(args) -> int:
+    """Run the command; a stage (export, a benchmark pass, load, analysis, render) appends its wall time and
+    outcome to its run folder's ``stages.jsonl`` (lib.results.stages)."""
+    from ..results.stages import timed_stage
+
+    stage = ({"second-pass": "benchmark pass 2", "html": "render"}.get(args.cmd) if args.cmd != "notebook" else
+             f"benchmark pass {args.bench_pass or '1+2'} {args.combo}" if args.name == "benchmark" else args.name)
+    run_dir = Path(getattr(args, "run_dir", "") or ".")
+    if stage is None or not (run_dir / "params.json").is_file():
+        return args.fn(args)
+    with timed_stage(run_dir, stage) as outcome:
+        outcome["rc"] = args.fn(args)
+    return outcome["rc"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lib.pipeline.cli", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -483,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _terminate)  # `kill` is handled like Ctrl-C: clean up, say so
         previous_int = signal.signal(signal.SIGINT, _terminate)
     try:
-        return args.fn(args)
+        return _timed(args)
     except RunInterrupted as e:
         _quiet_abandoned_tasks()
         print(f"\n{e}", file=sys.stderr)

@@ -5,6 +5,7 @@ compare page).
 from __future__ import annotations
 
 from ..results.run import Run
+from ..results.stages import time_spent
 from ..common.stats import SAME_MARGIN
 from .markup import md
 from .points import MODE_LABELS, tail_label
@@ -52,4 +53,14 @@ def method_markdown(run: Run) -> str:
         "throttle reasons) sampled in a background thread at ~10 Hz.",
         "- Load the raw data: `import lib; run = lib.load_run('<this run folder>')` → `run.iterations`, "
         "`run.samples`, `run.points`, `run.failures`.",
+        *_time_spent(run),
     ])
+
+
+def _time_spent(run: Run) -> list[str]:
+    """The stages' wall times (``stages.jsonl``) up to this analysis, which is still running when this is read."""
+    spent = time_spent(run.path)
+    if not spent:
+        return []
+    return [f"- **Time spent** on this run before its analysis: {md(spent)}. A cached export runs no stage; a "
+            "resumed run counts both commands' stages, not the time between them (`stages.jsonl`)."]

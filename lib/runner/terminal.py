@@ -155,7 +155,7 @@ def run_summary(run_dir: Path | str) -> list[str]:
     """A few lines on a finished run, from its ``points.parquet``, ``failures.csv`` and
     ``load_capacity.parquet``: the best configuration per goal (lowest latency at the smallest batch, highest
     throughput, and, where the load stage ran, the highest request rate within its p99 budget), how many
-    points were unstable or noisy, and where the report is."""
+    points were unstable or noisy, how long each stage took (``stages.jsonl``), and where the report is."""
     import pandas as pd
 
     run_dir = Path(run_dir)
@@ -196,5 +196,10 @@ def run_summary(run_dir: Path | str) -> list[str]:
                      + " (the report's Stability and Failures sections say which)")
     else:
         lines.append(f"[done] no measurements in {run_dir} (the report's Failures section says why)")
+    from ..results.stages import time_spent
+
+    spent = time_spent(run_dir)
+    if spent:
+        lines.append(f"[done] time: {spent}")
     lines.append(f"report: {run_dir / 'report.html'}")
     return lines

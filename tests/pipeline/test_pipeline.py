@@ -85,10 +85,27 @@ def test_terminal_shows_progress_not_tables(pipeline):
     assert "[make] benchmark torch/fp32 pass 1 (1/2)" in err
     assert "[make] benchmark pass 2, one process, reverse order: ort/fp32, torch/fp32" in err
     done = [ln for ln in lines if ln.startswith("[done]")]
-    assert len(done) == 3 and "lowest latency: " in done[0] and "highest throughput: " in done[0]
+    assert len(done) == 4 and "lowest latency: " in done[0] and "highest throughput: " in done[0]
     assert re.search(r"under load, p99 within 10 ms: \w+/fp32 sustains up to [\d,]+ req/s", done[1]), done[1]
     assert re.search(r"\d+ unstable", done[2])
+    assert re.fullmatch(r"\[done\] time: \d+ (s|min \d\d s): export \d+ s, benchmark pass 1 .*, render \d+ s",
+                        done[3]), done[3]
     assert err.count(f"{run1}/report.html") == 1 and lines[-1] == f"report: {run1}/report.html"
+
+
+def test_each_stage_records_its_wall_time(pipeline):
+    """stages.jsonl: every stage make ran, in order, finished; the second run's export was a cache hit and ran no
+    stage; the report's Method section says how long the run took before its analysis."""
+    from lib.results.stages import read_stages
+
+    first, second = (read_stages(r) for r in pipeline["runs"])
+    assert list(first["stage"]) == ["export", "benchmark pass 1 torch-fp32", "benchmark pass 1 ort-fp32",
+                                    "benchmark pass 2", "load", "analysis", "render"]
+    assert (first["status"] == "ok").all() and (first["s"] > 0).all()
+    assert (first["started"].diff().dropna() > 0).all() and (first["ended"] >= first["started"]).all()
+    assert list(second["stage"]) == list(first["stage"])[1:]
+    html = (pipeline["runs"][0] / "report.html").read_text()
+    assert re.search(r"Time spent</strong> on this run before its analysis: \d+ (s|min \d\d s): export", html)
 
 
 def test_first_run_records_that_it_exported(pipeline):
