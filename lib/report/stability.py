@@ -329,14 +329,24 @@ def host_noise_markdown(run: Run) -> str:
     if h.get("waited_rounds"):
         what += (f"; the sweep waited {h['waited_s']:.1f} s in all, before {h['waited_rounds']} rounds, for the "
                  f"host to come back within {h['threshold']:.0%} of its best")
+    cause = ""
+    if run.device == "cpu" and h.get("cpu_wait_median") == h.get("cpu_wait_median") and h["slow_rounds"]:
+        k = h["cpu_wait_rounds"]
+        cause = (f" In {k} of the slow rounds the benchmark's threads waited for a CPU more than "
+                 f"{h['threshold']:.0%} of the time: other processes on this machine took its cores (close them, or "
+                 f"give the benchmark cores of its own). "
+                 + (f"The other {h['slow_rounds'] - k} had no such wait inside them and were slow by the sentinel "
+                    f"alone: a burst just before or after the round, or the machine itself running slower (a "
+                    f"virtual machine's neighbours, its clocks), which a process inside it cannot see or change."
+                    if h["slow_rounds"] > k else ""))
     if share >= 0.05 or noisy:
         return (f"- **The host was noisy during this run**: {h['slow_rounds']} of {h['rounds']} rounds "
                 f"({share:.0%}) ran while the host was more than {h['threshold']:.0%} slower than its best "
-                f"({what}); {noisy} of {len(p)} measurements are flagged *noisy*. Conclusions whose intervals "
+                f"({what}).{cause} {noisy} of {len(p)} measurements are flagged *noisy*. Conclusions whose intervals "
                 f"overlap are marked **inconclusive** below; rerun on a quieter host (or with more `ROUNDS`) to "
                 f"settle them.")
     return (f"- **The host was quiet**: {h['slow_rounds']} of {h['rounds']} rounds ran while it was more than "
-            f"{h['threshold']:.0%} slower than its best ({what}).")
+            f"{h['threshold']:.0%} slower than its best ({what}).{cause}").rstrip()
 
 
 def plot_host_sentinel(run: Run):

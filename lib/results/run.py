@@ -20,8 +20,11 @@ Schema (one row each; times in milliseconds unless the name says otherwise):
   just before the round, ``lib.measure.timing.HostSentinel``: µs per empty kernel launch on a GPU, per fixed
   loop on a CPU), sentinel_after_us (the same, just after the round; NaN in runs before it existed),
   settle_s (seconds the sweep waited before the round for the sentinel to come within ``HOST_SLOW`` of
-  its best so far, ``HostSentinel.settle``), host_slow (bool: the sentinel before or after the round
-  above the run's best, its 5th percentile, by more than ``HOST_SLOW``),
+  its best so far, ``HostSentinel.settle``), cpu_wait_share (thread-milliseconds the process's threads spent
+  waiting for a CPU in the run queue per millisecond of the round's warm-up and timed block, summed over threads,
+  ``lib.measure.timing.cpu_wait_ms``; NaN where the kernel has no schedstat or in runs before it existed),
+  host_slow (bool: the sentinel before or after the round above the run's best, its 5th percentile, by more
+  than ``HOST_SLOW``; on a CPU also a cpu_wait_share above ``HOST_SLOW``),
   switched (bool: another point ran on the engine just before).
 * ``run.samples`` / ``samples.parquet``: one resource-sampler tick (about 10 Hz).
   backend, precision, t_s (same clock as ``iterations.t_s``), label (str: "<backend>/<precision>
@@ -85,7 +88,7 @@ __all__ = ["Run", "load_run", "latest_run", "check_run_dir", "PARQUET_FILES"]
 ITERATION_COLUMNS = ["backend", "precision", "batch", "shape", "mode", "round", "pass", "iter", "ms", "wall_ms", "t_s",
                      "requests"]
 ROUND_COLUMNS = ["backend", "precision", "batch", "shape", "mode", "round", "pass", "n", "median_ms", "run_t_s",
-                 "sentinel_us", "sentinel_after_us", "settle_s", "host_slow", "switched"]
+                 "sentinel_us", "sentinel_after_us", "settle_s", "cpu_wait_share", "host_slow", "switched"]
 SAMPLE_COLUMNS = ["backend", "precision", "t_s", "label", "rss_mib", "cpu_percent"]
 POINT_COLUMNS = ["backend", "precision", "device", "batch", "shape", "mode", "timer", "n", "median_ms",
                  "p90_ms", "p95_ms", "p99_ms", "tail_q", "tail_ms", "mean_ms", "std_ms", "cv", "min_ms", "max_ms",
@@ -172,11 +175,15 @@ class Run:
         r = self.rounds
         slow = float(self.params.get("host_slow", 0.10))
         if r.empty or not r["sentinel_us"].notna().any():
-            return {"rounds": 0, "slow_rounds": 0, "best_us": float("nan"), "median_us": float("nan"),
+            return {"rounds": 0, "slow_rounds": 0, "cpu_wait_rounds": 0, "cpu_wait_median": float("nan"),
+                    "best_us": float("nan"), "median_us": float("nan"),
                     "max_us": float("nan"), "threshold": slow, "waited_s": 0.0, "waited_rounds": 0}
         v = r["sentinel_us"].dropna()
         waits = r["settle_s"].fillna(0.0) if "settle_s" in r else pd.Series(dtype=float)
-        return {"rounds": int(len(r)), "slow_rounds": int(r["host_slow"].sum()), "best_us": float(np.percentile(v, SENTINEL_BEST_PERCENTILE)),
+        wait = r["cpu_wait_share"].astype(float) if "cpu_wait_share" in r else pd.Series(np.nan, index=r.index)
+        return {"rounds": int(len(r)), "slow_rounds": int(r["host_slow"].sum()),
+                "cpu_wait_rounds": int((wait > slow).sum()) if self.device == "cpu" else 0,
+                "cpu_wait_median": float(wait.median()) if wait.notna().any() else float("nan"), "best_us": float(np.percentile(v, SENTINEL_BEST_PERCENTILE)),
                 "median_us": float(v.median()), "max_us": float(v.max()), "threshold": slow,
                 "waited_s": float(waits.sum()), "waited_rounds": int((waits >= 0.05).sum())}
 
@@ -267,7 +274,7 @@ def _round_rows(rec: dict, origins: dict) -> list[dict]:
     return [{**key, "mode": r["mode"], "round": r["round"], "pass": r["pass"], "n": r["n"], "median_ms": r["median_ms"],
              "run_t_s": origins.get(str(r["pass"]), 0.0) + r["t0"], "sentinel_us": r.get("sentinel_us", np.nan),
              "sentinel_after_us": r.get("sentinel_after_us", np.nan), "settle_s": r.get("settle_s", 0.0),
-             "host_slow": False, "switched": bool(r.get("switched"))} for r in rec.get("rounds", [])]
+             "cpu_wait_share": np.nan if r.get("cpu_wait_share") is None else r["cpu_wait_share"], "host_slow": False, "switched": bool(r.get("switched"))} for r in rec.get("rounds", [])]
 
 
 def _kernel_rows(record: dict, backend: str, precision: str, kpoints: list, krows: list) -> None:
@@ -392,8 +399,12 @@ def load_run(path: Path | str, outliers: str | None = None, only: tuple[str, str
     if len(rounds) and rounds["sentinel_us"].notna().any():
         limit = host_slow_limit(rounds["sentinel_us"], float(params.get("host_slow", 0.10)))
 
-        def slow(r):  # the sentinel before the round, or the one after it (a burst that began during it)
-            return (r["sentinel_us"] > limit) | (r["sentinel_after_us"].fillna(0.0) > limit)
+        waited = float(params.get("host_slow", 0.10)) if plan.get("device", "cpu") == "cpu" else np.inf
+
+        def slow(r):  # the sentinel before the round, or the one after it (a burst that began during it); on a
+            # CPU also a round whose threads waited for a CPU more than HOST_SLOW of its time (as the sweep rules)
+            return ((r["sentinel_us"] > limit) | (r["sentinel_after_us"].fillna(0.0) > limit)
+                    | (r["cpu_wait_share"].astype(float).fillna(0.0) > waited))
 
         for _, _, r in measured:
             r["host_slow"] = slow(r)

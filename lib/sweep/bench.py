@@ -64,7 +64,8 @@ from ..measure.flops import record_flops
 from ..measure.parity import check_parity
 from ..measure.reference import ReferenceOutputs
 from ..measure.sampler import Sampler
-from ..measure.timing import HostSentinel, TimingPolicy, measure_latency, measure_throughput, throughput_window, warm_up
+from ..measure.timing import (HostSentinel, TimingPolicy, cpu_wait_ms, measure_latency, measure_throughput,
+                              throughput_window, warm_up)
 from .plan import load_plan, planned_points
 
 __all__ = ["run_backend", "combo_dir", "point_key", "is_oom", "SWITCH_WARMUP_S"]
@@ -182,14 +183,17 @@ class _Point:
     def rounds(self, mode: str) -> list[dict]:
         return [r for r in self.record.get("rounds", []) if r["mode"] == mode]
 
-    def clean_rounds(self, mode: str, slow_limit: float) -> int:
+    def clean_rounds(self, mode: str, slow_limit: float, wait_limit: float = float("inf")) -> int:
         """Rounds of ``mode``, less those this process measured while its sentinel (before or after the round)
-        was above ``slow_limit`` (µs). Rounds of earlier processes count as they are: each process replaces
+        was above ``slow_limit`` (µs) or while its threads waited for a CPU more than ``wait_limit`` of the
+        round (``cpu_wait_share``). Rounds of earlier processes count as they are: each process replaces
         its own slow rounds, so a rerun of a finished pass measures nothing."""
-        slow = 0 if not slow_limit == slow_limit else sum(
-            1 for r in self.measured_here if r["mode"] == mode
-            and (r["sentinel_us"] > slow_limit or (r.get("sentinel_after_us") or 0.0) > slow_limit))
-        return len(self.rounds(mode)) - slow
+        def slow(r):
+            return ((slow_limit == slow_limit and (r["sentinel_us"] > slow_limit
+                                                   or (r.get("sentinel_after_us") or 0.0) > slow_limit))
+                    or (r.get("cpu_wait_share") or 0.0) > wait_limit)
+
+        return len(self.rounds(mode)) - sum(1 for r in self.measured_here if r["mode"] == mode and slow(r))
 
     def timed_s(self, mode: str) -> float:
         return sum(r["t1"] - r["t0"] for r in self.rounds(mode))
@@ -279,6 +283,7 @@ def _measure_round(engine, point: _Point, mode: str, policy: TimingPolicy, senti
     timer = engine.timer()
     quick = replace(policy, warmup_s=min(policy.warmup_s, SWITCH_WARMUP_S))
     sampler.mark(f"{label} bs={point.batch} shape={point.shape.label} {mode}")
+    wait0, span0 = cpu_wait_ms(), time.perf_counter()  # the round's warm-up and timed block
     if mode == "device":
         t = measure_latency(engine.run_bound, timer, quick, "device")
     elif mode == "end_to_end":
@@ -287,13 +292,15 @@ def _measure_round(engine, point: _Point, mode: str, policy: TimingPolicy, senti
     else:
         window = point.record.setdefault("throughput_window", throughput_window(policy, point.record["est_ms"]))
         t = measure_throughput(engine.run_bound, timer, quick, point.record["est_ms"], window=window)
+    wait_share = max(cpu_wait_ms() - wait0, 0.0) / ((time.perf_counter() - span0) * 1e3)
+    wait_share = None if wait_share != wait_share else round(wait_share, 5)  # NaN: no schedstat here
     sampler.mark("")
     sentinel_after_us = sentinel.measure()  # a burst that began during the block shows here
     t0, t1 = t.window
     entry = {"mode": mode, "round": round_no, "pass": bench_pass, "timer": t.timer, "n": len(t.ms),
              "median_ms": float(np.median(t.ms)), "t0": t0 - t_origin, "t1": t1 - t_origin,
              "sentinel_us": sentinel_us, "sentinel_after_us": sentinel_after_us, "settle_s": settle_s,
-             "switched": switched, "warmup_iters": t.warmup_iters,
+             "cpu_wait_share": wait_share, "switched": switched, "warmup_iters": t.warmup_iters,
              "warmup_s": t.warmup_s, "requests_per_sample": t.requests_per_sample,
              "resources": Sampler.summarize_window(sampler.window(t0, t1))}
     point.record["rounds"].append(entry)
@@ -451,8 +458,9 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
             sentinel.prime()  # the settle gate's first "best so far" (topped up from earlier passes' rounds)
             for r_idx in range(MAX_ROUNDS):
                 todo = []
-                # On a CPU a round whose sentinel (before or after it) says the host was slow does not count
-                # towards the minimum: another process took cores from the model itself, so the point gets a
+                # On a CPU a round whose sentinel (before or after it) says the host was slow, or during which
+                # the model's threads waited for a CPU more than HOST_SLOW of the time (cpu_wait_ms), does not
+                # count towards the minimum: another process took cores from the model itself, so the point gets a
                 # replacement round (within POINT_CAP) and the slow one is kept with the rest. On a GPU the
                 # sentinel follows the host's launch path, which moves launch-bound points only; there every
                 # round counts and the analysis marks the slow ones (a lent host is slow for minutes: replacing
@@ -465,7 +473,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
                         have = len(point.rounds(mode))
                         if have >= MAX_ROUNDS:
                             continue
-                        clean = have if slow_limit is None else point.clean_rounds(mode, slow_limit)
+                        clean = have if slow_limit is None else point.clean_rounds(mode, slow_limit, params.host_slow)
                         mine = sum(1 for r in point.rounds(mode) if r["pass"] == pass_no)
                         room = point.timed_s(mode) < params.point_cap
                         if have < target or mine < own:

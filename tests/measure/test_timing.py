@@ -5,6 +5,7 @@ windows, every sample kept raw. No assertion on how fast anything is."""
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
@@ -247,3 +248,43 @@ def test_prime_tops_the_baseline_up_to_what_the_gate_needs():
     assert len(s.seen) == HostSentinel.SETTLE_MIN_SEEN and all(v > 0 for v in s.seen)
     s.prime(spacing_s=0.0)
     assert len(s.seen) == HostSentinel.SETTLE_MIN_SEEN  # nothing more once it has them
+
+
+def _spin_for(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def test_cpu_wait_counts_the_time_other_processes_keep_this_one_off_a_core():
+    """Real processes, no stand-in: with a spinner on every core, a busy thread here spends a large share of its
+    time runnable but waiting in the run queue; the counter never goes back."""
+    import multiprocessing as mp
+
+    from lib.measure.timing import cpu_wait_ms
+
+    def busy_share():  # this thread's wait in the run queue per ms, over 1 s of spinning
+        w0, t0 = cpu_wait_ms(), time.perf_counter()
+        _spin_for(1.0)
+        return (cpu_wait_ms() - w0) / ((time.perf_counter() - t0) * 1e3)
+
+    before = cpu_wait_ms()
+    if before != before:
+        pytest.skip("this kernel has no /proc/self/task/*/schedstat")
+    alone = busy_share()
+    spinners = [mp.get_context("spawn").Process(target=_spin_for, args=(3.0,), daemon=True)
+                for _ in range(os.cpu_count() or 1)]
+    for p in spinners:
+        p.start()
+    try:
+        time.sleep(1.0)  # the spinners are up (a spawned interpreter takes a moment)
+        share = busy_share()
+    finally:
+        for p in spinners:
+            p.join(timeout=10)
+    assert cpu_wait_ms() >= before
+    # n + 1 busy threads on n cores: this one waits about 1 / (n + 1) of the time or more; a fifth of that is
+    # far above what a thread alone on a core waits (1-2 % measured on the 2-core CI machine)
+    assert share > 0.2 / ((os.cpu_count() or 1) + 1), share
+    # and it is the wait, not the time on a core (which a spinning thread has more of alone than beside others)
+    assert share > 3 * alone, (share, alone)

@@ -148,6 +148,7 @@ def test_results_are_complete(pipeline, run):
     assert len(r.points) == 2 * 2 * 2 and r.points["parity_passed"].all()
     assert set(r.iterations["backend"]) == {"torch", "ort"}
     assert set(r.failures["status"]) <= {"skipped", "unavailable"}  # only backends that cannot run on a CPU
+    assert r.rounds["cpu_wait_share"].notna().all() and (r.rounds["cpu_wait_share"] >= 0).all()  # read for real
 
 
 @pytest.mark.parametrize("run", [0, 1])

@@ -92,7 +92,32 @@ def test_rounds_table_and_host_noise(run):
     assert r["sentinel_us"].gt(0).all() and r["run_t_s"].ge(0).all() and set(r["pass"]) == {1, 2}
     h = run.host_noise
     assert h["rounds"] == len(r) and h["best_us"] <= h["median_us"] <= h["max_us"]
-    assert h["slow_rounds"] == int((r["sentinel_us"] > h["best_us"] * (1 + h["threshold"])).sum())
+    limit = h["best_us"] * (1 + h["threshold"])
+    assert h["slow_rounds"] == int(((r["sentinel_us"] > limit) | (r["sentinel_after_us"] > limit)
+                                    | (r["cpu_wait_share"] > h["threshold"])).sum())
+    assert (r["cpu_wait_share"] == 0).all() and h["cpu_wait_rounds"] == 0  # bench_run's CPU is left alone
+
+
+def test_rounds_whose_threads_waited_for_a_cpu_are_slow_and_the_summary_says_who_took_the_cores(copy_run):
+    """Two rounds of one point waited for a CPU half of their time: slow-host rounds on a CPU, counted apart from
+    the rounds the sentinel alone marks, and the summary's first line tells the two causes apart."""
+    import json
+
+    from lib.report.stability import host_noise_markdown
+
+    f = sorted((copy_run / "bench" / "torch-fp32" / "points").glob("*.json"))[0]
+    rec = json.loads(f.read_text())
+    for r in rec["rounds"][:2]:
+        r["cpu_wait_share"] = 0.5
+    f.write_text(json.dumps(rec))
+    run = load_run(copy_run)
+    h = run.host_noise
+    assert h["cpu_wait_rounds"] == 2 and int(run.rounds["host_slow"].sum()) >= 2
+    assert int((run.rounds["cpu_wait_share"] > 0.1).sum()) == 2
+    text = host_noise_markdown(run)
+    assert "In 2 of the slow rounds the benchmark's threads waited for a CPU more than 10% of the time" in text
+    if h["slow_rounds"] > 2:
+        assert f"The other {h['slow_rounds'] - 2} had no such wait inside them" in text
 
 
 def test_samples_table(run):

@@ -19,7 +19,7 @@ from lib.common.cache import atomic_write_json, read_json
 from lib.config.model_config import Shape
 from lib.sweep.bench import combo_dir, is_oom, point_key, run_backend
 
-from conftest import Log, make_run, quiet_sentinel
+from conftest import Log, make_run, no_cpu_wait, quiet_sentinel
 
 POINTS = ["bs1_32x32", "bs4_32x32"]
 MODES = ("device", "end_to_end")
@@ -201,6 +201,7 @@ def quiet_host(monkeypatch):
     import lib.measure.timing as timing
 
     monkeypatch.setattr(timing.HostSentinel, "measure", quiet_sentinel)
+    monkeypatch.setattr("lib.sweep.bench.cpu_wait_ms", no_cpu_wait)
 
 
 @pytest.mark.parametrize("noisy", [False, True], ids=["quiet", "noisy"])
@@ -262,6 +263,7 @@ def test_on_a_cpu_a_round_taken_on_a_slow_host_gets_a_replacement(tmp_path, cach
     monkeypatch.setattr(timing.HostSentinel, "prime", prime)
     monkeypatch.setattr(timing.HostSentinel, "settle", settle)
     monkeypatch.setattr(timing.HostSentinel, "measure", measure)
+    monkeypatch.setattr("lib.sweep.bench.cpu_wait_ms", no_cpu_wait)  # the sentinel alone says when it was slow
     plan = make_run(tmp_path / "reports", cache_dir, backends="spinning-test", batch_sizes="1", rounds="3",
                     point_cap="5", ci_target="0.5", iters="3", duration="0.03")
     run_backend(plan.run_dir, "spinning-test", "fp32", log=Log())
@@ -272,6 +274,29 @@ def test_on_a_cpu_a_round_taken_on_a_slow_host_gets_a_replacement(tmp_path, cach
         assert sum(r["sentinel_after_us"] > 100 for r in rounds) == 1
         assert len(rounds) >= 4  # 3 on a quiet host + the slow one (end-to-end may get adaptive ones on top)
     assert len([r for r in rec["rounds"] if r["mode"] == "device"]) == 4  # the spinning path is quiet: no more
+
+
+def test_on_a_cpu_a_round_whose_threads_waited_for_a_cpu_gets_a_replacement(tmp_path, cache_dir, tiny_onnx,
+                                                                           spinning_backend, quiet_host, monkeypatch):
+    """The sentinel says the host is at its best, but during the first round the model's threads waited for a CPU
+    (another process had the cores: cpu_wait_ms grew by a second): that round is kept, recorded with its share,
+    and its mode gets one more round."""
+    readings = iter([0.0] + [1000.0] * 10_000)  # the first round's two reads differ by 1,000 ms; later ones by 0
+    monkeypatch.setattr("lib.sweep.bench.cpu_wait_ms", lambda: next(readings))
+    plan = make_run(tmp_path / "reports", cache_dir, backends="spinning-test", batch_sizes="1", rounds="3",
+                    point_cap="5", ci_target="0.5", iters="3", duration="0.03")
+    run_backend(plan.run_dir, "spinning-test", "fp32", log=Log())
+    rec = read_json(combo_dir(plan.run_dir, "spinning-test", "fp32") / "points" / "bs1_32x32.json")
+    waited = [r for r in rec["rounds"] if r["cpu_wait_share"] > 0.1]
+    assert len(waited) == 1 and waited[0]["cpu_wait_share"] > 1  # 1,000 ms of waiting in a round of ~0.1 s
+    assert all(r["cpu_wait_share"] == 0 for r in rec["rounds"] if r is not waited[0])
+    mode = waited[0]["mode"]
+    # ROUNDS=3 without waiting besides the one with (adaptive rounds, if any, come on top)
+    assert len([r for r in rec["rounds"] if r["mode"] == mode and r["cpu_wait_share"] == 0]) >= 3
+    from lib.results.run import load_run
+
+    run = load_run(plan.run_dir)
+    assert int(run.rounds["host_slow"].sum()) == 1 and run.host_noise["cpu_wait_rounds"] == 1
 
 
 def test_replacement_rounds_of_pass_1_do_not_take_pass_2s_share(tmp_path, cache_dir, tiny_onnx, spinning_backend,
@@ -294,6 +319,7 @@ def test_replacement_rounds_of_pass_1_do_not_take_pass_2s_share(tmp_path, cache_
     monkeypatch.setattr(timing.HostSentinel, "prime", lambda self, spacing_s=0.05: self.seen.extend([50.0] * 3))
     monkeypatch.setattr(timing.HostSentinel, "settle", settle)
     monkeypatch.setattr(timing.HostSentinel, "measure", measure)
+    monkeypatch.setattr("lib.sweep.bench.cpu_wait_ms", no_cpu_wait)  # the sentinel alone says when it was slow
     plan = make_run(tmp_path / "reports", cache_dir, backends="spinning-test", batch_sizes="1", rounds="4",
                     point_cap="0.4", ci_target="0.5", iters="3", duration="0.03")
     run_backend(plan.run_dir, "spinning-test", "fp32", bench_pass=1, log=Log())
