@@ -10,12 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 __all__ = ["new_folder", "sha256_file", "sha256_bytes", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
-           "read_json", "valid_artifact", "write_manifest"]
+           "read_json", "valid_artifact", "write_manifest", "signals_deferred", "remove_partial_writes"]
+
+# atomic_write_bytes writes "<folder>/.<name>.<random>.tmp", then renames it over "<folder>/<name>"
+_TMP_SUFFIX = ".tmp"
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -42,11 +49,55 @@ def _umask() -> int:
     return mask
 
 
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and ``kill`` (SIGTERM) arriving inside the block are handled when it ends, by the handlers
+    in force before it, so writes that belong together land together: a point's samples and its record, or a
+    temporary file and its rename (an interrupt between the two left a ``.*.tmp`` behind in a killed sweep).
+    Only the main thread can change handlers, so elsewhere, or where a handler was not set from Python, the
+    block runs undeferred. SIGKILL cannot be deferred: ``remove_partial_writes`` clears what it leaves."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in _DEFERRED}
+    if any(h is None for h in previous.values()):
+        yield
+        return
+    caught: list[int] = []
+    for s in _DEFERRED:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(caught):  # each signal once, now delivered to the handler restored above
+            signal.raise_signal(s)
+
+
+def remove_partial_writes(folder: Path | str) -> list[Path]:
+    """Delete the temporary files a killed writer left under ``folder`` (SIGKILL, a power cut: the target
+    itself was never replaced, so nothing measured is lost). Call it only where no writer is live, e.g. holding
+    the run's lock before a resume. Returns what was removed."""
+    removed = []
+    for p in sorted(Path(folder).rglob(f".*{_TMP_SUFFIX}")):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``; an interrupt during it
+    is handled once the file is in place (``signals_deferred``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with signals_deferred():
+        _write_then_rename(path, data)
+
+
+def _write_then_rename(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
     try:
         # mkstemp makes the file 0600; give it the permissions open() would (0666 minus the umask),
         # so reports and caches stay readable by whoever could read the folder.

@@ -36,6 +36,7 @@ from ..common.cache import atomic_write_json, atomic_write_text, read_json
 from ..common.errors import BenchbookError, RunInterrupted, StepFailed
 from ..runner.kernel import NOTEBOOKS, Kernel, describe_failure, run_papermill
 from ..runner.terminal import SweepProgress
+from . import interrupts
 
 # A write the disk refused (full, over quota, over the file size limit): one line naming the file, no traceback.
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -103,19 +104,6 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def _rounds_on_disk(run_dir: Path) -> tuple[int, int]:
-    """(rounds, points with at least one round) measured so far in the run folder."""
-    rounds = points = 0
-    for pj in run_dir.glob("bench/*/points/*.json"):
-        try:
-            n = len(read_json(pj).get("rounds") or [])
-        except Exception:  # a half-written or foreign file: counted as nothing
-            n = 0
-        rounds += n
-        points += n > 0
-    return rounds, points
-
-
 def _remove_run_folder(run_dir: Path) -> None:
     """A run folder this run made and nothing was measured in; its model's folder too when that is now empty."""
     import shutil
@@ -125,14 +113,6 @@ def _remove_run_folder(run_dir: Path) -> None:
         run_dir.parent.rmdir()
     except OSError:
         pass  # other runs of the model live there
-
-
-def _interrupted(run_dir: Path, step: str) -> RunInterrupted:
-    rounds, points = _rounds_on_disk(run_dir)
-    what = (f"the {rounds} round{'s' if rounds != 1 else ''} ({points} point{'s' if points != 1 else ''}) "
-            f"measured so far {'are' if rounds != 1 else 'is'} kept")
-    return RunInterrupted(f"interrupted during {step}: {what} in {run_dir}; to resume, rerun the same command with "
-                          f"RUN_ID={run_dir.name} (rounds on disk are not measured again)")
 
 
 def cmd_locked(args) -> int:
@@ -161,7 +141,7 @@ def cmd_notebook(args) -> int:
     try:
         return _notebook(args, run_dir)
     except KeyboardInterrupt:
-        raise _interrupted(run_dir, step) from None
+        raise interrupts.interrupted(run_dir, step) from None
 
 
 def _notebook(args, run_dir: Path) -> int:
@@ -205,7 +185,7 @@ def _notebook(args, run_dir: Path) -> int:
         except KeyboardInterrupt:
             raise
         except Exception as e:
-            _reraise_if_interrupted(e)  # the kernel raised or died: record it, keep going
+            interrupts.reraise_if_interrupted(e)  # the kernel raised or died: record it, keep going
             summary, record = describe_failure(e, kernel)
             out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(out_dir / "notebook.failed.json", {
@@ -231,7 +211,7 @@ def _notebook(args, run_dir: Path) -> int:
         except KeyboardInterrupt:
             raise
         except Exception as e:
-            _reraise_if_interrupted(e)
+            interrupts.reraise_if_interrupted(e)
             summary, record = describe_failure(e, kernel)
             atomic_write_json(run_dir / "export.failed.json", {"error": record, "summary": summary})
             if getattr(e, "ename", None) in ("ModelError", "WeightsError", "ConfigError"):
@@ -265,7 +245,7 @@ def _notebook(args, run_dir: Path) -> int:
     except Exception as e:
         if partial.exists():
             partial.replace(failed)  # kept to read the traceback; never the make target
-        _reraise_if_interrupted(e)
+        interrupts.reraise_if_interrupted(e)
         summary, _ = describe_failure(e, kernel)
         raise StepFailed(f"the analysis notebook failed ({summary[:300]}); see {failed}; the measurements in "
                          f"{run_dir} are kept") from None
@@ -299,7 +279,7 @@ def cmd_second_pass(args) -> int:
             _log(f"[make] benchmark pass 2 finished in {time.perf_counter() - t0:.0f} s")
         atomic_write_text(run_dir / "bench" / "pass2.done", f"{time.perf_counter() - t0:.1f}\n")
     except KeyboardInterrupt:
-        raise _interrupted(run_dir, "the second benchmark pass") from None
+        raise interrupts.interrupted(run_dir, "the second benchmark pass") from None
     return 0
 
 
@@ -335,7 +315,7 @@ def _load_notebook(run_dir: Path, base: dict) -> int:
     except KeyboardInterrupt:
         raise
     except Exception as e:
-        _reraise_if_interrupted(e)
+        interrupts.reraise_if_interrupted(e)
         summary, record = describe_failure(e, kernel)
         atomic_write_json(out_dir / "load.json", {"status": "failed", "reason": summary[:400], "error": record,
                                                   "configurations": []})
@@ -495,23 +475,23 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     previous = previous_int = None
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _terminate)  # `kill` is handled like Ctrl-C: clean up, say so
-        previous_int = signal.signal(signal.SIGINT, _terminate)
+        previous = signal.signal(signal.SIGTERM, interrupts.terminate)  # `kill` as Ctrl-C: clean up, say so
+        previous_int = signal.signal(signal.SIGINT, interrupts.terminate)
     try:
         return _timed(args)
     except RunInterrupted as e:
-        _quiet_abandoned_tasks()
+        interrupts.quiet_abandoned_tasks()
         print(f"\n{e}", file=sys.stderr)
-        _interrupt_makes()
+        interrupts.interrupt_makes()
         return e.exit_code
     except BenchbookError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        _quiet_abandoned_tasks()
+        interrupts.quiet_abandoned_tasks()
         what = "no run was started" if args.cmd == "plan" else "nothing measured is lost"
         print(f"\ninterrupted ({args.cmd}): {what}", file=sys.stderr)
-        _interrupt_makes()
+        interrupts.interrupt_makes()
         return 130
     except OSError as e:
         if args.cmd != "plan" and e.errno not in _DISK_FULL:
@@ -527,76 +507,6 @@ def main(argv: list[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
             signal.signal(signal.SIGINT, previous_int)
-
-
-# Set when Ctrl-C or `kill` reaches this process. The same signal reaches the kernel too (one process
-# group), and when the kernel's KeyboardInterrupt wins the race papermill reports it as a cell error:
-# that must still end the run as an interruption, never be recorded as a crashed backend.
-_SIGNALLED = threading.Event()
-
-
-_HARD_EXIT_AFTER_S = 15.0
-_SIGNUMS: list[int] = []  # the signal that interrupted this process
-
-
-def _interrupt_makes() -> None:
-    """A Ctrl-C that reached this step but not the makes above it (a SIGINT sent to this process alone, or one
-    this process saw first): make would report the step's exit 130 as its own error and exit 2. Interrupting
-    each make above this process makes them end as a Ctrl-C does (killed by SIGINT: status 130 in a shell).
-    Only makes in this process's own process group: those a terminal's Ctrl-C would have reached. A make further
-    up in another group (a `make test` whose test started this run in a session of its own, a CI job) is not
-    this run's, and interrupting it made a passing `make test` end with status 130."""
-    if _SIGNUMS[:1] != [signal.SIGINT]:
-        return
-    try:
-        import psutil
-
-        group = os.getpgid(0)
-        for proc in psutil.Process().parents():
-            if (os.path.basename((proc.cmdline() or [""])[0]) in ("make", "gmake")
-                    and os.getpgid(proc.pid) == group):
-                os.kill(proc.pid, signal.SIGINT)
-    except Exception:  # psutil missing or a parent gone: the exit status is then make's own
-        pass
-
-
-def _terminate(signum, frame):
-    if not _SIGNALLED.is_set():
-        _SIGNALLED.set()
-        _SIGNUMS.append(signum)
-        # The exception raised below can land inside papermill's event loop, whose clean-up may then wait
-        # forever: if this process is still alive after a grace period, end it (and its kernels) hard.
-        # Every measured point is already on disk (atomic writes), so nothing is lost.
-        watchdog = threading.Timer(_HARD_EXIT_AFTER_S, _hard_exit)
-        watchdog.daemon = True
-        watchdog.start()
-    raise KeyboardInterrupt
-
-
-def _quiet_abandoned_tasks() -> None:
-    """An interrupt leaves papermill's cell task unawaited; asyncio would print its traceback at exit."""
-    import logging
-
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-
-
-def _hard_exit() -> None:
-    try:
-        import psutil
-
-        for child in psutil.Process().children(recursive=True):
-            child.kill()
-    except Exception:
-        pass
-    print(f"\ninterrupted: clean-up did not finish within {_HARD_EXIT_AFTER_S:.0f} s, stopped hard; every point "
-          f"measured so far is on disk (rerun with the same RUN_ID to resume)", file=sys.stderr, flush=True)
-    _interrupt_makes()
-    os._exit(130)
-
-
-def _reraise_if_interrupted(exc: BaseException) -> None:
-    if _SIGNALLED.is_set() or getattr(exc, "ename", None) == "KeyboardInterrupt":
-        raise KeyboardInterrupt from None
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ import pandas as pd
 
 from ..artifacts.export import ensure_onnx
 from ..backends import Artifacts, EngineSpec, make_engine
-from ..common.cache import atomic_write_bytes, atomic_write_json, read_json
+from ..common.cache import (atomic_write_bytes, atomic_write_json, read_json, remove_partial_writes,
+                            signals_deferred)
 from ..common.errors import BenchbookError
 from ..common.runstate import read_prior_ticks, valid_points
 from ..common.stats import host_slow_limit, round_interval
@@ -205,10 +206,12 @@ class _Point:
         return hi == hi and (hi - lo) / 2 <= target * med
 
     def save(self) -> None:
-        # Samples first, the record last: a record never lists a round whose samples are not on disk.
-        if self.frames:
-            _to_parquet(self.out / "points" / f"{self.key}.parquet", pd.concat(self.frames, ignore_index=True))
-        atomic_write_json(self.out / "points" / f"{self.key}.json", self.record)
+        # Samples first, the record last: a record never lists a round whose samples are not on disk. An
+        # interrupt waits for both (the loader copes with a kill between them: it reads only listed rounds).
+        with signals_deferred():
+            if self.frames:
+                _to_parquet(self.out / "points" / f"{self.key}.parquet", pd.concat(self.frames, ignore_index=True))
+            atomic_write_json(self.out / "points" / f"{self.key}.json", self.record)
 
 
 def _load_points(out: Path, cfg: ModelConfig, points: list[tuple[int, Shape]], seed: int, base: dict) -> list[_Point]:
@@ -372,6 +375,8 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
     label = f"{backend}/{precision}"
     modes = measured_modes(gpu)
     base = {"backend": backend, "precision": precision, "device": device}
+    for partial in remove_partial_writes(out):  # a killed writer's temporary files (this run's lock is ours)
+        log(f"[{backend}/{precision}] removed {partial.name}, a file a killed process had not finished writing")
     valid_points(out / "points", log)  # a corrupt point file is named, set aside and measured again
     points = _load_points(out, cfg, [(b, s) for s in shapes for b in batches], params.seed, base)
     target, adaptive, own = pass_targets(params.rounds, bench_pass)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
-from lib.common.cache import (atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, sha256_bytes,
-                              sha256_file, valid_artifact, write_manifest)
+from lib.common.cache import (atomic_write_bytes, atomic_write_json, atomic_write_text, read_json,
+                              remove_partial_writes, sha256_bytes, sha256_file, signals_deferred, valid_artifact,
+                              write_manifest)
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -63,6 +65,58 @@ def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
         atomic_write_text(path, "new")
     monkeypatch.undo()
     assert path.read_text() == "old" and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_write_is_handled_once_the_file_is_in_place(tmp_path, monkeypatch, signum):
+    """Ctrl-C or kill arriving mid-write (a real signal, sent to this process from inside fsync) is handled by the
+    handler in force, after the rename: a killed sweep left a half-written ``.*.tmp`` beside its points."""
+    path = tmp_path / "out.txt"
+    atomic_write_text(path, "old")
+    real_fsync = os.fsync
+
+    def fsync_then_signal(fd):
+        real_fsync(fd)
+        os.kill(os.getpid(), signum)
+
+    def handler(got, frame):
+        assert path.read_text() == "new" and _leftovers(tmp_path) == []  # handled only once the file is in place
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signum, handler)
+    try:
+        monkeypatch.setattr(os, "fsync", fsync_then_signal)
+        with pytest.raises(KeyboardInterrupt):
+            atomic_write_text(path, "new")
+        monkeypatch.undo()
+        assert signal.getsignal(signum) is handler  # the handler in force before the write is back
+    finally:
+        signal.signal(signum, previous)
+    assert path.read_text() == "new" and _leftovers(tmp_path) == []
+
+
+def test_signals_deferred_delivers_each_signal_once_at_the_end():
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda s, f: seen.append(s))
+    try:
+        with signals_deferred():
+            with signals_deferred():  # nested: the inner one hands its signal to the outer one
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGTERM)
+            assert seen == []
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_remove_partial_writes_removes_only_temporaries(tmp_path):
+    (tmp_path / "points").mkdir()
+    keep = [tmp_path / "points" / "bs1.json", tmp_path / "points" / "bs1.parquet", tmp_path / ".hidden"]
+    gone = [tmp_path / "points" / ".bs1.parquet.k2j9x1.tmp", tmp_path / ".engine.json.abc.tmp"]
+    for p in keep + gone:
+        p.write_text("x")
+    assert sorted(remove_partial_writes(tmp_path)) == sorted(gone)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in gone)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])

@@ -97,17 +97,21 @@ def _device_rounds(out, key):
 
 
 def test_resume_measures_only_the_missing_rounds(copy_run):
-    """An interrupted pass 2 (a point lost its pass-2 device round, another its whole record): the rerun
-    measures the lost round and re-characterises the lost point; what is on disk stays as it is."""
+    """An interrupted pass 2 (a point lost its pass-2 device round, another its whole record, a killed write left
+    its temporary file): the rerun removes the temporary, measures the lost round and re-characterises the lost
+    point; what is on disk stays as it is."""
     out = combo_dir(copy_run, "torch", "fp32")
     rec = read_json(out / "points" / "bs1_32x32.json")
     kept = [r for r in rec["rounds"] if not (r["mode"] == "device" and r["pass"] == 2)]
     atomic_write_json(out / "points" / "bs1_32x32.json", {**rec, "rounds": kept})
     (out / "points" / "bs4_32x32.json").unlink()
+    partial = out / "points" / ".bs4_32x32.parquet.x7k2q9.tmp"  # a process killed (SIGKILL) mid-write left it
+    partial.write_bytes(b"PAR1 cut short")
     old_ticks = len(pd.read_parquet(out / "samples.parquet"))
     log = Log()
     done = run_backend(copy_run, "torch", "fp32", bench_pass=2, log=log)
     assert done == {"points": 2, "ok": 2, "oom": 0, "error": 0}
+    assert not partial.exists() and f"removed {partial.name}" in log.text
     assert "characterising 1 point(s)" in log.text
     after = read_json(out / "points" / "bs1_32x32.json")["rounds"]
     assert after[:len(kept)] == kept
