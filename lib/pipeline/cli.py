@@ -20,10 +20,7 @@ stack that ``faulthandler`` wrote into that log, and the last lines the notebook
 from __future__ import annotations
 
 import argparse
-import collections
 import errno
-import html
-import logging
 import os
 import signal
 import sys

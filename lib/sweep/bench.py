@@ -48,7 +48,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..artifacts.export import ensure_onnx
 from ..backends import Artifacts, EngineSpec, make_engine
 from ..common.cache import (atomic_write_bytes, atomic_write_json, read_json, remove_partial_writes,
                             signals_deferred)
@@ -67,7 +66,7 @@ from ..measure.reference import ReferenceOutputs
 from ..measure.sampler import Sampler
 from ..measure.timing import (HostSentinel, TimingPolicy, cpu_wait_ms, measure_latency, measure_throughput,
                               throughput_window, warm_up)
-from .plan import load_plan, planned_points
+from .plan import load_plan, planned_points, run_onnx
 
 __all__ = ["run_backend", "combo_dir", "point_key", "is_oom", "SWITCH_WARMUP_S"]
 
@@ -386,9 +385,7 @@ def run_backend(run_dir: Path | str, backend: str, precision: str, bench_pass: i
 
     onnx = {}
     if engine_class(backend).needs_onnx:  # exported from load.py, or the model's own model.onnx (+ its FP16)
-        onnx = {p: r.path for p, r in ensure_onnx(cfg, Path(params.cache_dir) / "onnx",
-                                                  precisions=plan["onnx_precisions"], weights=params.weights or None,
-                                                  log=log, calib=params.calib or None).items()}
+        onnx = run_onnx(cfg, params, plan, log)
     reference = ReferenceOutputs(run_dir, cfg, params.weights, onnx.get("fp32") or cfg.folder / "model.onnx",
                            cache_dir=Path(params.cache_dir))
     spec = EngineSpec(model=cfg, precision=precision, device=device,

@@ -173,12 +173,11 @@ def _parquet(path: Path, frame: pd.DataFrame) -> None:
 
 def run_load(run_dir: Path | str, log=print) -> dict:
     """The stage: measure the picked configurations and write the load files; returns load.json's content."""
-    from ..artifacts.export import ensure_onnx
     from ..backends import Artifacts, EngineSpec, engine_class, make_engine
     from ..config.inputs import make_inputs
     from ..config.models import get_model
     from ..results.run import load_run
-    from .plan import load_plan, resolve_points
+    from .plan import load_plan, resolve_points, run_onnx
 
     run_dir = Path(run_dir)
     params, plan = load_plan(run_dir)
@@ -212,9 +211,7 @@ def run_load(run_dir: Path | str, log=print) -> dict:
                 raise BenchbookError(f"{label}: no batch-1 benchmark point to size the load from")
             onnx = {}
             if engine_class(pick["backend"]).needs_onnx:
-                onnx = {p: r.path for p, r in ensure_onnx(cfg, Path(params.cache_dir) / "onnx",
-                                                          precisions=plan["onnx_precisions"],
-                                                          weights=params.weights or None, log=log).items()}
+                onnx = run_onnx(cfg, params, plan, log)  # the benchmark's files (CALIB's INT8 too)
             spec = EngineSpec(model=cfg, precision=pick["precision"], device=device,
                               artifacts=Artifacts(onnx=onnx, cache_dir=Path(params.cache_dir),
                                                   weights=params.weights or None, models_dir=params.models_path),

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..artifacts.export import export_key
+from ..artifacts.export import ensure_onnx, export_key
 from ..common.cache import atomic_write_json, atomic_write_text, new_folder, read_json
 from ..common.errors import BenchbookError, ConfigError, UnavailableError
 from ..common.runstate import (FINGERPRINT_FILE, CorruptFile, RunBusy, check_fingerprint, fingerprint, lock_holder,
@@ -28,7 +28,7 @@ from ..config.models import build_model, check_load_py, check_weights_file, get_
 from ..config.params import RunParams, check_make_path, parse_int_list, parse_list, show, show_item
 from ..measure.timing import TimingPolicy
 
-__all__ = ["Plan", "make_plan", "new_run_id", "check_run_id", "load_plan", "parse_shapes", "resolve_points", "planned_points",
+__all__ = ["Plan", "make_plan", "run_onnx", "new_run_id", "check_run_id", "load_plan", "parse_shapes", "resolve_points", "planned_points",
            "resumable_runs"]
 
 # Parameters whose change makes a different run (a resume must keep them).
@@ -424,6 +424,15 @@ def load_plan(run_dir: Path | str) -> tuple[RunParams, dict]:
     except TypeError as e:
         raise CorruptFile(f"{run_dir / 'params.json'} is not this version's run parameters ({e})") from None
     return params, read_run_json(run_dir / "plan.json")
+
+
+def run_onnx(cfg: ModelConfig, params: RunParams, plan: dict, log=print) -> dict[str, Path]:
+    """The run's ONNX files by precision, as every step after the export opens them: the plan's variants with the
+    run's WEIGHTS and CALIB, so each is a cache hit on the export's file. (The load stage once left CALIB out and
+    so quantized and measured another INT8 model, calibrated on seeded inputs, than the benchmark had.)"""
+    return {p: r.path for p, r in ensure_onnx(cfg, Path(params.cache_dir) / "onnx", precisions=plan["onnx_precisions"],
+                                              weights=params.weights or None, log=log,
+                                              calib=params.calib or None).items()}
 
 
 def planned_points(cfg: ModelConfig, plan: dict) -> tuple[list[int], list[Shape]]:

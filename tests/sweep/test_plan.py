@@ -20,7 +20,7 @@ from lib.config.device import nvml_gpus
 from lib.config.params import RunParams
 from lib.sweep.plan import make_plan
 
-from conftest import FIXTURES, MODELS, REPO, Log
+from conftest import FIXTURES, MODELS, REPO, Log, write_model
 
 NO_GPU = pytest.mark.skipif(bool(nvml_gpus()), reason="this machine has an NVIDIA GPU")
 TINY = dict(model="tiny_cnn", models_dir=str(FIXTURES), device="cpu", iters="3", duration="0.05", warmup="0.02")
@@ -358,6 +358,38 @@ def test_int8_plan_asks_for_the_qdq_file_and_its_calibration(tmp_path):
     assert plan.onnx_precisions == ["fp32", "int8"]
     mk = (plan.run_dir / "plan.mk").read_text()
     assert "ONNX_PRECISIONS := fp32,int8" in mk and "-calib" in mk  # another CALIB, another export stamp
+
+
+def test_every_step_after_the_export_opens_the_int8_file_calibrated_on_calib(tmp_path, tiny_raw):
+    """run_onnx, which the benchmark and the load stage open their ONNX files through, asks for the file the
+    export built with CALIB: a cache hit, nothing quantized again. The load stage called ensure_onnx without CALIB
+    and quantized another INT8 model (calibrated on seeded inputs) and measured it under load (a resnet50 run)."""
+    import inspect
+
+    from lib.artifacts.export import ensure_onnx
+    from lib.config.models import get_model
+    from lib.sweep import bench, load_stage
+    from lib.sweep.plan import load_plan, run_onnx
+
+    from make_images import write_labelled_images
+
+    raw = {**tiny_raw, "name": "tiny_img",  # images need the model's preprocessing
+           "preprocessing": {"resize": 36, "crop": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+    models = write_model(tmp_path / "models", "tiny_img", raw).parent.parent
+    images = write_labelled_images(tmp_path / "images", classes=3, per_class=4, size=(40, 48))
+    plan = _plan(tmp_path, model="tiny_img", models_dir=str(models), backends="ort", precisions="fp32,int8",
+                 calib=str(images))
+    params, plan_json = load_plan(plan.run_dir)
+    cfg = get_model(params.model, params.models_path)
+    exported = ensure_onnx(cfg, Path(params.cache_dir) / "onnx", ("fp32", "int8"), calib=str(images), log=Log())
+    log = Log()
+    opened = run_onnx(cfg, params, plan_json, log)
+    assert opened["int8"] == exported["int8"].path and opened["fp32"] == exported["fp32"].path
+    assert "calibrat" not in log.text, log.text  # a cache hit: no calibration ran
+    seeded = ensure_onnx(cfg, Path(params.cache_dir) / "onnx", ("fp32", "int8"), log=Log())
+    assert seeded["int8"].path != opened["int8"]  # what leaving CALIB out opened: another model
+    for step in (bench.run_backend, load_stage.run_load):  # both open the run's files through run_onnx
+        assert "run_onnx(" in inspect.getsource(step) and "ensure_onnx(" not in inspect.getsource(step)
 
 
 def test_calib_without_int8_and_a_calib_that_is_not_a_folder_are_refused(tmp_path):
