@@ -111,13 +111,7 @@ def quiet_abandoned_tasks() -> None:
 
 
 def hard_exit() -> None:
-    try:
-        import psutil
-
-        for child in psutil.Process().children(recursive=True):
-            child.kill()
-    except Exception:
-        pass
+    children_ended(wait_s=0.0)  # kill the kernels and workers at once
     print(f"\ninterrupted: clean-up did not finish within {HARD_EXIT_AFTER_S:.0f} s, stopped hard; every point "
           f"measured so far is on disk (rerun with the same RUN_ID to resume)", file=sys.stderr, flush=True)
     interrupt_makes()
